@@ -1,0 +1,178 @@
+"""Print every speed target of DESIGN.md §4 that exists so far, measured side by side.
+
+Each row runs jobengine and its peer in the same process, interleaved round by round,
+and reports medians and their ratio: absolute times on a shared machine are noise, the
+ratio measured in one run is the figure that holds.
+
+    python bench/compare.py            # full table (about a minute)
+    python bench/compare.py --quick    # smaller sizes, fewer rounds
+    python bench/compare.py --markdown # the table as Markdown, for the README
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import core_batch, core_per_call, heapq_tuples, make_keys, priority_queue
+
+
+@dataclass
+class Row:
+    what: str
+    peer: str
+    peer_figure: str
+    ours: str
+    ratio: float | None  # ours vs peer, > 1 means jobengine is better
+    goal: str
+    met: bool | None  # None: informational row, no target at this size
+
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "info"}[self.met]
+
+
+def _time(fn: Callable, arg) -> float:
+    gc.collect()
+    t = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t
+
+
+def median_pair(ours: Callable, ours_arg, peer: Callable, peer_arg, rounds: int):
+    """Medians of ours and peer, alternating which goes first each round."""
+    a, b = [], []
+    for r in range(rounds):
+        if r % 2:
+            b.append(_time(peer, peer_arg))
+            a.append(_time(ours, ours_arg))
+        else:
+            a.append(_time(ours, ours_arg))
+            b.append(_time(peer, peer_arg))
+    return statistics.median(a), statistics.median(b)
+
+
+def _ns(seconds: float, n: int) -> str:
+    return f"{seconds / n * 1e9:,.0f} ns/pair"
+
+
+def _rate(seconds: float, n: int) -> str:
+    return f"{n / seconds / 1e6:.2f} M pairs/s"
+
+
+def core_rows(quick: bool) -> list[Row]:
+    sizes = [1_000, 100_000] if quick else [1_000, 100_000, 1_000_000]
+    target_size = sizes[-1]
+    rows = []
+    for n in sizes:
+        keys = make_keys(n)
+        rounds = 3 if n >= 1_000_000 else (5 if n >= 100_000 else 21)
+        reps = max(1, 20_000 // n)  # small sizes: repeat inside a round for resolution
+
+        def many(fn, reps=reps):
+            return lambda arg: [fn(arg) for _ in range(reps)]
+
+        per_call, hq = median_pair(many(core_per_call), keys, many(heapq_tuples), keys, rounds)
+        judged = n == target_size
+        ratio = hq / per_call
+        rows.append(
+            Row(
+                f"heap push+pop per call, n={n:.0e}",
+                "heapq (prio, seq, obj)",
+                _rate(hq / reps, n),
+                _rate(per_call / reps, n),
+                ratio,
+                ">= 4x",
+                ratio >= 4 if judged else None,
+            )
+        )
+        per_call2, pq = median_pair(
+            many(core_per_call), keys, many(priority_queue), keys, max(3, rounds // 3)
+        )
+        ratio = pq / per_call2
+        rows.append(
+            Row(
+                f"heap push+pop per call, n={n:.0e}",
+                "queue.PriorityQueue",
+                _rate(pq / reps, n),
+                _rate(per_call2 / reps, n),
+                ratio,
+                ">= 15x",
+                ratio >= 15 if judged else None,
+            )
+        )
+        ka = array("Q", keys)
+        batch, hq2 = median_pair(many(core_batch), ka, many(heapq_tuples), keys, rounds)
+        ns = batch / reps / n * 1e9
+        rows.append(
+            Row(
+                f"heap push_many+pop_many, n={n:.0e}",
+                "heapq (prio, seq, obj)",
+                _ns(hq2 / reps, n),
+                f"{ns:,.0f} ns/pair",
+                hq2 / batch,
+                "<= 60 ns/pair",
+                ns <= 60,
+            )
+        )
+    return rows
+
+
+SECTIONS: list[tuple[str, Callable[[bool], list[Row]]]] = [
+    ("compiled core (DESIGN.md §4 row 1)", core_rows),
+]
+
+
+def render(rows: list[Row], markdown: bool) -> str:
+    head = ["what", "peer", "peer", "jobengine", "ratio", "target", "verdict"]
+    body = [
+        [
+            r.what,
+            r.peer,
+            r.peer_figure,
+            r.ours,
+            f"{r.ratio:.1f}x" if r.ratio else "-",
+            r.goal,
+            r.verdict(),
+        ]
+        for r in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(
+        [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*b) for b in body]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = ap.parse_args(argv)
+    rows: list[Row] = []
+    for title, section in SECTIONS:
+        print(f"measuring {title} ...", file=sys.stderr, flush=True)
+        rows += section(args.quick)
+    print(render(rows, args.markdown))
+    missed = [r for r in rows if r.met is False]
+    print(
+        f"\n{len(rows) - len(missed)} of {len(rows)} rows met or informational; "
+        f"{len(missed)} missed (medians, ratios measured in this run)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,584 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, binding=False, always_allow_keywords=False
+"""The compiled core of jobengine: an indexed 4-ary heap and the scheduler core.
+
+See jobengine/_core.pyi for the documented API.  Everything here is single-owner: one
+thread drives a Heap or a SchedulerCore.  Batch operations release the GIL; while they
+run, the object is marked busy and any other call on it raises RuntimeError instead of
+corrupting it.
+"""
+
+cimport cython
+from libc.stdint cimport uint64_t, uint32_t, int64_t, int32_t, INT64_MIN
+from libc.stdlib cimport malloc, realloc, free, qsort
+from cpython.array cimport array, clone
+from cpython.list cimport PyList_New
+import array as _array_mod
+
+cdef extern from "heap.h" nogil:
+    ctypedef struct je_entry:
+        uint64_t key
+        uint32_t slot
+        uint32_t aux
+    ctypedef struct je_heap:
+        je_entry *a
+        size_t n
+        size_t cap
+        uint32_t *pos
+        size_t nslots
+    uint32_t JE_NOPOS
+    int je_heap_init(je_heap *h, size_t cap)
+    void je_heap_free(je_heap *h)
+    int je_heap_reserve_slots(je_heap *h, size_t nslots)
+    int je_heap_reserve(je_heap *h, size_t extra)
+    int je_heap_contains(const je_heap *h, uint64_t slot)
+    void je_heap_push(je_heap *h, uint64_t key, uint32_t slot)
+    void je_heap_pop(je_heap *h, uint64_t *key, uint32_t *slot)
+    void je_heap_remove(je_heap *h, uint32_t slot)
+    void je_heap_update(je_heap *h, uint32_t slot, uint64_t key)
+    int je_heap_check(const je_heap *h)
+    int je_heap_pop_many(je_heap *h, size_t k, uint64_t *keys, uint32_t *slots)
+
+cdef array _u64_template = _array_mod.array("Q")
+
+cdef extern from *:
+    """
+    /* Below this many items a batch call keeps the GIL: releasing it costs little, but
+     * re-acquiring it behind a busy thread can cost a whole switch interval (5 ms). */
+    #define JE_NOGIL_THRESHOLD 256
+    /* Ready key: (PRIORITY_MAX - priority) in the top PRIO_BITS, the insertion sequence
+     * below, so the smallest key is the highest priority and, among equals, the first in. */
+    #define JE_PRIO_BITS 20
+    #define JE_SEQ_BITS 44
+    #define JE_PRIORITY_MIN (-(1LL << (JE_PRIO_BITS - 1)))
+    #define JE_PRIORITY_MAX ((1LL << (JE_PRIO_BITS - 1)) - 1)
+    #define JE_MAX_HANDLE ((1LL << 31) - 1)
+    /* Flipping the sign bit maps int64 due times onto uint64 keys, order preserved. */
+    #define JE_SIGN 0x8000000000000000ULL
+    """
+    int NOGIL_THRESHOLD "JE_NOGIL_THRESHOLD"
+    int SEQ_BITS "JE_SEQ_BITS"
+    long long C_PRIORITY_MIN "JE_PRIORITY_MIN"
+    long long C_PRIORITY_MAX "JE_PRIORITY_MAX"
+    long long C_MAX_HANDLE "JE_MAX_HANDLE"
+    uint64_t SIGN "JE_SIGN"
+
+
+cdef inline uint64_t _u64(object v, str what) except? 0xFFFFFFFFFFFFFFFF:
+    # Cython would silently truncate a float; keys and handles must be real ints.
+    if not isinstance(v, int):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    return v
+
+
+cdef inline long long _i64(object v, str what) except? -1:
+    if not isinstance(v, int):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    return v
+
+
+# --- Heap ---------------------------------------------------------------------------
+
+MAX_HEAP_LEN = 0xFFFFFFFE
+
+
+cdef inline object _busy_error():
+    return RuntimeError("the core object is in use by a batch call on another thread")
+
+
+@cython.final
+cdef class Heap:
+    """Indexed min-heap on unsigned 64-bit keys.  push returns a handle that stays valid
+    until its entry leaves the heap; a stale handle raises KeyError, never aliases."""
+
+    cdef je_heap h
+    cdef uint32_t *gen          # slot -> generation, bumped whenever the slot is freed
+    cdef uint32_t *free_slots   # stack of freed slots
+    cdef size_t nfree
+    cdef size_t used            # slots ever handed out
+    cdef size_t slotcap
+    cdef bint busy
+
+    def __cinit__(self):
+        if je_heap_init(&self.h, 64) != 0:
+            raise MemoryError()
+        self.gen = NULL
+        self.free_slots = NULL
+        self.nfree = self.used = self.slotcap = 0
+        self.busy = False
+
+    def __dealloc__(self):
+        je_heap_free(&self.h)
+        free(self.gen)
+        free(self.free_slots)
+
+    cdef int _reserve(self, size_t extra) except -1:
+        # Room for `extra` more entries and, in the worst case, that many fresh slots.
+        cdef size_t need = self.used + extra
+        cdef size_t cap, i
+        cdef uint32_t *g
+        cdef uint32_t *f
+        if self.h.n + extra > <size_t>0xFFFFFFFE:
+            raise OverflowError(f"Heap cannot hold more than {MAX_HEAP_LEN} entries")
+        if je_heap_reserve(&self.h, extra) != 0:
+            raise MemoryError()
+        if need > self.slotcap:
+            cap = self.slotcap if self.slotcap else 64
+            while cap < need:
+                cap *= 2
+            g = <uint32_t *>realloc(self.gen, cap * sizeof(uint32_t))
+            if g == NULL:
+                raise MemoryError()
+            self.gen = g
+            f = <uint32_t *>realloc(self.free_slots, cap * sizeof(uint32_t))
+            if f == NULL:
+                raise MemoryError()
+            self.free_slots = f
+            if je_heap_reserve_slots(&self.h, cap) != 0:
+                raise MemoryError()
+            for i in range(self.slotcap, cap):
+                self.gen[i] = 0
+            self.slotcap = cap
+        return 0
+
+    cdef inline uint64_t _push(self, uint64_t key) noexcept nogil:
+        cdef uint32_t slot
+        if self.nfree:
+            self.nfree -= 1
+            slot = self.free_slots[self.nfree]
+        else:
+            slot = <uint32_t>self.used
+            self.used += 1
+        je_heap_push(&self.h, key, slot)
+        return (<uint64_t>self.gen[slot] << 32) | slot
+
+    cdef inline uint64_t _release(self, uint32_t slot) noexcept nogil:
+        cdef uint64_t handle = (<uint64_t>self.gen[slot] << 32) | slot
+        self.gen[slot] += 1
+        self.free_slots[self.nfree] = slot
+        self.nfree += 1
+        return handle
+
+    cdef inline uint32_t _slot_of(self, uint64_t handle) except? 0xFFFFFFFF:
+        cdef uint64_t slot = handle & 0xFFFFFFFF
+        if (slot >= self.used or not je_heap_contains(&self.h, slot)
+                or self.gen[slot] != (handle >> 32)):
+            raise KeyError(f"unknown or stale heap handle {handle}")
+        return <uint32_t>slot
+
+    def push(self, key):
+        """Insert `key` (0 <= key < 2**64); return its handle."""
+        if self.busy:
+            raise _busy_error()
+        cdef uint64_t k = _u64(key, "key")
+        self._reserve(1)
+        return self._push(k)
+
+    def pop(self):
+        """Remove and return (key, handle) of the smallest key.  IndexError when empty."""
+        cdef uint64_t key
+        cdef uint32_t slot
+        if self.busy:
+            raise _busy_error()
+        if self.h.n == 0:
+            raise IndexError("pop from an empty Heap")
+        je_heap_pop(&self.h, &key, &slot)
+        return key, self._release(slot)
+
+    def peek(self):
+        """Return (key, handle) of the smallest key without removing it.  IndexError when empty."""
+        if self.busy:
+            raise _busy_error()
+        if self.h.n == 0:
+            raise IndexError("peek at an empty Heap")
+        cdef uint32_t slot = self.h.a[0].slot
+        return self.h.a[0].key, (<uint64_t>self.gen[slot] << 32) | slot
+
+    def remove(self, handle):
+        """Remove the entry of `handle`; return its key.  KeyError if unknown or stale."""
+        if self.busy:
+            raise _busy_error()
+        cdef uint32_t slot = self._slot_of(_u64(handle, "handle"))
+        cdef uint64_t key = self.h.a[self.h.pos[slot]].key
+        je_heap_remove(&self.h, slot)
+        self._release(slot)
+        return key
+
+    def update(self, handle, key):
+        """Change the key of `handle`'s entry.  KeyError if unknown or stale."""
+        if self.busy:
+            raise _busy_error()
+        cdef uint64_t k = _u64(key, "key")
+        cdef uint32_t slot = self._slot_of(_u64(handle, "handle"))
+        je_heap_update(&self.h, slot, k)
+
+    def key_of(self, handle):
+        """The current key of `handle`'s entry.  KeyError if unknown or stale."""
+        if self.busy:
+            raise _busy_error()
+        cdef uint32_t slot = self._slot_of(_u64(handle, "handle"))
+        return self.h.a[self.h.pos[slot]].key
+
+    def __contains__(self, handle):
+        if self.busy:
+            raise _busy_error()
+        if not isinstance(handle, int) or handle < 0 or handle >= 2**64:
+            return False
+        cdef uint64_t hd = handle
+        cdef uint64_t slot = hd & 0xFFFFFFFF
+        return (slot < self.used and je_heap_contains(&self.h, slot)
+                and self.gen[slot] == (hd >> 32))
+
+    def len(self):
+        """Number of entries."""
+        return self.h.n
+
+    def __len__(self):
+        return self.h.n
+
+    def push_many(self, keys):
+        """Insert every key of `keys` (a buffer of uint64 such as array('Q'), or any
+        iterable of ints); return their handles as array('Q'), in the same order.
+        Runs without the GIL for large batches."""
+        if self.busy:
+            raise _busy_error()
+        cdef const uint64_t[::1] kv = _as_u64(keys)
+        cdef Py_ssize_t n = kv.shape[0], i
+        cdef array out = clone(_u64_template, n, False)
+        cdef uint64_t *o = <uint64_t *>out.data.as_ulonglongs
+        self._reserve(n)
+        if n >= NOGIL_THRESHOLD:
+            self.busy = True
+            with nogil:
+                for i in range(n):
+                    o[i] = self._push(kv[i])
+            self.busy = False
+        else:
+            for i in range(n):
+                o[i] = self._push(kv[i])
+        return out
+
+    def pop_many(self, Py_ssize_t n):
+        """Pop up to `n` smallest entries; return (keys, handles) as two array('Q') in
+        ascending key order.  Fewer than `n` when the heap runs out; n < 0 is ValueError."""
+        if self.busy:
+            raise _busy_error()
+        if n < 0:
+            raise ValueError(f"pop_many needs n >= 0, got {n}")
+        if <size_t>n > self.h.n:
+            n = self.h.n
+        cdef array keys = clone(_u64_template, n, False)
+        cdef array handles = clone(_u64_template, n, False)
+        cdef uint64_t *k = <uint64_t *>keys.data.as_ulonglongs
+        cdef uint64_t *hd = <uint64_t *>handles.data.as_ulonglongs
+        cdef Py_ssize_t i
+        # Slots land in the handle buffer first (as uint32) and are widened in place,
+        # back to front, into handles: no second buffer.
+        cdef uint32_t *slots = <uint32_t *>hd
+        if n >= NOGIL_THRESHOLD:
+            self.busy = True
+            with nogil:
+                je_heap_pop_many(&self.h, n, k, slots)
+                for i in range(n - 1, -1, -1):
+                    hd[i] = self._release(slots[i])
+            self.busy = False
+        else:
+            je_heap_pop_many(&self.h, n, k, slots)
+            for i in range(n - 1, -1, -1):
+                hd[i] = self._release(slots[i])
+        return keys, handles
+
+    def _check(self):
+        """Verify the heap invariant (for tests)."""
+        return bool(je_heap_check(&self.h))
+
+
+cdef object _as_u64(object keys):
+    # A buffer of unsigned 64-bit ints is used as is; anything else is converted once
+    # (which also validates every value: negative or too large -> OverflowError).
+    try:
+        mv = memoryview(keys)
+    except TypeError:
+        return _array_mod.array("Q", keys)
+    if mv.itemsize == 8 and mv.format in ("Q", "L", "<Q", "=Q", "@Q", "<L", "=L", "@L") \
+            and mv.ndim == 1 and mv.c_contiguous:
+        return mv
+    if mv.ndim == 1:
+        return _array_mod.array("Q", mv.tolist())
+    raise TypeError(f"keys must be a 1-D buffer of uint64 or an iterable of ints, got format {mv.format!r} ndim {mv.ndim}")
+
+
+# --- SchedulerCore --------------------------------------------------------------------
+
+PRIORITY_MIN = C_PRIORITY_MIN
+PRIORITY_MAX = C_PRIORITY_MAX
+SEQ_LIMIT = (<object>1) << SEQ_BITS
+MAX_HANDLE = C_MAX_HANDLE
+
+ctypedef struct slot_info:
+    uint64_t order      # add() order: FIFO among timers due at the same instant
+    int32_t priority
+
+ctypedef struct moved_timer:
+    uint64_t due_key
+    uint64_t order
+    uint32_t handle
+
+
+cdef int _cmp_moved(const void *a, const void *b) noexcept nogil:
+    cdef const moved_timer *x = <const moved_timer *>a
+    cdef const moved_timer *y = <const moved_timer *>b
+    if x.due_key != y.due_key:
+        return -1 if x.due_key < y.due_key else 1
+    if x.order != y.order:
+        return -1 if x.order < y.order else 1
+    return 0
+
+
+cdef int _cmp_u64(const void *a, const void *b) noexcept nogil:
+    cdef uint64_t x = (<const uint64_t *>a)[0]
+    cdef uint64_t y = (<const uint64_t *>b)[0]
+    return -1 if x < y else (1 if x > y else 0)
+
+
+@cython.final
+cdef class SchedulerCore:
+    """Timer heap (by due time) feeding a ready heap (by priority desc, then FIFO).
+
+    Handles are the caller's: small non-negative ints (0 <= handle <= MAX_HANDLE), dense
+    in practice, since memory grows with the largest handle used."""
+
+    cdef je_heap timers
+    cdef je_heap ready
+    cdef slot_info *info
+    cdef size_t ninfo
+    cdef uint64_t next_seq
+    cdef uint64_t next_order
+    cdef int64_t now_floor
+    cdef bint started
+    cdef moved_timer *moved
+    cdef size_t movedcap
+
+    def __cinit__(self):
+        if je_heap_init(&self.timers, 64) != 0 or je_heap_init(&self.ready, 64) != 0:
+            raise MemoryError()
+        self.info = NULL
+        self.ninfo = 0
+        self.next_seq = 0
+        self.next_order = 0
+        self.now_floor = INT64_MIN
+        self.moved = NULL
+        self.movedcap = 0
+
+    def __dealloc__(self):
+        je_heap_free(&self.timers)
+        je_heap_free(&self.ready)
+        free(self.info)
+        free(self.moved)
+
+    cdef int _reserve_handle(self, uint64_t handle) except -1:
+        cdef size_t need = handle + 1
+        cdef size_t cap
+        cdef slot_info *p
+        if need > self.ninfo:
+            cap = self.ninfo if self.ninfo else 64
+            while cap < need:
+                cap *= 2
+            p = <slot_info *>realloc(self.info, cap * sizeof(slot_info))
+            if p == NULL:
+                raise MemoryError()
+            self.info = p
+            self.ninfo = cap
+        if je_heap_reserve_slots(&self.timers, need) != 0 or je_heap_reserve_slots(&self.ready, need) != 0:
+            raise MemoryError()
+        if je_heap_reserve(&self.timers, 1) != 0 or je_heap_reserve(&self.ready, 1) != 0:
+            raise MemoryError()
+        return 0
+
+    cdef inline int _check_priority(self, long long priority) except -1:
+        if priority < C_PRIORITY_MIN or priority > C_PRIORITY_MAX:
+            raise ValueError(
+                f"priority {priority} is outside [{C_PRIORITY_MIN}, {C_PRIORITY_MAX}]")
+        return 0
+
+    cdef inline int _check_handle(self, long long handle) except -1:
+        if handle < 0 or handle > C_MAX_HANDLE:
+            raise ValueError(f"handle {handle} is outside [0, {C_MAX_HANDLE}]")
+        return 0
+
+    cdef int _push_ready(self, uint32_t handle) except -1:
+        if self.next_seq >= (<uint64_t>1 << SEQ_BITS):
+            self._renumber()
+        cdef uint64_t key = ((<uint64_t>(C_PRIORITY_MAX - self.info[handle].priority)) << SEQ_BITS) | self.next_seq
+        self.next_seq += 1
+        je_heap_push(&self.ready, key, handle)
+        return 0
+
+    cdef int _renumber(self) except -1:
+        # The sequence field ran out: give every ready entry its rank as new sequence.
+        # The map key -> (priority bits | rank) is monotone, so the heap order holds.
+        cdef size_t n = self.ready.n, i, lo, hi, mid
+        cdef uint64_t *keys = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+        cdef uint64_t k
+        cdef uint64_t mask = ((<uint64_t>1 << SEQ_BITS) - 1)
+        if keys == NULL:
+            raise MemoryError()
+        for i in range(n):
+            keys[i] = self.ready.a[i].key
+        qsort(keys, n, sizeof(uint64_t), _cmp_u64)
+        for i in range(n):
+            k = self.ready.a[i].key
+            lo = 0
+            hi = n
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if keys[mid] < k:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            self.ready.a[i].key = (k & ~mask) | lo
+        free(keys)
+        self.next_seq = n
+        return 0
+
+    def add(self, handle, due_ns, priority):
+        """Schedule `handle` to become ready at `due_ns` (any int64, same clock as
+        pop_ready's now_ns) with `priority` (PRIORITY_MIN..PRIORITY_MAX, higher first).
+        ValueError if the handle is already scheduled or a value is out of range."""
+        cdef long long hd = _i64(handle, "handle")
+        cdef long long due = _i64(due_ns, "due_ns")
+        cdef long long prio = _i64(priority, "priority")
+        self._check_handle(hd)
+        self._check_priority(prio)
+        self._reserve_handle(hd)
+        cdef uint32_t h = <uint32_t>hd
+        if je_heap_contains(&self.timers, h) or je_heap_contains(&self.ready, h):
+            raise ValueError(f"handle {hd} is already scheduled")
+        self.info[h].priority = <int32_t>prio
+        self.info[h].order = self.next_order
+        self.next_order += 1
+        if due <= self.now_floor:
+            # Already due by a clock the caller has declared: skip the timer heap.
+            self._push_ready(h)
+        else:
+            je_heap_push(&self.timers, (<uint64_t>due) ^ SIGN, h)
+
+    def cancel(self, long long handle):
+        """Remove `handle` from whichever heap holds it; True if it was there."""
+        if handle < 0 or handle > C_MAX_HANDLE:
+            return False
+        cdef uint32_t h = <uint32_t>handle
+        if je_heap_contains(&self.ready, h):
+            je_heap_remove(&self.ready, h)
+            return True
+        if je_heap_contains(&self.timers, h):
+            je_heap_remove(&self.timers, h)
+            return True
+        return False
+
+    def reprioritize(self, handle, priority):
+        """Change the priority of a scheduled handle, keeping its FIFO position among
+        its new equals.  KeyError if the handle is not scheduled."""
+        cdef long long hd = _i64(handle, "handle")
+        cdef long long prio = _i64(priority, "priority")
+        self._check_priority(prio)
+        if hd < 0 or hd > C_MAX_HANDLE:
+            raise KeyError(f"handle {hd} is not scheduled")
+        cdef uint32_t h = <uint32_t>hd
+        cdef uint64_t key, mask = ((<uint64_t>1 << SEQ_BITS) - 1)
+        if je_heap_contains(&self.ready, h):
+            key = self.ready.a[self.ready.pos[h]].key & mask
+            key |= (<uint64_t>(C_PRIORITY_MAX - prio)) << SEQ_BITS
+            self.info[h].priority = <int32_t>prio
+            je_heap_update(&self.ready, h, key)
+        elif je_heap_contains(&self.timers, h):
+            self.info[h].priority = <int32_t>prio
+        else:
+            raise KeyError(f"handle {hd} is not scheduled")
+
+    cdef int _move_due(self, int64_t now_ns) except -1:
+        cdef uint64_t limit = (<uint64_t>now_ns) ^ SIGN
+        cdef size_t m = 0, i
+        cdef uint64_t key
+        cdef uint32_t h
+        cdef moved_timer *p
+        while self.timers.n and self.timers.a[0].key <= limit:
+            if m == self.movedcap:
+                self.movedcap = self.movedcap * 2 if self.movedcap else 64
+                p = <moved_timer *>realloc(self.moved, self.movedcap * sizeof(moved_timer))
+                if p == NULL:
+                    raise MemoryError()
+                self.moved = p
+            je_heap_pop(&self.timers, &key, &h)
+            self.moved[m].due_key = key
+            self.moved[m].order = self.info[h].order
+            self.moved[m].handle = h
+            m += 1
+        if m > 1:
+            qsort(self.moved, m, sizeof(moved_timer), _cmp_moved)
+        if m and je_heap_reserve(&self.ready, m) != 0:
+            raise MemoryError()
+        for i in range(m):
+            self._push_ready(self.moved[i].handle)
+        return 0
+
+    def pop_ready(self, now_ns, max_n):
+        """Move every timer due at or before `now_ns` to the ready heap, then pop up to
+        `max_n` ready handles, highest priority first, FIFO among equals.  `now_ns` must
+        not go backwards between calls (ValueError)."""
+        cdef long long now = _i64(now_ns, "now_ns")
+        cdef Py_ssize_t limit = _i64(max_n, "max_n")
+        if limit < 0:
+            raise ValueError(f"max_n must be >= 0, got {limit}")
+        if now < self.now_floor:
+            raise ValueError(f"now_ns went backwards: {now} < {self.now_floor}")
+        self.now_floor = now
+        if self.timers.n:
+            self._move_due(now)
+        cdef Py_ssize_t n = limit if <size_t>limit < self.ready.n else <Py_ssize_t>self.ready.n
+        cdef list out = [None] * n
+        cdef Py_ssize_t i
+        cdef uint64_t key
+        cdef uint32_t h
+        for i in range(n):
+            je_heap_pop(&self.ready, &key, &h)
+            out[i] = h
+        return out
+
+    def next_due_ns(self):
+        """Due time of the earliest timer, or None when no timer is pending (entries
+        already in the ready heap are due now)."""
+        if self.timers.n == 0:
+            return None
+        return <int64_t>(self.timers.a[0].key ^ SIGN)
+
+    def len(self):
+        """Scheduled handles: timers plus ready."""
+        return self.timers.n + self.ready.n
+
+    def __len__(self):
+        return self.timers.n + self.ready.n
+
+    @property
+    def ready_len(self):
+        """Handles due and waiting in the ready heap."""
+        return self.ready.n
+
+    @property
+    def timer_len(self):
+        """Handles waiting for their due time."""
+        return self.timers.n
+
+    def __contains__(self, handle):
+        if not isinstance(handle, int) or handle < 0 or handle > C_MAX_HANDLE:
+            return False
+        return bool(je_heap_contains(&self.ready, handle) or je_heap_contains(&self.timers, handle))
+
+    def _set_next_seq(self, uint64_t seq):
+        """Test hook: move the insertion sequence near its limit to exercise renumbering."""
+        if seq > (<uint64_t>1 << SEQ_BITS):
+            raise ValueError("seq beyond SEQ_LIMIT")
+        self.next_seq = seq
+
+    def _check(self):
+        """Verify both heap invariants (for tests)."""
+        return bool(je_heap_check(&self.timers) and je_heap_check(&self.ready))

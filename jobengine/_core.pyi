@@ -1,0 +1,85 @@
+"""Types of the compiled core (csrc/_core.pyx).
+
+Both classes are single-owner: drive each from one thread.  Batch calls release the GIL
+for large batches; while one runs, any other call on the same object raises
+RuntimeError rather than corrupting it.
+"""
+
+from array import array
+from collections.abc import Iterable
+
+PRIORITY_MIN: int  # -524288: lowest priority SchedulerCore accepts
+PRIORITY_MAX: int  # 524287: highest priority SchedulerCore accepts
+SEQ_LIMIT: int  # 2**44: insertion sequences before the ready heap renumbers itself
+MAX_HANDLE: int  # 2**31 - 1: largest SchedulerCore handle
+MAX_HEAP_LEN: int  # most entries a Heap holds
+
+class Heap:
+    """Indexed 4-ary min-heap on unsigned 64-bit keys.
+
+    Errors: a key outside [0, 2**64) raises OverflowError, a non-int TypeError; an
+    unknown or stale handle (its entry already left the heap) raises KeyError; popping
+    or peeking an empty heap raises IndexError.
+    """
+
+    def __init__(self) -> None: ...
+    def push(self, key: int) -> int:
+        """Insert key; return a handle valid until the entry leaves the heap."""
+    def pop(self) -> tuple[int, int]:
+        """Remove and return (key, handle) of the smallest key."""
+    def peek(self) -> tuple[int, int]:
+        """(key, handle) of the smallest key, left in place."""
+    def remove(self, handle: int) -> int:
+        """Remove handle's entry in O(log n); return its key."""
+    def update(self, handle: int, key: int) -> None:
+        """Change handle's key in O(log n); the handle stays valid."""
+    def key_of(self, handle: int) -> int:
+        """The current key of handle's entry."""
+    def len(self) -> int:
+        """Number of entries (also len(heap))."""
+    def __len__(self) -> int: ...
+    def __contains__(self, handle: object) -> bool: ...
+    def push_many(self, keys: array | memoryview | Iterable[int]) -> array:
+        """Insert all keys (a uint64 buffer such as array('Q'), or ints); return their
+        handles as array('Q') in the same order."""
+    def pop_many(self, n: int) -> tuple[array, array]:
+        """Pop up to n smallest entries: (keys, handles) as array('Q'), ascending."""
+
+class SchedulerCore:
+    """Timer heap keyed by due time feeding a ready heap keyed by (priority descending,
+    insertion sequence ascending).  Handles are the caller's small non-negative ints.
+
+    An entry gets its insertion sequence when it enters the ready heap: at add() when it
+    is already due (due_ns <= the latest now_ns seen), else when pop_ready releases it;
+    timers released together enter in (due time, add order) order.
+
+    Errors: a handle outside [0, MAX_HANDLE] or a priority outside
+    [PRIORITY_MIN, PRIORITY_MAX] raises ValueError; add() of a handle already scheduled
+    raises ValueError; reprioritize() of a handle not scheduled raises KeyError;
+    pop_ready() with now_ns smaller than a previous call raises ValueError.
+    """
+
+    def __init__(self) -> None: ...
+    def add(self, handle: int, due_ns: int, priority: int) -> None:
+        """Schedule handle to become ready at due_ns with priority (higher first)."""
+    def cancel(self, handle: int) -> bool:
+        """Remove handle from the timer or ready heap; True if it was scheduled."""
+    def reprioritize(self, handle: int, priority: int) -> None:
+        """Change the priority of a scheduled handle."""
+    def pop_ready(self, now_ns: int, max_n: int) -> list[int]:
+        """Release timers due at or before now_ns, then pop up to max_n ready handles,
+        highest priority first, FIFO among equal priorities.  Never early."""
+    def next_due_ns(self) -> int | None:
+        """Due time of the earliest pending timer, or None without timers."""
+    def len(self) -> int:
+        """Scheduled handles (timers plus ready); also len(core)."""
+    def __len__(self) -> int: ...
+    def __contains__(self, handle: object) -> bool: ...
+    @property
+    def ready_len(self) -> int:
+        """Handles in the ready heap."""
+    @property
+    def timer_len(self) -> int:
+        """Handles waiting for their due time."""
+    def _set_next_seq(self, seq: int) -> None: ...
+    def _check(self) -> bool: ...
