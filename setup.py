@@ -6,7 +6,7 @@ from setuptools import Extension, setup
 extensions = [
     Extension(
         "jobengine._core",
-        sources=["csrc/_core.pyx", "csrc/heap.c"],
+        sources=["csrc/_core.pyx", "csrc/heap.c", "csrc/ring.c"],
         include_dirs=["csrc"],
         extra_compile_args=["-O3", "-std=gnu11"],
     ),

@@ -582,3 +582,243 @@ cdef class SchedulerCore:
     def _check(self):
         """Verify both heap invariants (for tests)."""
         return bool(je_heap_check(&self.timers) and je_heap_check(&self.ready))
+
+
+# --- Shared-memory rings -----------------------------------------------------------------
+
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
+cdef extern from "ring.h" nogil:
+    ctypedef struct je_ring_shared:
+        uint64_t tail
+        uint64_t head
+        uint32_t parked
+        uint64_t capacity
+    ctypedef struct je_ring:
+        je_ring_shared *s
+        uint32_t *park
+        uint64_t cap
+    int JE_RING_HEADER
+    int JE_RING_RECORD_HEADER
+    uint64_t je_ring_format(void *mem, size_t total)
+    int je_ring_attach(je_ring *r, void *mem, size_t total, uint32_t *park)
+    uint64_t je_ring_max_payload(const je_ring *r)
+    int je_ring_write(je_ring *r, uint32_t tag, uint64_t a, uint64_t b, const void *p, uint32_t len)
+    int je_ring_publish(je_ring *r)
+    uint64_t je_ring_free(je_ring *r)
+    int je_ring_read(je_ring *r, uint32_t *tag, uint64_t *a, uint64_t *b,
+                     const unsigned char **p, uint32_t *len)
+    void je_ring_release(je_ring *r)
+    int je_ring_empty(je_ring *r)
+    int je_park(uint32_t *park, int (*ready)(void *) noexcept nogil, void *arg,
+                int64_t spin_ns, int64_t timeout_ns)
+    int je_unpark(uint32_t *park)
+
+RING_HEADER = JE_RING_HEADER
+RING_RECORD_HEADER = JE_RING_RECORD_HEADER
+DOORBELL_SIZE = 64
+
+
+class RecordTooLarge(ValueError):
+    """A record's payload exceeds the ring's max_payload (a quarter of its capacity)."""
+
+
+cdef unsigned char *_buffer_address(object mem, size_t *size) except NULL:
+    cdef unsigned char[::1] view = mem
+    size[0] = view.shape[0]
+    if size[0] == 0:
+        raise ValueError("empty buffer")
+    return &view[0]
+
+
+cdef inline int64_t _timeout_ns(object timeout) except? -2:
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return <int64_t>(timeout * 1e9)
+
+
+@cython.final
+cdef class Doorbell:
+    """A wake-up word in shared memory that one consumer sleeps on for many rings.
+
+    Producers in any process ring it after publishing (Ring does this by itself when
+    attached with this doorbell); local threads call ring() to say "new work"."""
+
+    cdef object mem
+    cdef uint32_t *words  # [0] park word, [1] pending flag set by ring()
+
+    def __cinit__(self, mem, bint format=False):
+        cdef size_t size
+        cdef unsigned char *p = _buffer_address(mem, &size)
+        if size < 8:
+            raise ValueError("a Doorbell needs at least 8 bytes")
+        self.mem = mem
+        self.words = <uint32_t *>p
+        if format:
+            self.words[0] = 0
+            self.words[1] = 0
+
+    def ring(self):
+        """Flag pending work and wake the sleeper if it sleeps."""
+        __atomic_store_n(&self.words[1], 1, __ATOMIC_SEQ_CST)
+        je_unpark(&self.words[0])
+
+    def take(self):
+        """Consume the pending flag: True if ring() was called since the last take()."""
+        return __atomic_exchange_n(&self.words[1], 0, __ATOMIC_SEQ_CST) != 0
+
+    def wait(self, list rings, timeout=None, double spin=0.0):
+        """Sleep until one of `rings` has a record, ring() was called, or `timeout`
+        seconds pass (None: forever).  Spins `spin` seconds first.  Releases the GIL.
+        Returns True when something is ready."""
+        cdef _WaitSet ws
+        cdef Py_ssize_t n = len(rings), i
+        cdef int64_t tmo = _timeout_ns(timeout)
+        cdef int r
+        if n > 256:
+            raise ValueError("a Doorbell waits on at most 256 rings")
+        ws.n = n
+        ws.pending = &self.words[1]
+        for i in range(n):
+            ws.rings[i] = &(<Ring?>rings[i]).r
+        with nogil:
+            r = je_park(&self.words[0], _waitset_ready, &ws, <int64_t>(spin * 1e9), tmo)
+        return bool(r)
+
+
+cdef extern from *:
+    """
+    #define JE_WAITSET_MAX 256
+    """
+    int JE_WAITSET_MAX
+
+ctypedef struct _WaitSet:
+    Py_ssize_t n
+    uint32_t *pending
+    je_ring *rings[256]
+
+
+cdef int _waitset_ready(void *arg) noexcept nogil:
+    cdef _WaitSet *ws = <_WaitSet *>arg
+    cdef Py_ssize_t i
+    if __atomic_load_n(ws.pending, __ATOMIC_ACQUIRE):
+        return 1
+    for i in range(ws.n):
+        if not je_ring_empty(ws.rings[i]):
+            return 1
+    return 0
+
+
+cdef int _ring_ready(void *arg) noexcept nogil:
+    return not je_ring_empty(<je_ring *>arg)
+
+
+cdef extern from *:
+    """
+    #define __atomic_store_n_u32(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+    """
+    void __atomic_store_n(uint32_t *p, uint32_t v, int order) nogil
+    uint32_t __atomic_exchange_n(uint32_t *p, uint32_t v, int order) nogil
+    uint32_t __atomic_load_n(uint32_t *p, int order) nogil
+    int __ATOMIC_SEQ_CST
+    int __ATOMIC_ACQUIRE
+
+
+@cython.final
+cdef class Ring:
+    """One end of a single-producer single-consumer ring in a shared buffer.
+
+    Ring(mem, doorbell=None, format=False): `mem` is a writable buffer shared between
+    the two processes (an mmap made before fork, or a memfd mapping); format=True lays out
+    a fresh ring (do it once, before either side uses it).  With a doorbell, the
+    consumer sleeps on the doorbell (see Doorbell.wait) and the producer rings it.
+
+    Records are (tag: u32, a: u64, b: u64, payload: bytes).  Use one object per side:
+    the producer calls write/publish/push, the consumer read_many/wait."""
+
+    cdef je_ring r
+    cdef object mem
+    cdef object doorbell
+
+    def __cinit__(self, mem, Doorbell doorbell=None, bint format=False):
+        cdef size_t size
+        cdef unsigned char *p = _buffer_address(mem, &size)
+        if format and je_ring_format(p, size) == 0:
+            raise ValueError(f"a ring needs at least {JE_RING_HEADER + 4096} bytes, got {size}")
+        if je_ring_attach(&self.r, p, size, &doorbell.words[0] if doorbell is not None else NULL) != 0:
+            raise ValueError("the buffer does not hold a formatted ring")
+        self.mem = mem
+        self.doorbell = doorbell
+
+    @property
+    def capacity(self):
+        """Bytes of record space."""
+        return self.r.cap
+
+    @property
+    def max_payload(self):
+        """Largest payload one record may carry."""
+        return je_ring_max_payload(&self.r)
+
+    def free(self):
+        """Bytes the producer could write now (a bound: each record adds a header)."""
+        return je_ring_free(&self.r)
+
+    def write(self, uint32_t tag, uint64_t a, uint64_t b, const unsigned char[::1] payload=None):
+        """Producer: append a record without publishing it.  False when the ring is full;
+        RecordTooLarge when the payload exceeds max_payload."""
+        cdef uint32_t n = 0
+        cdef const unsigned char *p = NULL
+        if payload is not None and payload.shape[0]:
+            if <uint64_t>payload.shape[0] > je_ring_max_payload(&self.r):
+                raise RecordTooLarge(
+                    f"record payload of {payload.shape[0]} bytes exceeds the ring's "
+                    f"max_payload of {je_ring_max_payload(&self.r)} bytes")
+            n = <uint32_t>payload.shape[0]
+            p = &payload[0]
+        return je_ring_write(&self.r, tag, a, b, p, n) == 0
+
+    def publish(self):
+        """Producer: make written records visible; wake the consumer if it sleeps.
+        Returns True if a wake-up was issued."""
+        return bool(je_ring_publish(&self.r))
+
+    def push(self, uint32_t tag, uint64_t a, uint64_t b, const unsigned char[::1] payload=None):
+        """write() then publish(); False when full (nothing written)."""
+        if not self.write(tag, a, b, payload):
+            return False
+        je_ring_publish(&self.r)
+        return True
+
+    def read_many(self, Py_ssize_t max_n=1 << 30):
+        """Consumer: take up to max_n records as (tag, a, b, payload) tuples, release
+        their space, and return them (an empty list when the ring is empty)."""
+        cdef list out = []
+        cdef uint32_t tag, n
+        cdef uint64_t a, b
+        cdef const unsigned char *p
+        cdef Py_ssize_t i = 0
+        while i < max_n and je_ring_read(&self.r, &tag, &a, &b, &p, &n):
+            out.append((tag, a, b, PyBytes_FromStringAndSize(<const char *>p, n)))
+            i += 1
+        if i:
+            je_ring_release(&self.r)
+        return out
+
+    def empty(self):
+        """Consumer: True when no record is waiting."""
+        return bool(je_ring_empty(&self.r))
+
+    def wait(self, timeout=None, double spin=0.0):
+        """Consumer: sleep until a record arrives or `timeout` seconds pass (None:
+        forever), spinning `spin` seconds first.  Releases the GIL.  True if ready."""
+        cdef int64_t tmo = _timeout_ns(timeout)
+        cdef int r
+        with nogil:
+            r = je_park(self.r.park, _ring_ready, &self.r, <int64_t>(spin * 1e9), tmo)
+        return bool(r)

@@ -1,4 +1,6 @@
-"""jobengine: register jobs, schedule them, run them on a pool of worker processes."""
+"""jobengine: register jobs, schedule them, run them on a pool of worker processes.
+
+The public surface, and nothing else (see README.md for a tour)."""
 
 from __future__ import annotations
 
@@ -21,4 +23,58 @@ def _load_core():
 
 _load_core()
 
-__all__ = ["__version__"]
+from .errors import (  # noqa: E402
+    ArgumentBindingError,
+    DuplicateJobError,
+    IllegalTransitionError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidJobError,
+    JobEngineError,
+    ManagerStateError,
+    RemoteError,
+    SerializationError,
+    StoreError,
+    UnknownJobError,
+    WorkerCrashed,
+)
+from .instance import Instance  # noqa: E402
+from .job import Job  # noqa: E402
+from .manager import Manager  # noqa: E402
+from .pool.pool import WorkerInfo  # noqa: E402
+from .pool.worker import WorkerInstance  # noqa: E402
+from .query import Query  # noqa: E402
+from .records import InstanceRecord, LogLevel, LogRecord, StateRecord  # noqa: E402
+from .state import State  # noqa: E402
+from .stores import MemoryStore, Store, open_store  # noqa: E402
+
+__all__ = [
+    "ArgumentBindingError",
+    "DuplicateJobError",
+    "IllegalTransitionError",
+    "Instance",
+    "InstanceRecord",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "InvalidJobError",
+    "Job",
+    "JobEngineError",
+    "LogLevel",
+    "LogRecord",
+    "Manager",
+    "ManagerStateError",
+    "MemoryStore",
+    "Query",
+    "RemoteError",
+    "SerializationError",
+    "State",
+    "StateRecord",
+    "Store",
+    "StoreError",
+    "UnknownJobError",
+    "WorkerCrashed",
+    "WorkerInfo",
+    "WorkerInstance",
+    "__version__",
+    "open_store",
+]

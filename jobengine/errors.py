@@ -1,0 +1,77 @@
+"""One error hierarchy, rooted at JobEngineError; each failure mode its own type.
+
+Errors about bad input also derive from the builtin a caller would expect (ValueError,
+TypeError, KeyError), so `except ValueError` keeps working around jobengine calls."""
+
+from __future__ import annotations
+
+
+class JobEngineError(Exception):
+    """Base of every error jobengine raises."""
+
+
+class InvalidJobError(JobEngineError, ValueError):
+    """A Job definition is invalid (no kind, executor not callable, bad option)."""
+
+
+class DuplicateJobError(JobEngineError, ValueError):
+    """register_job() was given a kind that is already registered."""
+
+
+class UnknownJobError(JobEngineError, KeyError):
+    """No job of this kind is registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(JobEngineError, ValueError):
+    """A scheduling option or argument has a bad value (negative delay, NaN, ...)."""
+
+
+class InvalidArgumentTypeError(JobEngineError, TypeError):
+    """A scheduling option has the wrong type (priority as str, ...)."""
+
+
+class ArgumentBindingError(JobEngineError, TypeError):
+    """The arguments do not bind to the executor's signature."""
+
+
+class SerializationError(JobEngineError, ValueError):
+    """Arguments or a result could not be pickled (or unpickled)."""
+
+
+class ManagerStateError(JobEngineError, RuntimeError):
+    """The manager is not in a state that allows this call (e.g. scheduling after stop)."""
+
+
+class IllegalTransitionError(JobEngineError, RuntimeError):
+    """An instance was asked to make a state transition the state machine forbids."""
+
+
+class RemoteError(JobEngineError):
+    """An executor raised an exception that could not be sent back as itself.
+
+    Carries the remote type name, message and formatted traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = ""):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class WorkerCrashed(JobEngineError):
+    """The worker process running the job died (exit code or signal in the message)."""
+
+    def __init__(self, message: str, exitcode: int | None = None, signal: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal = signal
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.exitcode, self.signal))
+
+
+class StoreError(JobEngineError):
+    """A store could not be opened or failed an operation."""

@@ -1,0 +1,115 @@
+"""Instance: one execution of a job, and a concurrent.futures.Future of its result.
+
+The manager owns every field; users read them.  Timestamps are kept in nanoseconds and
+shown as aware UTC datetimes.  (Future has no __slots__, so neither can this class.)"""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from concurrent.futures import Future
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .records import LogLevel, ns_to_datetime
+from .state import State
+
+if TYPE_CHECKING:
+    from .job import Job
+
+
+class Instance(Future):
+    """One execution of a Job.  Also a Future: result(), exception(), done(), cancel(),
+    add_done_callback() work, and so do concurrent.futures.wait / as_completed.
+
+    cancel() stops an instance that no worker has taken yet (it becomes CANCELED); a
+    running one is not interrupted and cancel() returns False."""
+
+    def __init__(self, manager, job: Job, uid: int, args: tuple, kwargs: dict, priority: int,
+                 created_ns: int):  # fmt: skip
+        super().__init__()
+        self._manager = manager
+        self.job = job
+        self._uid = uid
+        self._uuid_str: str | None = None
+        self.args = args
+        self.kwargs = kwargs
+        self.priority = priority
+        self.state = State.CREATED
+        self.attempts = 0
+        self.run = 1
+        self.worker: int | None = None
+        self._handle = -1
+        self._payload = b""
+        self._created_ns = created_ns
+        self._scheduled_ns: int | None = None
+        self._processed_ns: int | None = None
+        self._completed_ns: int | None = None
+        self._due_ns = 0
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+    @property
+    def uuid(self) -> _uuid.UUID:
+        """The instance's UUIDv7."""
+        return _uuid.UUID(int=self._uid)
+
+    @property
+    def uuid_str(self) -> str:
+        s = self._uuid_str
+        if s is None:
+            h = f"{self._uid:032x}"
+            s = self._uuid_str = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return s
+
+    # -- timestamps ----------------------------------------------------------------------
+    @property
+    def created_at(self) -> datetime:
+        return ns_to_datetime(self._created_ns)
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        return ns_to_datetime(self._scheduled_ns)
+
+    @property
+    def processed_at(self) -> datetime | None:
+        return ns_to_datetime(self._processed_ns)
+
+    @property
+    def completed_at(self) -> datetime | None:
+        return ns_to_datetime(self._completed_ns)
+
+    # -- Future overrides ----------------------------------------------------------------
+    def cancel(self) -> bool:
+        """Cancel if no worker has taken the instance yet; True if it is now CANCELED."""
+        if self._manager is None:
+            return super().cancel()
+        return self._manager._cancel_queued(self)
+
+    def running(self) -> bool:
+        return self.state is State.PROCESSING
+
+    # -- logs ----------------------------------------------------------------------------
+    def _log(self, level: LogLevel, msg: Any) -> None:
+        self._manager._append_log(self, level, str(msg))
+
+    def debug(self, msg: Any) -> None:
+        """Append a DEBUG line to the instance's log history."""
+        self._log(LogLevel.DEBUG, msg)
+
+    def info(self, msg: Any) -> None:
+        """Append an INFO line to the instance's log history."""
+        self._log(LogLevel.INFO, msg)
+
+    def warn(self, msg: Any) -> None:
+        """Append a WARN line to the instance's log history."""
+        self._log(LogLevel.WARN, msg)
+
+    def error(self, msg: Any) -> None:
+        """Append an ERROR line to the instance's log history."""
+        self._log(LogLevel.ERROR, msg)
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.kind} {self.uuid_str} {self.state.name}>"

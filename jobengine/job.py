@@ -1,0 +1,174 @@
+"""Job: the definition of a kind of work (go-job's NewJob with its options)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import _core
+from .errors import (
+    ArgumentBindingError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidJobError,
+)
+
+PRIORITY_MIN = _core.PRIORITY_MIN
+PRIORITY_MAX = _core.PRIORITY_MAX
+
+
+def check_priority(priority: Any, what: str = "priority") -> int:
+    """An int within [PRIORITY_MIN, PRIORITY_MAX], or a named error."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidArgumentTypeError(f"{what} must be an int, got {priority!r}")
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidArgumentError(f"{what} {priority} is outside [{PRIORITY_MIN}, {PRIORITY_MAX}]")
+    return priority
+
+
+def check_seconds(value: Any, what: str, *, allow_zero: bool = True) -> float | None:
+    """None, or a finite non-negative number of seconds (int, float or timedelta)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidArgumentTypeError(f"{what} must be seconds or a timedelta, got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidArgumentError(f"{what} must be finite, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidArgumentError(f"{what} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def check_schedule_at(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    raise InvalidArgumentTypeError(f"schedule_at must be a datetime, got {value!r}")
+
+
+def instance_parameter(executor: Callable) -> str | None:
+    """The name of the executor's parameter that receives the worker-side Instance: one
+    annotated `Instance` (or its string form) or, failing that, one named `ji`."""
+    try:
+        params = inspect.signature(executor).parameters
+    except (TypeError, ValueError):
+        return None
+    for p in params.values():
+        ann = p.annotation
+        name = ann if isinstance(ann, str) else getattr(ann, "__name__", None)
+        if name in ("Instance", "jobengine.Instance", "WorkerInstance"):
+            return p.name
+    return "ji" if "ji" in params else None
+
+
+class Job:
+    """A kind of work: an executor plus its defaults.
+
+    Job(kind, executor, *, description, priority, schedule_at, schedule_after, crontab,
+    timezone, jitter, max_retries, backoff, timeout, response_handler, error_handler,
+    state_change_handler).  See DESIGN.md §1; every option is checked here and a bad one
+    raises InvalidJobError / InvalidArgumentError / InvalidArgumentTypeError naming it."""
+
+    __slots__ = (
+        "_signature", "backoff", "crontab", "description", "error_handler", "executor",
+        "instance_param", "jitter", "kind", "max_retries", "priority", "response_handler",
+        "schedule_after", "schedule_at", "state_change_handler", "timeout", "timezone",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        kind: str,
+        executor: Callable[..., Any],
+        *,
+        description: str = "",
+        priority: int = 0,
+        schedule_at: datetime | None = None,
+        schedule_after: float | timedelta | None = None,
+        crontab: str | None = None,
+        timezone: str | None = None,
+        jitter: float | Callable[[], float] | None = None,
+        max_retries: int = 0,
+        backoff: float | Callable[[int], float] | None = None,
+        timeout: float | timedelta | None = None,
+        response_handler: Callable[[Any, Any], None] | None = None,
+        error_handler: Callable[[Any, BaseException], Any] | None = None,
+        state_change_handler: Callable[[Any, Any], None] | None = None,
+    ):
+        if not isinstance(kind, str) or not kind.strip():
+            raise InvalidJobError(f"Job kind must be a non-empty str, got {kind!r}")
+        if not callable(executor):
+            raise InvalidJobError(f"Job {kind!r}: executor must be callable, got {executor!r}")
+        for name, h in (
+            ("response_handler", response_handler),
+            ("error_handler", error_handler),
+            ("state_change_handler", state_change_handler),
+        ):
+            if h is not None and not callable(h):
+                raise InvalidJobError(f"Job {kind!r}: {name} must be callable, got {h!r}")
+        if crontab is not None or timezone is not None or jitter is not None:
+            raise InvalidJobError(
+                f"Job {kind!r}: crontab, timezone and jitter are not supported yet "
+                "(scheduling issue); use schedule_at / schedule_after"
+            )
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool):
+            raise InvalidArgumentTypeError(
+                f"Job {kind!r}: max_retries must be an int, got {max_retries!r}"
+            )
+        if max_retries < 0:
+            raise InvalidArgumentError(f"Job {kind!r}: max_retries must be >= 0, got {max_retries}")
+        if backoff is not None and not callable(backoff):
+            check_seconds(backoff, f"Job {kind!r}: backoff")
+        self.kind = kind
+        self.executor = executor
+        self.description = description
+        self.priority = check_priority(priority, f"Job {kind!r}: priority")
+        self.schedule_at = check_schedule_at(schedule_at)
+        self.schedule_after = check_seconds(schedule_after, f"Job {kind!r}: schedule_after")
+        self.crontab = crontab
+        self.timezone = timezone
+        self.jitter = jitter
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.timeout = check_seconds(timeout, f"Job {kind!r}: timeout", allow_zero=False)
+        self.response_handler = response_handler
+        self.error_handler = error_handler
+        self.state_change_handler = state_change_handler
+        self.instance_param = instance_parameter(executor)
+        try:
+            sig = inspect.signature(executor)
+            if self.instance_param is not None:
+                params = [p for n, p in sig.parameters.items() if n != self.instance_param]
+                sig = sig.replace(parameters=params)
+            self._signature: inspect.Signature | None = sig
+        except (TypeError, ValueError):  # some builtins have no signature: bind at run time
+            self._signature = None
+
+    def bind(self, args: tuple, kwargs: dict) -> None:
+        """Check that args/kwargs fit the executor's signature (ArgumentBindingError)."""
+        if self._signature is None:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise ArgumentBindingError(
+                f"arguments {args!r} {kwargs!r} do not fit job {self.kind!r} "
+                f"executor{self._signature}: {e}"
+            ) from None
+
+    def backoff_seconds(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (1 = the first retry)."""
+        if self.backoff is None:
+            return 0.0
+        if callable(self.backoff):
+            return (
+                check_seconds(self.backoff(attempt), f"Job {self.kind!r}: backoff({attempt})")
+                or 0.0
+            )
+        return float(self.backoff)
+
+    def __repr__(self) -> str:
+        return f"Job(kind={self.kind!r}, executor={getattr(self.executor, '__qualname__', self.executor)!r})"

@@ -1,0 +1,693 @@
+"""Manager: registers jobs, schedules instances, runs the engine, answers lookups.
+
+    user threads                      engine thread (one; owns workers and dispatch)
+    schedule_*() --> core.add ----+   loop:  supervisor messages (born / died)
+      records CREATED, SCHEDULED  |          drain every worker's event ring
+      ring the doorbell ----------+-->       dispatch ready instances to free credits
+                                             flush records to the store (one batch)
+                                             resolve futures, run handlers
+                                             park on the doorbell until the next event,
+                                             schedule call or due timer
+    supervisor process: forks / reaps workers; worker processes: run executors
+
+One thread does both dispatching and recording: on a two-core machine a second Python
+thread would only trade GIL hand-offs for nothing.  The compiled core (SchedulerCore) is
+guarded by `_lock`; worker tables are touched only by the engine thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+from typing import Any
+
+import cloudpickle
+
+from . import _core
+from .errors import (
+    DuplicateJobError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ManagerStateError,
+    RemoteError,
+    SerializationError,
+    UnknownJobError,
+    WorkerCrashed,
+)
+from .ids import uuid7_int
+from .instance import Instance
+from .job import Job, check_priority, check_schedule_at, check_seconds
+from .pool.channel import E_ERR, E_LOG, E_OK, E_STARTED, TAG_MASK, read_payload
+from .pool.pool import Pool, WorkerInfo, WorkerSlot
+from .query import Query
+from .recorder import Recorder
+from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
+from .scheduler import Dispatcher
+from .state import State
+from .stores.base import Store
+from .stores.memory import MemoryStore
+
+log = logging.getLogger("jobengine")
+
+SPIN_S = 20e-6  # engine spin before parking, only while jobs are in flight
+IDLE_PARK_S = 0.5
+
+
+def _mono_due(schedule_at: datetime | None, schedule_after: float | None) -> int:
+    """Due time on the monotonic clock; schedule_at in the past means now."""
+    now = time.monotonic_ns()
+    if schedule_at is not None:
+        delta = datetime_to_ns(schedule_at) - time.time_ns()
+        return now + max(0, delta)
+    if schedule_after:
+        return now + int(schedule_after * 1e9)
+    return 0  # due at once: the core puts it straight into the ready heap
+
+
+def _decode_error(payload: bytes) -> tuple[BaseException, str]:
+    raw, type_name, message, tb = pickle.loads(payload)
+    exc: BaseException | None = None
+    if raw is not None:
+        try:
+            exc = pickle.loads(raw)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(type_name, message, tb)
+    return exc, tb
+
+
+class Manager(Executor):
+    """The job manager (go-job's Manager), also a concurrent.futures.Executor.
+
+    Manager(num_workers=os.cpu_count(), store=MemoryStore()).  Schedule before or after
+    start(); instances wait in the scheduler until the pool runs.  Use it as a context
+    manager to start on enter and stop_with_wait() on exit."""
+
+    def __init__(self, num_workers: int | None = None, store: Store | None = None):
+        if num_workers is None:
+            num_workers = os.cpu_count() or 1
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool):
+            raise InvalidArgumentTypeError(f"num_workers must be an int, got {num_workers!r}")
+        if num_workers < 1:
+            raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers}")
+        if store is not None and not isinstance(store, Store):
+            raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
+        self._num_workers = num_workers
+        self.store: Store = store if store is not None else MemoryStore()
+        self._recorder = Recorder(self.store)
+        self._dispatcher = Dispatcher(self)
+        self._pool: Pool | None = None
+        self._core = _core.SchedulerCore()
+        self._lock = threading.Lock()  # core, handles, instance table, job table
+        self._jobs: dict[str, Job] = {}
+        self._kind_ids: dict[Job, int] = {}
+        self._kind_seq = itertools.count(1)
+        self._blobs: dict[Job, bytes] = {}
+        self._fn_jobs: dict[Any, Job] = {}  # submit(): function -> its implicit Job
+        self._by_handle: list[Instance | None] = []
+        self._free_handles: list[int] = []
+        self._active = 0
+        self._idle = threading.Condition(self._lock)
+        self._state = "new"  # new -> running -> stopping -> stopped
+        self._cancel_queued_on_stop = False
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # -- jobs ----------------------------------------------------------------------------
+    def register_job(self, job: Job) -> Job:
+        """Register `job` under its kind (DuplicateJobError if the kind is taken)."""
+        if not isinstance(job, Job):
+            raise InvalidArgumentTypeError(f"register_job needs a Job, got {job!r}")
+        with self._lock:
+            if job.kind in self._jobs:
+                raise DuplicateJobError(f"a job of kind {job.kind!r} is already registered")
+            self._jobs[job.kind] = job
+            self._kind_ids[job] = next(self._kind_seq)
+        return job
+
+    def unregister_job(self, kind: str) -> Job:
+        """Remove the job of `kind`; instances already scheduled still run."""
+        with self._lock:
+            try:
+                return self._jobs.pop(kind)
+            except KeyError:
+                raise UnknownJobError(f"no job of kind {kind!r} is registered") from None
+
+    def lookup_job(self, kind: str) -> Job:
+        """The registered job of `kind` (UnknownJobError if none)."""
+        with self._lock:
+            try:
+                return self._jobs[kind]
+            except KeyError:
+                raise UnknownJobError(f"no job of kind {kind!r} is registered") from None
+
+    def list_jobs(self) -> list[Job]:
+        """Registered jobs, in registration order."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def _executor_blob(self, job: Job) -> bytes:
+        blob = self._blobs.get(job)
+        if blob is None:
+            blob = self._blobs[job] = cloudpickle.dumps(
+                (job.executor, job.instance_param, job.kind)
+            )
+        return blob
+
+    # -- scheduling ----------------------------------------------------------------------
+    def schedule_registered_job(self, kind: str, **options: Any) -> Instance:
+        """Schedule an instance of the registered job `kind`; options as schedule_job."""
+        return self.schedule_job(self.lookup_job(kind), **options)
+
+    def schedule_job(
+        self,
+        job: Job,
+        *,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        priority: int | None = None,
+        schedule_at: datetime | None = None,
+        schedule_after: float | timedelta | None = None,
+    ) -> Instance:
+        """Schedule one instance of `job` (registering it if its kind is new).
+
+        args/kwargs go to the executor (checked against its signature now, pickled
+        now: an argument that cannot be pickled raises SerializationError and nothing
+        is recorded).  priority / schedule_at / schedule_after override the job's."""
+        if self._state in ("stopping", "stopped"):
+            raise ManagerStateError("cannot schedule on a manager that is stopping or stopped")
+        if not isinstance(job, Job):
+            raise InvalidArgumentTypeError(f"schedule_job needs a Job, got {job!r}")
+        if isinstance(args, (str, bytes)) or not isinstance(args, Iterable):
+            raise InvalidArgumentTypeError(f"args must be a tuple or list, got {args!r}")
+        args = tuple(args)
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, dict):
+            raise InvalidArgumentTypeError(f"kwargs must be a dict, got {kwargs!r}")
+        prio = job.priority if priority is None else check_priority(priority)
+        at = check_schedule_at(schedule_at) if schedule_at is not None else None
+        after = (
+            check_seconds(schedule_after, "schedule_after") if schedule_after is not None else None
+        )
+        if at is None and after is None:
+            at, after = job.schedule_at, job.schedule_after
+        job.bind(args, kwargs)
+        with self._lock:
+            known = self._jobs.get(job.kind)
+            if known is None:
+                self._jobs[job.kind] = job
+                self._kind_ids[job] = next(self._kind_seq)
+            elif known is not job:
+                raise DuplicateJobError(
+                    f"another job of kind {job.kind!r} is registered; schedule that one"
+                )
+        uid = uuid7_int()
+        inst = Instance(self, job, uid, args, kwargs, prio, time.time_ns())
+        try:
+            payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
+            inst._payload = pickle.dumps(payload, protocol=5)
+        except Exception as e:
+            raise SerializationError(
+                f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
+            ) from None
+        due = _mono_due(at, after)
+        wall = inst._created_ns
+        inst._scheduled_ns = wall + max(0, due - time.monotonic_ns()) if due else wall
+        with self._lock:
+            if self._state in ("stopping", "stopped"):
+                raise ManagerStateError("cannot schedule on a manager that is stopping or stopped")
+            # Records first: once in the core, the engine may dispatch it at once.
+            self._recorder.created(inst, wall)
+            handle = self._alloc_handle(inst)
+            self._core.add(handle, due, prio)
+            self._active += 1
+        if self._pool is not None:
+            self._pool.doorbell.ring()
+        return inst
+
+    def _alloc_handle(self, inst: Instance) -> int:
+        if self._free_handles:
+            h = self._free_handles.pop()
+            self._by_handle[h] = inst
+        else:
+            h = len(self._by_handle)
+            self._by_handle.append(inst)
+        inst._handle = h
+        return h
+
+    def _release(self, inst: Instance) -> None:
+        """The instance reached a final state: free its handle (caller holds _lock)."""
+        h = inst._handle
+        if h >= 0 and self._by_handle[h] is inst:
+            self._by_handle[h] = None
+            self._free_handles.append(h)
+        inst._handle = -1
+        self._active -= 1
+        if self._active == 0:
+            self._idle.notify_all()
+
+    # -- cancel --------------------------------------------------------------------------
+    def _cancel_queued(self, inst: Instance) -> bool:
+        """Cancel an instance no worker has taken; True if it is now CANCELED."""
+        with self._lock:
+            if inst._handle < 0 or not self._core.cancel(inst._handle):
+                return inst.cancelled()
+            self._release(inst)
+        self._recorder.transition(inst, State.CANCELED, time.time_ns())
+        inst._completed_ns = time.time_ns()
+        self._recorder.flush()
+        Future_cancel(inst)
+        return True
+
+    def cancel_instances(self, query: Query) -> list[Instance]:
+        """Cancel every queued instance matching `query` (running ones are not
+        interrupted); return the instances canceled."""
+        out = []
+        for inst in self._live_matching(query):
+            if inst.cancel():
+                out.append(inst)
+        return out
+
+    def _live_matching(self, query: Query) -> list[Instance]:
+        with self._lock:
+            live = [i for i in self._by_handle if i is not None]
+        return [i for i in live if query.matches(i.uuid_str, i.kind, i.state, i._created_ns)]
+
+    # -- logs from the manager's side ----------------------------------------------------
+    def _append_log(self, inst: Instance, level: LogLevel, message: str) -> None:
+        self._recorder.log(inst, level, time.time_ns(), message)
+
+    # -- lookups -------------------------------------------------------------------------
+    def lookup_instance_history(self, ji: Instance | str) -> list[StateRecord]:
+        """The state history of an instance (or uuid), oldest first."""
+        self._recorder.flush()
+        return self.store.lookup_history(_uuid_of(ji))
+
+    def lookup_instance_logs(self, ji: Instance | str) -> list[LogRecord]:
+        """The log history of an instance (or uuid), oldest first."""
+        self._recorder.flush()
+        return self.store.lookup_logs(_uuid_of(ji))
+
+    def lookup_instances(self, query: Query | None = None) -> list[Instance | InstanceRecord]:
+        """Instances matching `query`, oldest first.  Instances this manager created are
+        returned as the live Instance objects; others as the store's InstanceRecords."""
+        self._recorder.flush()
+        records = self.store.lookup_instances(query or Query())
+        with self._lock:
+            live = {i.uuid_str: i for i in self._by_handle if i is not None}
+        return [live.get(r.uuid, r) for r in records]
+
+    def clear_instance_history(
+        self, before: datetime | None = None, after: datetime | None = None
+    ) -> int:
+        """Delete state records in [after, before); return how many."""
+        self._recorder.flush()
+        return self.store.clear_history(
+            None if before is None else datetime_to_ns(before),
+            None if after is None else datetime_to_ns(after),
+        )
+
+    def clear_instance_logs(
+        self, before: datetime | None = None, after: datetime | None = None
+    ) -> int:
+        """Delete log records in [after, before); return how many."""
+        self._recorder.flush()
+        return self.store.clear_logs(
+            None if before is None else datetime_to_ns(before),
+            None if after is None else datetime_to_ns(after),
+        )
+
+    # -- pool ------------------------------------------------------------------------
+    @property
+    def num_workers(self) -> int:
+        """The pool's target size."""
+        return self._num_workers
+
+    def resize_workers(self, n: int) -> None:
+        """Grow or shrink the pool to `n` workers.  Shrinking lets the retired workers
+        finish what they hold first: no job is lost or run twice."""
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise InvalidArgumentTypeError(f"resize_workers needs an int, got {n!r}")
+        if n < 1:
+            raise InvalidArgumentError(f"resize_workers needs n >= 1, got {n}")
+        self._num_workers = n
+        if self._pool is not None:
+            self._pool.doorbell.ring()
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        """A snapshot of the pool's workers (pid, state, current job, RSS, CPU)."""
+        pool = self._pool
+        return pool.info() if pool is not None else []
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> Manager:
+        """Start the supervisor, the workers and the engine thread."""
+        if self._state != "new":
+            raise ManagerStateError(f"start() on a manager that is {self._state}")
+        self._pool = Pool()
+        self._pool.start()
+        self._state = "running"
+        self._thread = threading.Thread(target=self._engine, name="jobengine-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every scheduled instance has reached a final state.  True if
+        it did, False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def stop(self, wait: bool = False) -> None:
+        """Stop: cancel instances still queued, let running ones finish, then shut the
+        pool down.  With wait=True (stop_with_wait), run everything queued first."""
+        if self._state == "new":
+            self._state = "stopped"
+            return
+        if self._state == "stopped":
+            return
+        if wait:
+            self.wait()
+        with self._lock:
+            self._state = "stopping"
+        self._pool.doorbell.ring()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        if self._error is not None:
+            raise ManagerStateError(f"the engine thread failed: {self._error!r}") from self._error
+
+    def stop_with_wait(self) -> None:
+        """Run everything scheduled to its end, then stop."""
+        self.stop(wait=True)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """concurrent.futures.Executor.shutdown."""
+        self.stop(wait=wait and not cancel_futures)
+
+    def __enter__(self) -> Manager:
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_with_wait()
+
+    # -- Executor API ----------------------------------------------------------------
+    def _job_for(self, fn: Callable) -> Job:
+        job = self._fn_jobs.get(fn)
+        if job is None:
+            kind = getattr(fn, "__qualname__", None) or getattr(
+                type(fn), "__qualname__", "callable"
+            )
+            with self._lock:
+                n = 1
+                base = kind
+                while kind in self._jobs:
+                    n += 1
+                    kind = f"{base}#{n}"
+            job = self.register_job(Job(kind, fn))
+            self._fn_jobs[fn] = job
+        return job
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Instance:
+        """Run fn(*args, **kwargs) on the pool; return its Instance (a Future)."""
+        if self._state in ("stopping", "stopped"):
+            raise ManagerStateError("cannot schedule new futures after shutdown")
+        return self.schedule_job(self._job_for(fn), args=args, kwargs=kwargs)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator:  # fmt: skip
+        """Executor.map: results in order.  chunksize > 1 sends that many calls per job."""
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise InvalidArgumentError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        if chunksize == 1:
+            futures = [self.submit(fn, *a) for a in zip(*iterables)]
+        else:
+            runner = self._job_for(_ChunkRunner(fn))
+            it = zip(*iterables)
+            futures = []
+            while chunk := list(itertools.islice(it, chunksize)):
+                futures.append(self.schedule_job(runner, args=(chunk,)))
+
+        def results() -> Iterator:
+            try:
+                for f in futures:
+                    left = None if end is None else end - time.monotonic()
+                    if chunksize == 1:
+                        yield f.result(left)
+                    else:
+                        yield from f.result(left)
+            finally:
+                for f in futures:
+                    f.cancel()
+
+        return results()
+
+    # -- the engine thread -----------------------------------------------------------
+    def _engine(self) -> None:
+        pool = self._pool
+        try:
+            while True:
+                pool.doorbell.take()
+                busy = self._handle_control()
+                busy |= self._drain_events()
+                if self._state == "stopping":
+                    if self._stop_step():
+                        break
+                else:
+                    self._apply_resize()
+                busy |= self._dispatcher.dispatch()
+                busy |= self._recorder.run_deferred()
+                if not busy:
+                    pool.doorbell.wait(pool.rings, self._idle_timeout(), self._spin())
+        except BaseException as e:  # keep the process alive; report at stop()
+            self._error = e
+            log.exception("jobengine: the engine thread failed; the manager is stopped")
+        finally:
+            with self._lock:
+                self._state = "stopped"
+                orphans = [i for i in self._by_handle if i is not None]
+            for inst in orphans:  # only after a failure: an orderly stop leaves none
+                err = ManagerStateError("the manager stopped before this instance ran")
+                with self._lock:
+                    self._core.cancel(inst._handle)
+                    self._release(inst)
+                if not inst.done():
+                    inst.set_exception(err)
+            try:
+                self._recorder.run_deferred()
+            finally:
+                pool.close()
+
+    def _spin(self) -> float:
+        return SPIN_S if any(w.inflight for w in self._pool.workers.values()) else 0.0
+
+    def _idle_timeout(self) -> float:
+        with self._lock:
+            nxt = self._core.next_due_ns()
+            ready = self._core.ready_len
+        if ready:
+            return IDLE_PARK_S  # waiting for a credit: an event will wake us
+        if nxt is None:
+            return IDLE_PARK_S
+        return min(IDLE_PARK_S, max(0.0, (nxt - time.monotonic_ns()) / 1e9))
+
+    def _apply_resize(self) -> None:
+        pool = self._pool
+        live = [w for w in pool.workers.values() if not w.retiring]
+        want = self._num_workers
+        if len(live) < want:
+            for _ in range(want - len(live)):
+                pool.spawn(pool.free_index())
+        elif len(live) > want:
+            for w in sorted(live, key=lambda w: -w.index)[: len(live) - want]:
+                pool.retire(w)
+
+    def _stop_step(self) -> bool:
+        """One step of an orderly stop; True when the pool is gone."""
+        pool = self._pool
+        # Whatever is still queued is canceled (stop_with_wait has drained it already).
+        with self._lock:
+            queued = [i for i in self._by_handle if i is not None and i._handle >= 0
+                      and i._handle in self._core]  # fmt: skip
+        for inst in queued:
+            self._cancel_queued(inst)
+        if any(w.inflight for w in pool.workers.values()):
+            return False
+        for w in list(pool.workers.values()):
+            pool.retire(w)
+        return not pool.workers
+
+    def _handle_control(self) -> bool:
+        msgs = self._pool.poll()
+        for msg in msgs:
+            if msg[0] == "died":
+                self._worker_died(*msg[1:])
+            elif msg[0] == "lost":
+                raise ManagerStateError("the supervisor process is gone")
+        return bool(msgs)
+
+    def _worker_died(self, index: int, pid: int, exitcode: int | None, sig: int | None) -> None:
+        pool = self._pool
+        w = pool.workers.get(index)
+        if w is None or (w.pid is not None and w.pid != pid):
+            return
+        self._drain_worker(w)  # events it published before dying still count
+        pool.remove(w)
+        cause = f"worker {index} (pid {pid}) died: " + (
+            f"killed by signal {sig}" if sig is not None else f"exit code {exitcode}"
+        )
+        now = time.time_ns()
+        for inst in list(w.inflight.values()):
+            del w.inflight[inst._handle]
+            if inst.state is State.SCHEDULED:  # handed over but never started: requeue
+                inst.attempts -= 1
+                with self._lock:
+                    self._core.add(inst._handle, 0, inst.priority)
+                continue
+            self._recorder.log(inst, LogLevel.ERROR, now, cause)
+            self._attempt_failed(
+                inst, WorkerCrashed(cause, exitcode, sig), State.TERMINATED, now, cause
+            )
+        w.running = None
+        w.channel.close()
+
+    def _drain_events(self) -> bool:
+        busy = False
+        for w in list(self._pool.workers.values()):
+            busy |= self._drain_worker(w)
+        return busy
+
+    def _drain_worker(self, w: WorkerSlot) -> bool:
+        records = w.channel.events.read_many()
+        if not records:
+            return False
+        rec = self._recorder
+        inflight = w.inflight
+        for tag, a, b, payload in records:
+            handle = a & 0xFFFFFFFF
+            inst = inflight.get(handle)
+            if inst is None or inst.attempts != a >> 32:
+                continue  # a stale event (the attempt was already settled)
+            t = tag & TAG_MASK
+            if t == E_STARTED:
+                inst._processed_ns = b
+                w.running = inst
+                rec.transition(inst, State.PROCESSING, b)
+            elif t == E_OK:
+                del inflight[handle]
+                w.running = None
+                w.jobs += 1
+                self._dispatcher.observe(b - inst._processed_ns)
+                try:
+                    result = pickle.loads(read_payload(tag, payload))
+                except Exception as e:
+                    err = SerializationError(
+                        f"the result of job {inst.kind!r} cannot be unpickled: {e}"
+                    )
+                    self._attempt_failed(inst, err, State.TERMINATED, b, str(err))
+                    continue
+                self._succeeded(inst, result, b)
+            elif t == E_ERR:
+                del inflight[handle]
+                w.running = None
+                w.jobs += 1
+                self._dispatcher.observe(b - inst._processed_ns)
+                exc, tb = _decode_error(read_payload(tag, payload))
+                cause = f"{type(exc).__name__}: {exc}"
+                rec.log(inst, LogLevel.ERROR, b, tb or cause)
+                self._attempt_failed(inst, exc, State.TERMINATED, b, cause)
+            elif t == E_LOG:
+                body = read_payload(tag, payload)
+                rec.log(inst, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
+        return True
+
+    def _succeeded(self, inst: Instance, result: Any, t: int) -> None:
+        rec = self._recorder
+        inst._completed_ns = t
+        rec.transition(inst, State.COMPLETED, t)
+        with self._lock:
+            self._release(inst)
+        rec.defer(inst.set_result, result)
+        handler = inst.job.response_handler
+        if handler is not None:
+            rec.defer(rec._call, handler, inst, result)
+
+    def _attempt_failed(
+        self, inst: Instance, exc: BaseException, state: State, t: int, cause: str
+    ) -> None:
+        rec = self._recorder
+        job = inst.job
+        rec.transition(inst, state, t, cause)
+        if job.error_handler is not None:
+            rec.defer(self._run_error_handler, inst, exc)
+        if inst.attempts <= job.max_retries:
+            delay = job.backoff_seconds(inst.attempts)
+            rec.transition(inst, State.SCHEDULED, time.time_ns())
+            with self._lock:
+                self._core.add(inst._handle, time.monotonic_ns() + int(delay * 1e9) if delay else 0,
+                               inst.priority)  # fmt: skip
+            return
+        inst._completed_ns = t
+        with self._lock:
+            self._release(inst)
+        rec.defer(self._resolve_failure, inst, exc)
+
+    def _run_error_handler(self, inst: Instance, exc: BaseException) -> None:
+        try:
+            replaced = inst.job.error_handler(inst, exc)
+        except Exception:
+            log.exception("jobengine: the error_handler of job %r raised", inst.kind)
+            return
+        if isinstance(replaced, BaseException):
+            inst._replaced_exc = replaced
+
+    @staticmethod
+    def _resolve_failure(inst: Instance, exc: BaseException) -> None:
+        inst.set_exception(getattr(inst, "_replaced_exc", None) or exc)
+
+
+class _ChunkRunner:
+    """The executor of a map() chunk: calls fn on each argument tuple, in order."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__qualname__ = f"{getattr(fn, '__qualname__', 'fn')}[map]"
+
+    def __call__(self, chunk: list[tuple]) -> list:
+        fn = self.fn
+        return [fn(*a) for a in chunk]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ChunkRunner) and other.fn == self.fn
+
+    def __hash__(self) -> int:
+        return hash(("chunk", self.fn))
+
+
+def Future_cancel(inst: Instance) -> None:
+    from concurrent.futures import Future
+
+    if Future.cancel(inst):
+        inst.set_running_or_notify_cancel()
+
+
+def _uuid_of(ji: Instance | str) -> str:
+    if isinstance(ji, Instance):
+        return ji.uuid_str
+    if isinstance(ji, str):
+        return ji
+    return str(ji)
+
+
+__all__ = ["Manager"]

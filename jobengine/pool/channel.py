@@ -1,0 +1,121 @@
+"""The wire between the manager and one worker: two SPSC rings in one memfd mapping.
+
+    manager (engine thread)                      worker process
+      tasks  Ring (producer)  --- T_* records -->  tasks  Ring (consumer, parks on the ring)
+      events Ring (consumer)  <-- E_* records ---  events Ring (producer, rings the doorbell)
+
+The manager creates the memfd, formats both rings, and hands the fd to the supervisor,
+which forks the worker with it; nothing is ever named in /dev/shm, so nothing leaks when
+a process dies.  Record fields: a = handle | attempt << 32 for per-instance records,
+b = kind id (tasks) or a time.time_ns() timestamp (events).  A payload larger than a
+ring record may carry travels through a spill file (FLAG_LARGE: the payload is its path).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+
+from .._core import RING_HEADER, Doorbell, Ring
+
+# manager -> worker
+T_DEFINE = 1  # a = kind id; payload = cloudpickle((executor, instance_param, kind))
+T_TASK = 2  # a = handle | attempt << 32; b = kind id; payload = pickled (args, kwargs[, uuid])
+T_STOP = 3  # finish what is queued before this record, then exit 0
+# worker -> manager
+E_STARTED = 16  # a = handle | attempt << 32; b = start time
+E_OK = 17  # b = end time; payload = pickled result
+E_ERR = 18  # b = end time; payload = pickled (exception bytes | None, type, message, traceback)
+E_LOG = 19  # b = time; payload = level (1 byte) + utf-8 message
+
+FLAG_LARGE = 0x100
+TAG_MASK = 0xFF
+
+RING_BYTES = 1 << 20  # per direction: 256 KiB records fit inline, larger ones spill
+REGION = RING_HEADER + RING_BYTES
+MAPPING_BYTES = 2 * REGION
+DOORBELL_BYTES = 64
+
+SPILL_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def pack(handle: int, attempt: int) -> int:
+    return handle | (attempt << 32)
+
+
+def new_memfd(name: str, size: int) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def map_fd(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def new_doorbell() -> tuple[int, mmap.mmap, Doorbell]:
+    fd = new_memfd("jobengine-doorbell", DOORBELL_BYTES)
+    mm = map_fd(fd, DOORBELL_BYTES)
+    return fd, mm, Doorbell(mm, format=True)
+
+
+def attach_doorbell(fd: int) -> tuple[mmap.mmap, Doorbell]:
+    mm = map_fd(fd, DOORBELL_BYTES)
+    return mm, Doorbell(mm)
+
+
+class Channel:
+    """One side's view of a worker's two rings.  side="manager" or "worker"."""
+
+    __slots__ = ("events", "fd", "mm", "tasks")
+
+    def __init__(self, fd: int, doorbell: Doorbell, side: str, format: bool = False):
+        self.fd = fd
+        self.mm = map_fd(fd, MAPPING_BYTES)
+        view = memoryview(self.mm)
+        task_mem, event_mem = view[:REGION], view[REGION:]
+        if side == "manager":
+            self.tasks = Ring(task_mem, None, format)
+            self.events = Ring(event_mem, doorbell, format)
+        else:
+            self.tasks = Ring(task_mem, None)
+            self.events = Ring(event_mem, doorbell)
+
+    @classmethod
+    def create(cls, index: int, doorbell: Doorbell) -> Channel:
+        fd = new_memfd(f"jobengine-worker-{index}", MAPPING_BYTES)
+        return cls(fd, doorbell, "manager", format=True)
+
+    def close(self) -> None:
+        # The Rings hold buffer exports of the mapping; the mapping itself is unmapped
+        # when the last of them is collected.  Only the fd is ours to close now.
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def write_record(ring: Ring, tag: int, a: int, b: int, payload: bytes) -> bool:
+    """Write one record (unpublished), spilling a large payload to a file.  False when
+    the ring is full (nothing written, no file left behind)."""
+    if len(payload) <= ring.max_payload:
+        return ring.write(tag, a, b, payload)
+    fd, path = tempfile.mkstemp(prefix="jobengine-spill-", dir=SPILL_DIR)
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+    if ring.write(tag | FLAG_LARGE, a, b, path.encode()):
+        return True
+    os.unlink(path)
+    return False
+
+
+def read_payload(tag: int, payload: bytes) -> bytes:
+    """The real payload of a record read from a ring (reads and removes a spill file)."""
+    if not tag & FLAG_LARGE:
+        return payload
+    path = payload.decode()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)

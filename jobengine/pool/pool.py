@@ -1,0 +1,206 @@
+"""The manager's side of the pool: the supervisor process, the worker table, resizing.
+
+Owned by the engine thread: every method here runs on it, except `info()` (a snapshot
+for any thread) and `start()`/`close()` (called by the manager before the engine thread
+starts and after it ends)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from ..instance import Instance
+from .channel import T_STOP, Channel, new_doorbell
+from .control import recv, send
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A snapshot of one worker: .index, .pid, .state ("starting", "idle", "busy",
+    "retiring"), .current (uuid of the instance it runs, or None), .rss (bytes),
+    .cpu_percent (since the previous snapshot), .jobs (attempts it has finished)."""
+
+    index: int
+    pid: int | None
+    state: str
+    current: str | None
+    rss: int | None
+    cpu_percent: float | None
+    jobs: int
+
+
+class WorkerSlot:
+    """The manager's record of one worker process."""
+
+    __slots__ = (
+        "channel",
+        "index",
+        "inflight",
+        "jobs",
+        "kinds",
+        "pid",
+        "proc",
+        "retiring",
+        "running",
+    )
+
+    def __init__(self, index: int, channel: Channel):
+        self.index = index
+        self.channel = channel
+        self.pid: int | None = None
+        self.proc: psutil.Process | None = None
+        self.inflight: dict[int, Instance] = {}  # handle -> instance, in dispatch order
+        self.running: Instance | None = None  # the one it has started
+        self.kinds: set[int] = set()  # kind ids whose executor it has received
+        self.retiring = False
+        self.jobs = 0
+
+
+class Pool:
+    def __init__(self):
+        self.doorbell_fd, self._doorbell_mm, self.doorbell = new_doorbell()
+        self.workers: dict[int, WorkerSlot] = {}
+        self.target = 0
+        self.rings: list = []  # event rings of live workers, for Doorbell.wait
+        self._ctl: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        # The workers must import what the manager's process can (executors pickled by
+        # reference name their module).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["JOBENGINE_SYS_PATH"] = json.dumps(sys.path)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "jobengine.pool.supervisor",
+             str(theirs.fileno()), str(self.doorbell_fd), str(os.getpid())],
+            pass_fds=(theirs.fileno(), self.doorbell_fd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        theirs.close()
+        ours.setblocking(False)
+        self._ctl = ours
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Tell the supervisor to exit (it kills what is left) and wait for it."""
+        if self._proc is None:
+            return
+        try:
+            self._ctl.setblocking(True)
+            send(self._ctl, ("exit",))
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._ctl.close()
+        for w in self.workers.values():
+            w.channel.close()
+        self.workers.clear()
+        self.rings = []
+        self._proc = None
+
+    # -- workers ---------------------------------------------------------------------
+    def spawn(self, index: int) -> WorkerSlot:
+        channel = Channel.create(index, self.doorbell)
+        w = WorkerSlot(index, channel)
+        self._ctl.setblocking(True)
+        try:
+            send(self._ctl, ("spawn", index), [channel.fd])
+        finally:
+            self._ctl.setblocking(False)
+        channel.close()  # the supervisor has its own copy of the fd; our mapping stays
+        self.workers[index] = w
+        self._refresh_rings()
+        return w
+
+    def retire(self, w: WorkerSlot) -> None:
+        """Let the worker finish what it holds, then exit (STOP is queued behind it)."""
+        if w.retiring:
+            return
+        w.retiring = True
+        ring = w.channel.tasks
+        while not ring.push(T_STOP, 0, 0):
+            time.sleep(50e-6)
+
+    def kill(self, w: WorkerSlot) -> None:
+        if w.pid is not None:
+            self._ctl.setblocking(True)
+            try:
+                send(self._ctl, ("kill", w.index, w.pid))
+            finally:
+                self._ctl.setblocking(False)
+
+    def _refresh_rings(self) -> None:
+        self.rings = [w.channel.events for w in self.workers.values()]
+
+    def remove(self, w: WorkerSlot) -> None:
+        self.workers.pop(w.index, None)
+        self._refresh_rings()
+
+    def poll(self) -> list[tuple]:
+        """Messages from the supervisor that have arrived ("born" / "died")."""
+        out = []
+        while True:
+            try:
+                msg, _fds = recv(self._ctl)
+            except BlockingIOError:
+                return out
+            except (EOFError, ConnectionError):
+                out.append(("lost",))
+                return out
+            if msg[0] == "born":
+                w = self.workers.get(msg[1])
+                if w is not None:
+                    w.pid = msg[2]
+                    try:
+                        w.proc = psutil.Process(w.pid)
+                        w.proc.cpu_percent(None)  # starts the CPU accounting window
+                    except psutil.Error:
+                        w.proc = None
+            out.append(msg)
+
+    def free_index(self) -> int:
+        i = 0
+        while i in self.workers:
+            i += 1
+        return i
+
+    def info(self) -> list[WorkerInfo]:
+        out = []
+        for w in sorted(list(self.workers.values()), key=lambda w: w.index):
+            rss = cpu = None
+            if w.proc is not None:
+                try:
+                    with w.proc.oneshot():
+                        rss = w.proc.memory_info().rss
+                        cpu = w.proc.cpu_percent(None)
+                except psutil.Error:
+                    pass
+            running = w.running
+            if w.pid is None:
+                state = "starting"
+            elif w.retiring:
+                state = "retiring"
+            else:
+                state = "busy" if running is not None else "idle"
+            out.append(WorkerInfo(w.index, w.pid, state,
+                                  running.uuid_str if running is not None else None,
+                                  rss, cpu, w.jobs))  # fmt: skip
+        return out

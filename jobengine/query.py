@@ -1,0 +1,68 @@
+"""Query: which instances (or records) a lookup or a cancel touches."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import InvalidArgumentError, InvalidArgumentTypeError
+from .records import datetime_to_ns
+from .state import State
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters, all optional and combined with AND.
+
+    uuid: one instance.  kind: its job's kind.  state: the instance's CURRENT state; a
+    group such as State.FINAL matches any of its members.  after / before: creation time
+    window (after <= created < before).  limit: at most this many results, oldest first.
+    An empty Query() matches everything."""
+
+    uuid: str | _uuid.UUID | None = None
+    kind: str | None = None
+    state: State | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    limit: int | None = None
+
+    def __post_init__(self):
+        if self.uuid is not None:
+            if isinstance(self.uuid, _uuid.UUID):
+                object.__setattr__(self, "uuid", str(self.uuid))
+            elif not isinstance(self.uuid, str):
+                raise InvalidArgumentTypeError(
+                    f"Query.uuid must be a str or UUID, got {self.uuid!r}"
+                )
+        if self.state is not None and not isinstance(self.state, State):
+            raise InvalidArgumentTypeError(f"Query.state must be a State, got {self.state!r}")
+        for name in ("after", "before"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, datetime):
+                raise InvalidArgumentTypeError(f"Query.{name} must be a datetime, got {v!r}")
+        if self.limit is not None and (
+            not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 0
+        ):
+            raise InvalidArgumentError(f"Query.limit must be an int >= 0, got {self.limit!r}")
+
+    @property
+    def after_ns(self) -> int | None:
+        return None if self.after is None else datetime_to_ns(self.after)
+
+    @property
+    def before_ns(self) -> int | None:
+        return None if self.before is None else datetime_to_ns(self.before)
+
+    def matches(self, uuid: str, kind: str, state: State, created_ns: int) -> bool:
+        """Whether an instance with these fields passes every filter (limit aside)."""
+        if self.uuid is not None and uuid != self.uuid:
+            return False
+        if self.kind is not None and kind != self.kind:
+            return False
+        if self.state is not None and not (state & self.state):
+            return False
+        a, b = self.after_ns, self.before_ns
+        if a is not None and created_ns < a:
+            return False
+        return not (b is not None and created_ns >= b)

@@ -1,0 +1,205 @@
+"""StateRecord and LogRecord: the history a store keeps of every instance.
+
+Timestamps are kept as integer nanoseconds since the Unix epoch (cheap to make, exact to
+store) and exposed as aware UTC datetimes.  Records encode to and from JSON (orjson)
+for stores that keep text."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .state import State
+
+UTC = timezone.utc
+
+
+def ns_to_datetime(ns: int | None) -> datetime | None:
+    """Nanoseconds since the epoch -> aware UTC datetime (microsecond precision)."""
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+def datetime_to_ns(dt: datetime) -> int:
+    """Aware or naive-local datetime -> nanoseconds since the epoch."""
+    return int(dt.timestamp() * 1_000_000) * 1000
+
+
+class LogLevel(enum.IntEnum):
+    """Levels of an instance's log history (ordered like the logging module's)."""
+
+    DEBUG = 10
+    INFO = 20
+    WARN = 30
+    ERROR = 40
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StateRecord:
+    """One transition of one instance: .state at .timestamp, during .attempt (1-based)
+    on .worker (index, or None when no worker was involved), in .run (recurrences of a
+    crontab instance; 1 otherwise), with an optional .cause (why it failed)."""
+
+    __slots__ = ("attempt", "cause", "kind", "run", "state", "time_ns", "uuid", "worker")
+
+    def __init__(
+        self,
+        uuid: str,
+        kind: str,
+        state: State,
+        time_ns: int,
+        attempt: int = 0,
+        worker: int | None = None,
+        run: int = 1,
+        cause: str | None = None,
+    ):
+        self.uuid = uuid
+        self.kind = kind
+        self.state = state
+        self.time_ns = time_ns
+        self.attempt = attempt
+        self.worker = worker
+        self.run = run
+        self.cause = cause
+
+    @property
+    def timestamp(self) -> datetime:
+        return ns_to_datetime(self.time_ns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "kind": self.kind,
+            "state": int(self.state),
+            "time_ns": self.time_ns,
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "run": self.run,
+            "cause": self.cause,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StateRecord:
+        return cls(
+            d["uuid"], d["kind"], State(d["state"]), d["time_ns"], d.get("attempt", 0),
+            d.get("worker"), d.get("run", 1), d.get("cause"),
+        )  # fmt: skip
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> StateRecord:
+        return cls.from_dict(orjson.loads(data))
+
+    def __repr__(self) -> str:
+        return (
+            f"StateRecord({self.state.name}, {self.timestamp.isoformat()}, "
+            f"attempt={self.attempt}, worker={self.worker}, run={self.run}"
+            + (f", cause={self.cause!r})" if self.cause else ")")
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StateRecord) and self.to_dict() == other.to_dict()
+
+
+class LogRecord:
+    """One log line of one instance: .level, .timestamp, .message, during .attempt."""
+
+    __slots__ = ("attempt", "kind", "level", "message", "time_ns", "uuid")
+
+    def __init__(
+        self, uuid: str, kind: str, level: LogLevel, time_ns: int, message: str, attempt: int = 0
+    ):
+        self.uuid = uuid
+        self.kind = kind
+        self.level = level
+        self.time_ns = time_ns
+        self.message = message
+        self.attempt = attempt
+
+    @property
+    def timestamp(self) -> datetime:
+        return ns_to_datetime(self.time_ns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "kind": self.kind,
+            "level": int(self.level),
+            "time_ns": self.time_ns,
+            "message": self.message,
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LogRecord:
+        return cls(
+            d["uuid"], d["kind"], LogLevel(d["level"]), d["time_ns"], d["message"],
+            d.get("attempt", 0),
+        )  # fmt: skip
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> LogRecord:
+        return cls.from_dict(orjson.loads(data))
+
+    def __repr__(self) -> str:
+        return f"LogRecord({self.level.name}, {self.timestamp.isoformat()}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LogRecord) and self.to_dict() == other.to_dict()
+
+
+class InstanceRecord:
+    """What a store keeps of an instance itself: identity, current state, timestamps
+    (ns), priority and attempts.  Arguments stay in the manager (they may not be JSON)."""
+
+    __slots__ = (
+        "attempts", "completed_ns", "created_ns", "kind", "priority", "processed_ns",
+        "scheduled_ns", "state", "uuid",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        uuid: str,
+        kind: str,
+        state: State,
+        priority: int,
+        attempts: int,
+        created_ns: int,
+        scheduled_ns: int | None,
+        processed_ns: int | None,
+        completed_ns: int | None,
+    ):
+        self.uuid = uuid
+        self.kind = kind
+        self.state = state
+        self.priority = priority
+        self.attempts = attempts
+        self.created_ns = created_ns
+        self.scheduled_ns = scheduled_ns
+        self.processed_ns = processed_ns
+        self.completed_ns = completed_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["state"] = int(self.state)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InstanceRecord:
+        d = dict(d)
+        d["state"] = State(d["state"])
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        return f"InstanceRecord({self.uuid}, {self.kind!r}, {self.state.name})"

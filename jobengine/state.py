@@ -1,0 +1,50 @@
+"""Instance states (go-job's), their groups, and the legal transitions."""
+
+from __future__ import annotations
+
+import enum
+
+from .errors import IllegalTransitionError
+
+
+class State(enum.IntFlag):
+    """The life of an instance: CREATED -> SCHEDULED -> PROCESSING -> a final state.
+
+    Groups: ACTIVE (not finished), FINAL (finished), ERROR (failed), SUCCESS.  A failed
+    attempt with retries left and a recurring instance go from their final state back
+    to SCHEDULED; every other move outside TRANSITIONS raises IllegalTransitionError."""
+
+    CREATED = 1
+    SCHEDULED = 2
+    PROCESSING = 4
+    COMPLETED = 8
+    TERMINATED = 16
+    CANCELED = 32
+    TIMED_OUT = 64
+
+    ACTIVE = CREATED | SCHEDULED | PROCESSING
+    FINAL = COMPLETED | TERMINATED | CANCELED | TIMED_OUT
+    ERROR = TERMINATED | TIMED_OUT
+    SUCCESS = COMPLETED
+
+    def __str__(self) -> str:
+        return self.name or super().__str__()
+
+
+#: state -> the states it may move to
+TRANSITIONS: dict[State, State] = {
+    State.CREATED: State.SCHEDULED | State.CANCELED,
+    State.SCHEDULED: State.PROCESSING | State.CANCELED,
+    State.PROCESSING: State.COMPLETED | State.TERMINATED | State.TIMED_OUT | State.CANCELED,
+    # Retries (after a failure) and recurrences (after any run) go back to SCHEDULED.
+    State.COMPLETED: State.SCHEDULED,
+    State.TERMINATED: State.SCHEDULED,
+    State.TIMED_OUT: State.SCHEDULED,
+    State.CANCELED: State(0),
+}
+
+
+def check_transition(old: State, new: State) -> None:
+    """Raise IllegalTransitionError unless old -> new is legal."""
+    if new not in TRANSITIONS or not new & TRANSITIONS[old]:
+        raise IllegalTransitionError(f"illegal state transition {old.name} -> {new.name}")

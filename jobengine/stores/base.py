@@ -1,0 +1,82 @@
+"""The Store contract: what every store keeps and how the engine talks to it.
+
+The engine writes in batches (one call per batch of records, from one thread) and reads
+on behalf of users (any thread), so every method must be thread-safe.  A store keeps
+three things per instance, keyed by its uuid string:
+
+- an InstanceRecord: identity, current state, priority, attempts, timestamps;
+- its state history: StateRecords in the order they were appended;
+- its log history: LogRecords in the order they were appended.
+
+Every store has a namespace; clear() and the clear_* methods touch only that namespace.
+Implementations document only where they deviate from what is written here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from ..query import Query
+from ..records import InstanceRecord, LogRecord, StateRecord
+
+
+class Store(abc.ABC):
+    """Abstract base of every store."""
+
+    namespace: str = "jobengine"
+
+    # -- writes (batched) ------------------------------------------------------------
+    @abc.abstractmethod
+    def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
+        """Insert or replace the InstanceRecord of each instance in `batch` (keyed by
+        uuid).  A new uuid keeps its first insertion's place in creation order."""
+
+    @abc.abstractmethod
+    def append_states(self, batch: Sequence[StateRecord]) -> None:
+        """Append each StateRecord to its instance's state history, in order."""
+
+    @abc.abstractmethod
+    def append_logs(self, batch: Sequence[LogRecord]) -> None:
+        """Append each LogRecord to its instance's log history, in order."""
+
+    # -- reads -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_instance(self, uuid: str) -> InstanceRecord | None:
+        """The InstanceRecord of `uuid`, or None."""
+
+    @abc.abstractmethod
+    def lookup_instances(self, query: Query) -> list[InstanceRecord]:
+        """InstanceRecords matching `query` (see Query), oldest first, at most
+        query.limit of them."""
+
+    @abc.abstractmethod
+    def lookup_history(self, uuid: str) -> list[StateRecord]:
+        """The state history of `uuid` (empty if unknown)."""
+
+    @abc.abstractmethod
+    def lookup_logs(self, uuid: str) -> list[LogRecord]:
+        """The log history of `uuid` (empty if unknown)."""
+
+    # -- deletes -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
+        """Delete state records with after_ns <= time < before_ns (a missing bound is
+        open); return how many were deleted.  With neither bound, delete all."""
+
+    @abc.abstractmethod
+    def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
+        """As clear_history, for log records."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Delete everything this store keeps in its namespace, and nothing else."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has nothing to release."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
