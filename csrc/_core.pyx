@@ -663,14 +663,14 @@ cdef class Doorbell:
             self.words[0] = 0
             self.words[1] = 0
 
-    def ring(self):
-        """Flag pending work and wake the sleeper if it sleeps."""
-        __atomic_store_n(&self.words[1], 1, __ATOMIC_SEQ_CST)
+    def ring(self, uint32_t flags=1):
+        """OR `flags` into the pending word and wake the sleeper if it sleeps."""
+        __atomic_fetch_or(&self.words[1], flags, __ATOMIC_SEQ_CST)
         je_unpark(&self.words[0])
 
     def take(self):
-        """Consume the pending flag: True if ring() was called since the last take()."""
-        return __atomic_exchange_n(&self.words[1], 0, __ATOMIC_SEQ_CST) != 0
+        """Take the pending flags (0 when ring() was not called since the last take)."""
+        return __atomic_exchange_n(&self.words[1], 0, __ATOMIC_SEQ_CST)
 
     def wait(self, list rings, timeout=None, double spin=0.0):
         """Sleep until one of `rings` has a record, ring() was called, or `timeout`
@@ -719,11 +719,9 @@ cdef int _ring_ready(void *arg) noexcept nogil:
 
 
 cdef extern from *:
-    """
-    #define __atomic_store_n_u32(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-    """
     void __atomic_store_n(uint32_t *p, uint32_t v, int order) nogil
     uint32_t __atomic_exchange_n(uint32_t *p, uint32_t v, int order) nogil
+    uint32_t __atomic_fetch_or(uint32_t *p, uint32_t v, int order) nogil
     uint32_t __atomic_load_n(uint32_t *p, int order) nogil
     int __ATOMIC_SEQ_CST
     int __ATOMIC_ACQUIRE

@@ -5,8 +5,10 @@ shown as aware UTC datetimes.  (Future has no __slots__, so neither can this cla
 
 from __future__ import annotations
 
+import threading
 import uuid as _uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import FINISHED, PENDING
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +19,32 @@ if TYPE_CHECKING:
     from .job import Job
 
 
+_cond_lock = threading.Lock()
+
+
 class Instance(Future):
     """One execution of a Job.  Also a Future: result(), exception(), done(), cancel(),
     add_done_callback() work, and so do concurrent.futures.wait / as_completed.
 
     cancel() stops an instance that no worker has taken yet (it becomes CANCELED); a
-    running one is not interrupted and cancel() returns False."""
+    running one is not interrupted and cancel() returns False.
 
-    def __init__(self, manager, job: Job, uid: int, args: tuple, kwargs: dict, priority: int,
-                 created_ns: int):  # fmt: skip
-        super().__init__()
+    Speed: Future.__init__ builds a threading.Condition (~1 us) that most instances never
+    need (nobody waits on most of a batch's futures).  Here it is made on first use, and
+    set_result/set_exception skip it when nobody has made it.  This leans on Future's
+    private fields (_state, _result, _exception, _waiters, _done_callbacks), unchanged
+    since Python 3.8; tests/test_futures.py exercises every path.
+    """
+
+    def __init__(
+        self, manager, job: Job, uid: int, args: tuple, kwargs: dict, priority: int, created_ns: int
+    ):
+        # Future.__init__ minus the Condition (see _condition below).
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
         self._manager = manager
         self.job = job
         self._uid = uid
@@ -82,6 +100,48 @@ class Instance(Future):
         return ns_to_datetime(self._completed_ns)
 
     # -- Future overrides ----------------------------------------------------------------
+    @property
+    def _condition(self) -> threading.Condition:
+        c = self.__dict__.get("_cond")
+        if c is None:
+            with _cond_lock:
+                c = self.__dict__.get("_cond")
+                if c is None:
+                    c = self.__dict__["_cond"] = threading.Condition()
+        return c
+
+    def _settle(self, result: Any, exception: BaseException | None) -> None:
+        d = self.__dict__
+        if "_cond" in d:
+            if exception is None:
+                Future.set_result(self, result)
+            else:
+                Future.set_exception(self, exception)
+            return
+        # No condition means nobody has waited, added a callback or cancelled: the
+        # state can only be PENDING.  Store the outcome, then look again: a thread that
+        # made the condition meanwhile either saw FINISHED or is waiting on it.
+        if self._state != PENDING:
+            raise InvalidStateError(f"{self._state}: {self!r}")
+        self._result = result
+        self._exception = exception
+        self._state = FINISHED
+        if "_cond" in d:
+            with self._condition:
+                for waiter in self._waiters:
+                    if exception is None:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+                self._condition.notify_all()
+            self._invoke_callbacks()
+
+    def set_result(self, result: Any) -> None:
+        self._settle(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._settle(None, exception)
+
     def cancel(self) -> bool:
         """Cancel if no worker has taken the instance yet; True if it is now CANCELED."""
         if self._manager is None:

@@ -23,8 +23,9 @@ import os
 import pickle
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,7 +46,7 @@ from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds
 from .pool.channel import E_ERR, E_LOG, E_OK, E_STARTED, TAG_MASK, read_payload
-from .pool.pool import Pool, WorkerInfo, WorkerSlot
+from .pool.pool import RING_CONTROL, Pool, WorkerInfo, WorkerSlot
 from .query import Query
 from .recorder import Recorder
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
@@ -105,19 +106,25 @@ class Manager(Executor):
         self._recorder = Recorder(self.store)
         self._dispatcher = Dispatcher(self)
         self._pool: Pool | None = None
-        self._core = _core.SchedulerCore()
-        self._lock = threading.Lock()  # core, handles, instance table, job table
+        # Jobs: read without a lock on the hot path, changed under _jobs_lock.
+        self._jobs_lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._kind_ids: dict[Job, int] = {}
         self._kind_seq = itertools.count(1)
         self._blobs: dict[Job, bytes] = {}
         self._fn_jobs: dict[Any, Job] = {}  # submit(): function -> its implicit Job
+        # New instances queue here (deque appends are atomic): scheduling takes no lock.
+        self._inbox: deque[tuple[Instance, int]] = deque()
+        # _lock guards the core, the handle table and the active count.  The engine
+        # takes it once per turn; user threads only to cancel and to wait.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._core = _core.SchedulerCore()
         self._by_handle: list[Instance | None] = []
         self._free_handles: list[int] = []
         self._active = 0
-        self._idle = threading.Condition(self._lock)
+        self._finished: list[Instance] = []  # settled this turn; released in one batch
         self._state = "new"  # new -> running -> stopping -> stopped
-        self._cancel_queued_on_stop = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -126,16 +133,16 @@ class Manager(Executor):
         """Register `job` under its kind (DuplicateJobError if the kind is taken)."""
         if not isinstance(job, Job):
             raise InvalidArgumentTypeError(f"register_job needs a Job, got {job!r}")
-        with self._lock:
+        with self._jobs_lock:
             if job.kind in self._jobs:
                 raise DuplicateJobError(f"a job of kind {job.kind!r} is already registered")
+            self._kind_ids.setdefault(job, next(self._kind_seq))
             self._jobs[job.kind] = job
-            self._kind_ids[job] = next(self._kind_seq)
         return job
 
     def unregister_job(self, kind: str) -> Job:
         """Remove the job of `kind`; instances already scheduled still run."""
-        with self._lock:
+        with self._jobs_lock:
             try:
                 return self._jobs.pop(kind)
             except KeyError:
@@ -143,15 +150,14 @@ class Manager(Executor):
 
     def lookup_job(self, kind: str) -> Job:
         """The registered job of `kind` (UnknownJobError if none)."""
-        with self._lock:
-            try:
-                return self._jobs[kind]
-            except KeyError:
-                raise UnknownJobError(f"no job of kind {kind!r} is registered") from None
+        try:
+            return self._jobs[kind]
+        except KeyError:
+            raise UnknownJobError(f"no job of kind {kind!r} is registered") from None
 
     def list_jobs(self) -> list[Job]:
         """Registered jobs, in registration order."""
-        with self._lock:
+        with self._jobs_lock:
             return list(self._jobs.values())
 
     def _executor_blob(self, job: Job) -> bytes:
@@ -186,32 +192,24 @@ class Manager(Executor):
             raise ManagerStateError("cannot schedule on a manager that is stopping or stopped")
         if not isinstance(job, Job):
             raise InvalidArgumentTypeError(f"schedule_job needs a Job, got {job!r}")
-        if isinstance(args, (str, bytes)) or not isinstance(args, Iterable):
-            raise InvalidArgumentTypeError(f"args must be a tuple or list, got {args!r}")
-        args = tuple(args)
+        if type(args) is not tuple:
+            if isinstance(args, (str, bytes, dict)) or not isinstance(args, Iterable):
+                raise InvalidArgumentTypeError(f"args must be a tuple or list, got {args!r}")
+            args = tuple(args)
         if kwargs is None:
             kwargs = {}
         elif not isinstance(kwargs, dict):
             raise InvalidArgumentTypeError(f"kwargs must be a dict, got {kwargs!r}")
         prio = job.priority if priority is None else check_priority(priority)
-        at = check_schedule_at(schedule_at) if schedule_at is not None else None
-        after = (
-            check_seconds(schedule_after, "schedule_after") if schedule_after is not None else None
-        )
-        if at is None and after is None:
+        if schedule_at is None and schedule_after is None:
             at, after = job.schedule_at, job.schedule_after
+        else:
+            at = check_schedule_at(schedule_at)
+            after = check_seconds(schedule_after, "schedule_after")
         job.bind(args, kwargs)
-        with self._lock:
-            known = self._jobs.get(job.kind)
-            if known is None:
-                self._jobs[job.kind] = job
-                self._kind_ids[job] = next(self._kind_seq)
-            elif known is not job:
-                raise DuplicateJobError(
-                    f"another job of kind {job.kind!r} is registered; schedule that one"
-                )
-        uid = uuid7_int()
-        inst = Instance(self, job, uid, args, kwargs, prio, time.time_ns())
+        if self._jobs.get(job.kind) is not job:
+            self._adopt(job)
+        inst = Instance(self, job, uuid7_int(), args, kwargs, prio, time.time_ns())
         try:
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
             inst._payload = pickle.dumps(payload, protocol=5)
@@ -222,27 +220,48 @@ class Manager(Executor):
         due = _mono_due(at, after)
         wall = inst._created_ns
         inst._scheduled_ns = wall + max(0, due - time.monotonic_ns()) if due else wall
-        with self._lock:
-            if self._state in ("stopping", "stopped"):
-                raise ManagerStateError("cannot schedule on a manager that is stopping or stopped")
-            # Records first: once in the core, the engine may dispatch it at once.
-            self._recorder.created(inst, wall)
-            handle = self._alloc_handle(inst)
-            self._core.add(handle, due, prio)
-            self._active += 1
-        if self._pool is not None:
-            self._pool.doorbell.ring()
+        # Records first: once the engine has it, it may run at once.
+        self._recorder.created(inst, wall)
+        self._inbox.append((inst, due))
+        pool = self._pool
+        if pool is not None:
+            pool.doorbell.ring()
         return inst
 
-    def _alloc_handle(self, inst: Instance) -> int:
-        if self._free_handles:
-            h = self._free_handles.pop()
-            self._by_handle[h] = inst
-        else:
-            h = len(self._by_handle)
-            self._by_handle.append(inst)
-        inst._handle = h
-        return h
+    def _adopt(self, job: Job) -> None:
+        """Register a job met for the first time in schedule_job."""
+        with self._jobs_lock:
+            known = self._jobs.get(job.kind)
+            if known is None:
+                self._kind_ids.setdefault(job, next(self._kind_seq))
+                self._jobs[job.kind] = job
+            elif known is not job:
+                raise DuplicateJobError(
+                    f"another job of kind {job.kind!r} is registered; schedule that one"
+                )
+
+    def _take_inbox(self) -> int:
+        """Move newly scheduled instances into the core (caller holds _lock)."""
+        inbox = self._inbox
+        n = 0
+        core = self._core
+        by_handle = self._by_handle
+        free = self._free_handles
+        while inbox:
+            inst, due = inbox.popleft()
+            if inst.state is State.CANCELED:  # canceled while still in the inbox
+                continue
+            if free:
+                h = free.pop()
+                by_handle[h] = inst
+            else:
+                h = len(by_handle)
+                by_handle.append(inst)
+            inst._handle = h
+            core.add(h, due, inst.priority)
+            n += 1
+        self._active += n
+        return n
 
     def _release(self, inst: Instance) -> None:
         """The instance reached a final state: free its handle (caller holds _lock)."""
@@ -250,37 +269,48 @@ class Manager(Executor):
         if h >= 0 and self._by_handle[h] is inst:
             self._by_handle[h] = None
             self._free_handles.append(h)
+            self._active -= 1
         inst._handle = -1
-        self._active -= 1
-        if self._active == 0:
+        if self._active == 0 and not self._inbox:
             self._idle.notify_all()
 
     # -- cancel --------------------------------------------------------------------------
     def _cancel_queued(self, inst: Instance) -> bool:
         """Cancel an instance no worker has taken; True if it is now CANCELED."""
         with self._lock:
-            if inst._handle < 0 or not self._core.cancel(inst._handle):
-                return inst.cancelled()
-            self._release(inst)
-        self._recorder.transition(inst, State.CANCELED, time.time_ns())
-        inst._completed_ns = time.time_ns()
+            if inst.state is not State.SCHEDULED:
+                return inst.state is State.CANCELED
+            if inst._handle >= 0:
+                if not self._core.cancel(inst._handle):
+                    return False  # handed to a worker already
+                self._release(inst)
+            elif inst.worker is not None:
+                return False
+            # else: still in the inbox; the engine will skip it once it is CANCELED
+            now = time.time_ns()
+            inst._completed_ns = now
+            self._recorder.transition(inst, State.CANCELED, now)
+            if self._active == 0 and not any(i.state is not State.CANCELED for i, _ in self._inbox):
+                self._idle.notify_all()
         self._recorder.flush()
-        Future_cancel(inst)
+        _future_cancel(inst)
         return True
 
     def cancel_instances(self, query: Query) -> list[Instance]:
         """Cancel every queued instance matching `query` (running ones are not
         interrupted); return the instances canceled."""
-        out = []
-        for inst in self._live_matching(query):
-            if inst.cancel():
-                out.append(inst)
-        return out
+        return [inst for inst in self._live_matching(query) if inst.cancel()]
 
-    def _live_matching(self, query: Query) -> list[Instance]:
+    def _live(self) -> list[Instance]:
         with self._lock:
             live = [i for i in self._by_handle if i is not None]
-        return [i for i in live if query.matches(i.uuid_str, i.kind, i.state, i._created_ns)]
+            live += [i for i, _ in self._inbox]
+        return live
+
+    def _live_matching(self, query: Query) -> list[Instance]:
+        return [
+            i for i in self._live() if query.matches(i.uuid_str, i.kind, i.state, i._created_ns)
+        ]
 
     # -- logs from the manager's side ----------------------------------------------------
     def _append_log(self, inst: Instance, level: LogLevel, message: str) -> None:
@@ -298,12 +328,12 @@ class Manager(Executor):
         return self.store.lookup_logs(_uuid_of(ji))
 
     def lookup_instances(self, query: Query | None = None) -> list[Instance | InstanceRecord]:
-        """Instances matching `query`, oldest first.  Instances this manager created are
-        returned as the live Instance objects; others as the store's InstanceRecords."""
+        """Instances matching `query`, oldest first.  Instances this manager created and
+        still tracks are returned as live Instance objects; others as the store's
+        InstanceRecords."""
         self._recorder.flush()
         records = self.store.lookup_instances(query or Query())
-        with self._lock:
-            live = {i.uuid_str: i for i in self._by_handle if i is not None}
+        live = {i.uuid_str: i for i in self._live()}
         return [live.get(r.uuid, r) for r in records]
 
     def clear_instance_history(
@@ -311,20 +341,14 @@ class Manager(Executor):
     ) -> int:
         """Delete state records in [after, before); return how many."""
         self._recorder.flush()
-        return self.store.clear_history(
-            None if before is None else datetime_to_ns(before),
-            None if after is None else datetime_to_ns(after),
-        )
+        return self.store.clear_history(_ns_or_none(before), _ns_or_none(after))
 
     def clear_instance_logs(
         self, before: datetime | None = None, after: datetime | None = None
     ) -> int:
         """Delete log records in [after, before); return how many."""
         self._recorder.flush()
-        return self.store.clear_logs(
-            None if before is None else datetime_to_ns(before),
-            None if after is None else datetime_to_ns(after),
-        )
+        return self.store.clear_logs(_ns_or_none(before), _ns_or_none(after))
 
     # -- pool ------------------------------------------------------------------------
     @property
@@ -365,7 +389,12 @@ class Manager(Executor):
         """Block until every scheduled instance has reached a final state.  True if
         it did, False on timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._active == 0, timeout)
+            return self._idle.wait_for(
+                lambda: (
+                    self._active == 0 and all(i.state is State.CANCELED for i, _ in self._inbox)
+                ),
+                timeout,
+            )
 
     def stop(self, wait: bool = False) -> None:
         """Stop: cancel instances still queued, let running ones finish, then shut the
@@ -378,7 +407,8 @@ class Manager(Executor):
         if wait:
             self.wait()
         with self._lock:
-            self._state = "stopping"
+            if self._state == "running":
+                self._state = "stopping"
         self._pool.doorbell.ring()
         if self._thread is not threading.current_thread():
             self._thread.join()
@@ -408,9 +438,8 @@ class Manager(Executor):
             kind = getattr(fn, "__qualname__", None) or getattr(
                 type(fn), "__qualname__", "callable"
             )
-            with self._lock:
-                n = 1
-                base = kind
+            with self._jobs_lock:
+                base, n = kind, 1
                 while kind in self._jobs:
                     n += 1
                     kind = f"{base}#{n}"
@@ -424,17 +453,18 @@ class Manager(Executor):
             raise ManagerStateError("cannot schedule new futures after shutdown")
         return self.schedule_job(self._job_for(fn), args=args, kwargs=kwargs)
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterator:  # fmt: skip
+    def map(
+        self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator:
         """Executor.map: results in order.  chunksize > 1 sends that many calls per job."""
-        if not isinstance(chunksize, int) or chunksize < 1:
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise InvalidArgumentError(f"chunksize must be an int >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         if chunksize == 1:
-            futures = [self.submit(fn, *a) for a in zip(*iterables)]
+            futures = [self.submit(fn, *a) for a in zip(*iterables, strict=False)]
         else:
             runner = self._job_for(_ChunkRunner(fn))
-            it = zip(*iterables)
+            it = zip(*iterables, strict=False)
             futures = []
             while chunk := list(itertools.islice(it, chunksize)):
                 futures.append(self.schedule_job(runner, args=(chunk,)))
@@ -456,10 +486,11 @@ class Manager(Executor):
     # -- the engine thread -----------------------------------------------------------
     def _engine(self) -> None:
         pool = self._pool
+        rec = self._recorder
         try:
             while True:
-                pool.doorbell.take()
-                busy = self._handle_control()
+                flags = pool.doorbell.take()
+                busy = self._handle_control() if flags & RING_CONTROL else False
                 busy |= self._drain_events()
                 if self._state == "stopping":
                     if self._stop_step():
@@ -467,27 +498,32 @@ class Manager(Executor):
                 else:
                     self._apply_resize()
                 busy |= self._dispatcher.dispatch()
-                busy |= self._recorder.run_deferred()
+                busy |= rec.run_deferred()
                 if not busy:
                     pool.doorbell.wait(pool.rings, self._idle_timeout(), self._spin())
         except BaseException as e:  # keep the process alive; report at stop()
             self._error = e
             log.exception("jobengine: the engine thread failed; the manager is stopped")
         finally:
-            with self._lock:
-                self._state = "stopped"
-                orphans = [i for i in self._by_handle if i is not None]
-            for inst in orphans:  # only after a failure: an orderly stop leaves none
-                err = ManagerStateError("the manager stopped before this instance ran")
-                with self._lock:
-                    self._core.cancel(inst._handle)
-                    self._release(inst)
-                if not inst.done():
-                    inst.set_exception(err)
-            try:
-                self._recorder.run_deferred()
-            finally:
-                pool.close()
+            self._engine_exit()
+
+    def _engine_exit(self) -> None:
+        with self._lock:
+            self._state = "stopped"
+            self._take_inbox()
+            orphans = [i for i in self._by_handle if i is not None]
+            for inst in orphans:
+                self._core.cancel(inst._handle)
+                self._release(inst)
+        for inst in orphans:  # only after a failure: an orderly stop leaves none
+            if not inst.done():
+                inst.set_exception(
+                    ManagerStateError("the manager stopped before this instance ran")
+                )
+        try:
+            self._recorder.run_deferred()
+        finally:
+            self._pool.close()
 
     def _spin(self) -> float:
         return SPIN_S if any(w.inflight for w in self._pool.workers.values()) else 0.0
@@ -496,10 +532,8 @@ class Manager(Executor):
         with self._lock:
             nxt = self._core.next_due_ns()
             ready = self._core.ready_len
-        if ready:
-            return IDLE_PARK_S  # waiting for a credit: an event will wake us
-        if nxt is None:
-            return IDLE_PARK_S
+        if ready or nxt is None:
+            return IDLE_PARK_S  # waiting for a credit or for work: an event will wake us
         return min(IDLE_PARK_S, max(0.0, (nxt - time.monotonic_ns()) / 1e9))
 
     def _apply_resize(self) -> None:
@@ -516,16 +550,16 @@ class Manager(Executor):
     def _stop_step(self) -> bool:
         """One step of an orderly stop; True when the pool is gone."""
         pool = self._pool
-        # Whatever is still queued is canceled (stop_with_wait has drained it already).
         with self._lock:
-            queued = [i for i in self._by_handle if i is not None and i._handle >= 0
-                      and i._handle in self._core]  # fmt: skip
-        for inst in queued:
+            self._take_inbox()
+            queued = [i for i in self._by_handle if i is not None and i._handle in self._core]
+        for inst in queued:  # stop() cancels what is still queued
             self._cancel_queued(inst)
         if any(w.inflight for w in pool.workers.values()):
             return False
         for w in list(pool.workers.values()):
             pool.retire(w)
+        self._handle_control()
         return not pool.workers
 
     def _handle_control(self) -> bool:
@@ -552,6 +586,7 @@ class Manager(Executor):
             del w.inflight[inst._handle]
             if inst.state is State.SCHEDULED:  # handed over but never started: requeue
                 inst.attempts -= 1
+                inst.worker = None
                 with self._lock:
                     self._core.add(inst._handle, 0, inst.priority)
                 continue
@@ -560,12 +595,16 @@ class Manager(Executor):
                 inst, WorkerCrashed(cause, exitcode, sig), State.TERMINATED, now, cause
             )
         w.running = None
-        w.channel.close()
 
     def _drain_events(self) -> bool:
         busy = False
         for w in list(self._pool.workers.values()):
             busy |= self._drain_worker(w)
+        if self._finished:
+            with self._lock:
+                for inst in self._finished:
+                    self._release(inst)
+            self._finished.clear()
         return busy
 
     def _drain_worker(self, w: WorkerSlot) -> bool:
@@ -616,8 +655,7 @@ class Manager(Executor):
         rec = self._recorder
         inst._completed_ns = t
         rec.transition(inst, State.COMPLETED, t)
-        with self._lock:
-            self._release(inst)
+        self._finished.append(inst)
         rec.defer(inst.set_result, result)
         handler = inst.job.response_handler
         if handler is not None:
@@ -633,14 +671,14 @@ class Manager(Executor):
             rec.defer(self._run_error_handler, inst, exc)
         if inst.attempts <= job.max_retries:
             delay = job.backoff_seconds(inst.attempts)
+            inst.worker = None
             rec.transition(inst, State.SCHEDULED, time.time_ns())
+            due = time.monotonic_ns() + int(delay * 1e9) if delay else 0
             with self._lock:
-                self._core.add(inst._handle, time.monotonic_ns() + int(delay * 1e9) if delay else 0,
-                               inst.priority)  # fmt: skip
+                self._core.add(inst._handle, due, inst.priority)
             return
         inst._completed_ns = t
-        with self._lock:
-            self._release(inst)
+        self._finished.append(inst)
         rec.defer(self._resolve_failure, inst, exc)
 
     def _run_error_handler(self, inst: Instance, exc: BaseException) -> None:
@@ -675,11 +713,15 @@ class _ChunkRunner:
         return hash(("chunk", self.fn))
 
 
-def Future_cancel(inst: Instance) -> None:
-    from concurrent.futures import Future
-
+def _future_cancel(inst: Instance) -> None:
+    # Future.cancel, then the notification wait()/as_completed() need (which an
+    # executor normally sends from set_running_or_notify_cancel).
     if Future.cancel(inst):
         inst.set_running_or_notify_cancel()
+
+
+def _ns_or_none(dt: datetime | None) -> int | None:
+    return None if dt is None else datetime_to_ns(dt)
 
 
 def _uuid_of(ji: Instance | str) -> str:

@@ -1,15 +1,17 @@
 """The recorder: state transitions, their records, and the batches written to the store.
 
 Any thread may record (user threads record CREATED/SCHEDULED, the engine thread the
-rest); records queue in memory and reach the store in batches when flush() runs (the
+rest).  Records queue in deques, whose append and popleft are atomic, so recording takes
+no lock; flush() drains them into one batch per kind and writes it to the store (the
 engine thread flushes once per loop turn, lookups flush before they read).  Futures are
 resolved and handlers run only after the records that explain them are flushed, so a
-caller woken by ji.result() finds the full history in the store."""
+caller woken by ji.result() finds the whole history in the store."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,20 +25,37 @@ log = logging.getLogger("jobengine")
 
 def snapshot(inst: Instance) -> InstanceRecord:
     return InstanceRecord(
-        inst.uuid_str, inst.kind, inst.state, inst.priority, inst.attempts,
-        inst._created_ns, inst._scheduled_ns, inst._processed_ns, inst._completed_ns,
-    )  # fmt: skip
+        inst.uuid_str,
+        inst.kind,
+        inst.state,
+        inst.priority,
+        inst.attempts,
+        inst._created_ns,
+        inst._scheduled_ns,
+        inst._processed_ns,
+        inst._completed_ns,
+    )
+
+
+def _drain(q: deque) -> list:
+    out = []
+    pop = q.popleft
+    append = out.append
+    try:
+        while True:
+            append(pop())
+    except IndexError:
+        return out
 
 
 class Recorder:
     def __init__(self, store: Store):
         self.store = store
-        self._lock = threading.Lock()  # guards the pending batches
         self._flush_lock = threading.Lock()  # keeps batches in order across flushers
-        self._states: list[StateRecord] = []
-        self._logs: list[LogRecord] = []
-        self._touched: dict[str, Instance] = {}
-        self._deferred: list[tuple[Callable, tuple]] = []  # run by the engine thread
+        self._states: deque[StateRecord] = deque()
+        self._logs: deque[LogRecord] = deque()
+        self._touched: deque[Instance] = deque()
+        self._deferred: deque[tuple[Callable, tuple]] = deque()
 
     def transition(
         self, inst: Instance, state: State, time_ns: int, cause: str | None = None
@@ -44,27 +63,35 @@ class Recorder:
         """Move inst to `state` (validated) and queue its record."""
         check_transition(inst.state, state)
         inst.state = state
-        rec = StateRecord(inst.uuid_str, inst.job.kind, state, time_ns, inst.attempts,
-                          inst.worker, inst.run, cause)  # fmt: skip
-        with self._lock:
-            self._states.append(rec)
-            self._touched[rec.uuid] = inst
+        self._states.append(
+            StateRecord(
+                inst.uuid_str,
+                inst.job.kind,
+                state,
+                time_ns,
+                inst.attempts,
+                inst.worker,
+                inst.run,
+                cause,
+            )
+        )
+        self._touched.append(inst)
         handler = inst.job.state_change_handler
         if handler is not None:
-            self.defer(self._call, handler, inst, state)
+            self._deferred.append((self._call, (handler, inst, state)))
 
     def created(self, inst: Instance, time_ns: int) -> None:
         """Record a new instance: CREATED, then SCHEDULED, at the same instant."""
-        inst.state = State.CREATED
         kind = inst.job.kind
         uuid = inst.uuid_str
-        first = StateRecord(uuid, kind, State.CREATED, time_ns, 0, None, inst.run)
-        with self._lock:
-            self._states.append(first)
+        inst.state = State.SCHEDULED
+        self._states.append(StateRecord(uuid, kind, State.CREATED, time_ns, 0, None, inst.run))
+        self._states.append(StateRecord(uuid, kind, State.SCHEDULED, time_ns, 0, None, inst.run))
+        self._touched.append(inst)
         handler = inst.job.state_change_handler
         if handler is not None:
             self.defer(self._call, handler, inst, State.CREATED)
-        self.transition(inst, State.SCHEDULED, time_ns)
+            self.defer(self._call, handler, inst, State.SCHEDULED)
 
     def log(
         self,
@@ -74,15 +101,20 @@ class Recorder:
         message: str,
         attempt: int | None = None,
     ) -> None:
-        rec = LogRecord(inst.uuid_str, inst.job.kind, level, time_ns, message,
-                        inst.attempts if attempt is None else attempt)  # fmt: skip
-        with self._lock:
-            self._logs.append(rec)
+        self._logs.append(
+            LogRecord(
+                inst.uuid_str,
+                inst.job.kind,
+                level,
+                time_ns,
+                message,
+                inst.attempts if attempt is None else attempt,
+            )
+        )
 
     def defer(self, fn: Callable, *args: Any) -> None:
         """Run fn(*args) on the engine thread after the next flush (any thread)."""
-        with self._lock:
-            self._deferred.append((fn, args))
+        self._deferred.append((fn, args))
 
     @staticmethod
     def _call(handler: Callable, *args: Any) -> None:
@@ -92,25 +124,24 @@ class Recorder:
             log.exception("jobengine: a handler raised; the engine goes on")
 
     def flush(self) -> None:
+        """Write everything recorded so far to the store, in order, in batches."""
         with self._flush_lock:
-            with self._lock:
-                states, self._states = self._states, []
-                logs, self._logs = self._logs, []
-                touched, self._touched = self._touched, {}
+            touched = _drain(self._touched)
+            states = _drain(self._states)
+            logs = _drain(self._logs)
             if touched:
-                self.store.put_instances([snapshot(i) for i in touched.values()])
+                latest = {id(i): i for i in touched}  # one snapshot per instance
+                self.store.put_instances([snapshot(i) for i in latest.values()])
             if states:
                 self.store.append_states(states)
             if logs:
                 self.store.append_logs(logs)
 
     def run_deferred(self) -> bool:
-        """Flush, then resolve futures and run handlers queued since the last call."""
+        """Flush, then resolve futures and run handlers queued before the flush."""
         self.flush()
         if not self._deferred:
             return False
-        with self._lock:
-            todo, self._deferred = self._deferred, []
-        for fn, args in todo:
+        for fn, args in _drain(self._deferred):
             fn(*args)
         return True

@@ -87,9 +87,15 @@ class StateRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StateRecord:
         return cls(
-            d["uuid"], d["kind"], State(d["state"]), d["time_ns"], d.get("attempt", 0),
-            d.get("worker"), d.get("run", 1), d.get("cause"),
-        )  # fmt: skip
+            d["uuid"],
+            d["kind"],
+            State(d["state"]),
+            d["time_ns"],
+            d.get("attempt", 0),
+            d.get("worker"),
+            d.get("run", 1),
+            d.get("cause"),
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -141,9 +147,13 @@ class LogRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LogRecord:
         return cls(
-            d["uuid"], d["kind"], LogLevel(d["level"]), d["time_ns"], d["message"],
+            d["uuid"],
+            d["kind"],
+            LogLevel(d["level"]),
+            d["time_ns"],
+            d["message"],
             d.get("attempt", 0),
-        )  # fmt: skip
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -164,9 +174,16 @@ class InstanceRecord:
     (ns), priority and attempts.  Arguments stay in the manager (they may not be JSON)."""
 
     __slots__ = (
-        "attempts", "completed_ns", "created_ns", "kind", "priority", "processed_ns",
-        "scheduled_ns", "state", "uuid",
-    )  # fmt: skip
+        "attempts",
+        "completed_ns",
+        "created_ns",
+        "kind",
+        "priority",
+        "processed_ns",
+        "scheduled_ns",
+        "state",
+        "uuid",
+    )
 
     def __init__(
         self,

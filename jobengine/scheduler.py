@@ -45,6 +45,8 @@ class Dispatcher:
         credits = self.credits
         room = sum(credits - len(w.inflight) for w in workers)
         with m._lock:
+            if m._inbox:
+                m._take_inbox()
             handles = m._core.pop_ready(time.monotonic_ns(), room)
             if not handles:
                 return False

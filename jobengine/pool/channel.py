@@ -29,6 +29,10 @@ E_OK = 17  # b = end time; payload = pickled result
 E_ERR = 18  # b = end time; payload = pickled (exception bytes | None, type, message, traceback)
 E_LOG = 19  # b = time; payload = level (1 byte) + utf-8 message
 
+# Doorbell flags: why the engine was woken
+RING_WORK = 1  # new instances or a resize (manager threads)
+RING_CONTROL = 2  # a supervisor message waits on the control socket
+
 FLAG_LARGE = 0x100
 TAG_MASK = 0xFF
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import psutil
 
 from ..instance import Instance
-from .channel import T_STOP, Channel, new_doorbell
+from .channel import RING_CONTROL, T_STOP, Channel, new_doorbell
 from .control import recv, send
+
+__all__ = ["RING_CONTROL", "Pool", "WorkerInfo", "WorkerSlot"]
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,18 @@ class Pool:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env["JOBENGINE_SYS_PATH"] = json.dumps(sys.path)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "jobengine.pool.supervisor",
-             str(theirs.fileno()), str(self.doorbell_fd), str(os.getpid())],
+            [
+                sys.executable,
+                "-m",
+                "jobengine.pool.supervisor",
+                str(theirs.fileno()),
+                str(self.doorbell_fd),
+                str(os.getpid()),
+            ],
             pass_fds=(theirs.fileno(), self.doorbell_fd),
             env=env,
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         theirs.close()
         ours.setblocking(False)
         self._ctl = ours
@@ -200,7 +208,15 @@ class Pool:
                 state = "retiring"
             else:
                 state = "busy" if running is not None else "idle"
-            out.append(WorkerInfo(w.index, w.pid, state,
-                                  running.uuid_str if running is not None else None,
-                                  rss, cpu, w.jobs))  # fmt: skip
+            out.append(
+                WorkerInfo(
+                    w.index,
+                    w.pid,
+                    state,
+                    running.uuid_str if running is not None else None,
+                    rss,
+                    cpu,
+                    w.jobs,
+                )
+            )
         return out

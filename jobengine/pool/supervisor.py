@@ -16,6 +16,7 @@ while it has a thread, and waits on pidfds, so it needs no SIGCHLD handler.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -24,6 +25,7 @@ import signal
 import socket
 import sys
 
+from .channel import RING_CONTROL
 from .control import recv, send
 
 PR_SET_PDEATHSIG = 1
@@ -52,7 +54,7 @@ class Supervisor:
 
     def tell(self, msg: tuple) -> None:
         send(self.ctl, msg)
-        self.doorbell.ring()
+        self.doorbell.ring(RING_CONTROL)
 
     def spawn(self, index: int, fd: int) -> None:
         gc.collect()
@@ -94,10 +96,8 @@ class Supervisor:
 
     def kill(self, index: int, pid: int) -> None:
         if self.by_index.get(index) == pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def run(self) -> None:
         while True:
@@ -120,15 +120,11 @@ class Supervisor:
 
     def shutdown(self) -> None:
         for _index, pid in list(self.workers.values()):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for pidfd in list(self.workers):
-            try:
+            with contextlib.suppress(OSError):
                 self.reap(pidfd)
-            except OSError:
-                pass
 
 
 def main() -> None:

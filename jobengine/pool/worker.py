@@ -44,8 +44,16 @@ class WorkerInstance:
 
     __slots__ = ("_worker", "args", "attempt", "kind", "kwargs", "packed", "uuid")
 
-    def __init__(self, worker: Worker, packed: int, uuid: str, kind: str, attempt: int,
-                 args: tuple, kwargs: dict):  # fmt: skip
+    def __init__(
+        self,
+        worker: Worker,
+        packed: int,
+        uuid: str,
+        kind: str,
+        attempt: int,
+        args: tuple,
+        kwargs: dict,
+    ):
         self._worker = worker
         self.packed = packed
         self.uuid = uuid
