@@ -23,6 +23,7 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -121,6 +122,9 @@ class Manager(Executor):
         self._idle = threading.Condition(self._lock)
         self._core = _core.SchedulerCore()
         self._by_handle: list[Instance | None] = []
+        # Every instance a user still holds, live or finished, by uuid: lookups return
+        # these objects rather than bare records.
+        self._known: weakref.WeakValueDictionary[str, Instance] = weakref.WeakValueDictionary()
         self._free_handles: list[int] = []
         self._active = 0
         self._finished: list[Instance] = []  # settled this turn; released in one batch
@@ -222,6 +226,7 @@ class Manager(Executor):
         inst._scheduled_ns = wall + max(0, due - time.monotonic_ns()) if due else wall
         # Records first: once the engine has it, it may run at once.
         self._recorder.created(inst, wall)
+        self._known[inst.uuid_str] = inst
         self._inbox.append((inst, due))
         pool = self._pool
         if pool is not None:
@@ -329,12 +334,13 @@ class Manager(Executor):
 
     def lookup_instances(self, query: Query | None = None) -> list[Instance | InstanceRecord]:
         """Instances matching `query`, oldest first.  Instances this manager created and
-        still tracks are returned as live Instance objects; others as the store's
-        InstanceRecords."""
+        that are still referenced are returned as their Instance objects; others (made by
+        another manager, or forgotten) as the store's InstanceRecords, which have the
+        same read-only fields."""
         self._recorder.flush()
         records = self.store.lookup_instances(query or Query())
-        live = {i.uuid_str: i for i in self._live()}
-        return [live.get(r.uuid, r) for r in records]
+        known = self._known
+        return [known.get(r.uuid) or r for r in records]
 
     def clear_instance_history(
         self, before: datetime | None = None, after: datetime | None = None
@@ -668,7 +674,8 @@ class Manager(Executor):
         job = inst.job
         rec.transition(inst, state, t, cause)
         if job.error_handler is not None:
-            rec.defer(self._run_error_handler, inst, exc)
+            # At once, not deferred: the handler must see the attempt that failed.
+            self._run_error_handler(inst, exc)
         if inst.attempts <= job.max_retries:
             delay = job.backoff_seconds(inst.attempts)
             inst.worker = None

@@ -207,6 +207,26 @@ class InstanceRecord:
         self.processed_ns = processed_ns
         self.completed_ns = completed_ns
 
+    @property
+    def uuid_str(self) -> str:
+        return self.uuid
+
+    @property
+    def created_at(self) -> datetime:
+        return ns_to_datetime(self.created_ns)
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        return ns_to_datetime(self.scheduled_ns)
+
+    @property
+    def processed_at(self) -> datetime | None:
+        return ns_to_datetime(self.processed_ns)
+
+    @property
+    def completed_at(self) -> datetime | None:
+        return ns_to_datetime(self.completed_ns)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__slots__}
         d["state"] = int(self.state)

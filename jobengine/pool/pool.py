@@ -73,6 +73,7 @@ class Pool:
         self.rings: list = []  # event rings of live workers, for Doorbell.wait
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
+        self.fork_thread_counts: list[int] = []  # supervisor threads at each fork
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -174,6 +175,7 @@ class Pool:
                 out.append(("lost",))
                 return out
             if msg[0] == "born":
+                self.fork_thread_counts.append(msg[3])
                 w = self.workers.get(msg[1])
                 if w is not None:
                     w.pid = msg[2]
