@@ -216,7 +216,12 @@ class Manager(Executor):
         inst = Instance(self, job, uuid7_int(), args, kwargs, prio, time.time_ns())
         try:
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
-            inst._payload = pickle.dumps(payload, protocol=5)
+            raw = pickle.dumps(payload, protocol=5)
+            if b"__main__" in raw:
+                # A class or function of the user's script: workers cannot import
+                # __main__ by name, so send it by value.
+                raw = cloudpickle.dumps(payload, protocol=5)
+            inst._payload = raw
         except Exception as e:
             raise SerializationError(
                 f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"

@@ -141,7 +141,12 @@ class Worker:
             self.emit(E_ERR, packed, time.time_ns(), encode_error(exc))
             return
         try:
-            out = pickle.dumps(result, protocol=5)
+            try:
+                out = pickle.dumps(result, protocol=5)
+            except Exception:
+                # Instances of classes that came by value (defined in the user's
+                # script) cannot be pickled by reference here; send them by value.
+                out = cloudpickle.dumps(result, protocol=5)
         except Exception as exc:
             err = SerializationError(
                 f"the result of job {kind!r} cannot be pickled: {type(exc).__name__}: {exc}"

@@ -1,0 +1,127 @@
+"""The Store contract (stores/base.py), run against every store.
+
+External stores join the STORES list when they exist; they read their URL from
+JOBENGINE_REDIS_URL / JOBENGINE_POSTGRES_DSN."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from jobengine import (
+    InstanceRecord,
+    LogLevel,
+    LogRecord,
+    MemoryStore,
+    Query,
+    State,
+    StateRecord,
+    open_store,
+)
+from jobengine.errors import StoreError
+
+STORES = {
+    "memory": lambda ns: MemoryStore(namespace=ns),
+    "memory-url": lambda ns: open_store("memory://", namespace=ns),
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def make_store(request):
+    made = []
+
+    def make(ns="contract"):
+        s = STORES[request.param](ns)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.clear()
+        s.close()
+
+
+def inst(uuid, kind="k", state=State.SCHEDULED, created=1_000):
+    return InstanceRecord(uuid, kind, state, 0, 0, created, created, None, None)
+
+
+def test_instances_upsert_and_keep_creation_order(make_store):
+    s = make_store()
+    s.put_instances([inst("a", created=1), inst("b", created=2)])
+    s.put_instances([inst("a", state=State.COMPLETED, created=1), inst("c", created=3)])
+    assert [r.uuid for r in s.lookup_instances(Query())] == ["a", "b", "c"]
+    assert s.get_instance("a").state is State.COMPLETED
+    assert s.get_instance("zzz") is None
+
+
+def test_lookup_filters_and_limit(make_store):
+    s = make_store()
+    sec = 1_000_000_000
+    s.put_instances(
+        [
+            inst("a", "x", State.COMPLETED, 10 * sec),
+            inst("b", "y", State.TERMINATED, 20 * sec),
+            inst("c", "x", State.SCHEDULED, 30 * sec),
+        ]
+    )
+
+    def ns(records):
+        return [i.uuid for i in records]
+
+    assert ns(s.lookup_instances(Query(kind="x"))) == ["a", "c"]
+    assert ns(s.lookup_instances(Query(state=State.FINAL))) == ["a", "b"]
+    assert ns(s.lookup_instances(Query(uuid="b"))) == ["b"]
+    assert ns(s.lookup_instances(Query(limit=2))) == ["a", "b"]
+    t20 = datetime.fromtimestamp(20, timezone.utc)
+    t30 = datetime.fromtimestamp(30, timezone.utc)
+    assert ns(s.lookup_instances(Query(after=t20))) == ["b", "c"]
+    assert ns(s.lookup_instances(Query(before=t20))) == ["a"]
+    assert ns(s.lookup_instances(Query(after=t20, before=t30))) == ["b"]
+    assert ns(s.lookup_instances(Query(kind="x", state=State.ACTIVE))) == ["c"]
+
+
+def test_histories_append_in_order_per_instance(make_store):
+    s = make_store()
+    s.append_states(
+        [StateRecord("a", "k", State.CREATED, 1), StateRecord("b", "k", State.CREATED, 2)]
+    )
+    s.append_states([StateRecord("a", "k", State.SCHEDULED, 3, attempt=0, worker=None, run=1)])
+    s.append_logs([LogRecord("a", "k", LogLevel.INFO, 4, "hello", 1)])
+    assert [r.state for r in s.lookup_history("a")] == [State.CREATED, State.SCHEDULED]
+    assert [r.message for r in s.lookup_logs("a")] == ["hello"]
+    assert s.lookup_history("nope") == [] and s.lookup_logs("nope") == []
+
+
+def test_clear_with_only_after_clears_only_what_it_names(make_store):
+    s = make_store()
+    s.append_states([StateRecord("a", "k", State.CREATED, t) for t in (1, 5, 9)])
+    s.append_logs([LogRecord("a", "k", LogLevel.INFO, t, str(t)) for t in (1, 5, 9)])
+    assert s.clear_history(after_ns=5) == 2
+    assert [r.time_ns for r in s.lookup_history("a")] == [1]
+    assert s.clear_logs(before_ns=5) == 1
+    assert [r.time_ns for r in s.lookup_logs("a")] == [5, 9]
+    assert s.clear_logs(after_ns=2, before_ns=6) == 1
+    assert [r.time_ns for r in s.lookup_logs("a")] == [9]
+
+
+def test_clear_touches_only_its_namespace(make_store):
+    mine, theirs = make_store("ns-one"), make_store("ns-two")
+    for s in (mine, theirs):
+        s.put_instances([inst("a")])
+        s.append_states([StateRecord("a", "k", State.CREATED, 1)])
+    mine.clear()
+    assert mine.lookup_instances(Query()) == [] and mine.lookup_history("a") == []
+    assert len(theirs.lookup_instances(Query())) == 1 and len(theirs.lookup_history("a")) == 1
+
+
+def test_records_roundtrip_through_json():
+    r = StateRecord("u", "k", State.TIMED_OUT, 123, attempt=2, worker=1, run=3, cause="slow")
+    assert StateRecord.from_json(r.to_json()) == r
+    lr = LogRecord("u", "k", LogLevel.WARN, 5, "m", 2)
+    assert LogRecord.from_json(lr.to_json()) == lr
+    ir = inst("u")
+    assert InstanceRecord.from_dict(ir.to_dict()).to_dict() == ir.to_dict()
+
+
+def test_open_store_rejects_unknown_urls():
+    with pytest.raises(StoreError, match="unsupported"):
+        open_store("ftp://nowhere")
