@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import engine_workloads as ew
 from workloads import core_batch, core_per_call, heapq_tuples, make_keys, priority_queue
 
 
@@ -126,8 +127,119 @@ def core_rows(quick: bool) -> list[Row]:
     return rows
 
 
+def _median_runs(fn, rounds: int) -> float:
+    return statistics.median(fn() for _ in range(rounds))
+
+
+def engine_rows(quick: bool) -> list[Row]:
+    import os
+
+    workers = os.cpu_count() or 1
+    n = 5_000 if quick else 20_000
+    rounds = 3 if quick else 5
+    rows = []
+    m = ew.started_manager(workers)
+    ex = ew.new_ppe(workers)
+    pool = ew.new_pool(workers)
+    try:
+        ours, ppe = [], []
+        imap1 = []
+        for _ in range(rounds):  # interleaved rounds
+            ours.append(ew.jobengine_submit_noop(m, n))
+            ppe.append(ew.ppe_submit_noop(ex, n))
+            imap1.append(ew.pool_imap_noop(pool, n, 1))
+        o, p, i1 = (statistics.median(x) for x in (ours, ppe, imap1))
+        rate = lambda sec: f"{n / sec / 1e3:,.1f} k jobs/s"  # noqa: E731
+        rows.append(
+            Row(
+                "no-op jobs, history on (memory store)",
+                "ProcessPoolExecutor.submit",
+                rate(p),
+                rate(o),
+                p / o,
+                ">= 10x",
+                p / o >= 10,
+            )
+        )
+        rows.append(
+            Row(
+                "no-op jobs, history on (memory store)",
+                "Pool.imap_unordered(cs=1)",
+                rate(i1),
+                rate(o),
+                i1 / o,
+                ">= 2x",
+                i1 / o >= 2,
+            )
+        )
+
+        big = 50_000 if quick else 200_000
+        best_peer = min(
+            (_median_runs(lambda c=c: ew.pool_imap_noop(pool, big, c), rounds), c)
+            for c in (64, 256, 1024)
+        )
+        best_ours = min(
+            (_median_runs(lambda c=c: ew.jobengine_map_noop(m, big, c), rounds), c)
+            for c in (64, 256, 1024)
+        )
+        rate2 = lambda sec: f"{big / sec / 1e6:.2f} M calls/s"  # noqa: E731
+        r = best_peer[0] / best_ours[0]
+        rows.append(
+            Row(
+                f"mgr.map no-op (best chunksize: {best_ours[1]})",
+                f"Pool.imap_unordered (best cs: {best_peer[1]})",
+                rate2(best_peer[0]),
+                rate2(best_ours[0]),
+                r,
+                ">= 0.5x",
+                r >= 0.5,
+            )
+        )
+
+        for us, goal in ((1000, 0.95), (100, 0.85)):
+            jobs = int((0.6 if quick else 2.0) / (us * 1e-6) / 1)
+            serial = _median_runs(lambda us=us, jobs=jobs: ew.serial_spin(jobs // 4, us), 3) * 4
+            ours_t = _median_runs(lambda us=us, jobs=jobs: ew.jobengine_spin(m, jobs, us), rounds)
+            ppe_t = _median_runs(lambda us=us, jobs=jobs: ew.ppe_spin(ex, jobs, us), rounds)
+            sp_ours, sp_ppe = serial / ours_t, serial / ppe_t
+            rows.append(
+                Row(
+                    f"CPU-bound speedup, {us} us jobs, {workers} cores",
+                    "ProcessPoolExecutor",
+                    f"{sp_ppe:.2f}x",
+                    f"{sp_ours:.2f}x",
+                    sp_ours / sp_ppe,
+                    f">= {goal * workers:.2f}x",
+                    sp_ours >= goal * workers,
+                )
+            )
+
+        lat_n = 200 if quick else 1000
+        ours_lat = ew.jobengine_latency(m, lat_n)
+        ppe_lat = ew.ppe_latency(ex, lat_n)
+        for q, goal_us in ((50, 50), (99, 500)):
+            a, b = ew.percentile(ours_lat, q) / 1e3, ew.percentile(ppe_lat, q) / 1e3
+            rows.append(
+                Row(
+                    f"schedule -> start latency p{q}, idle pool",
+                    "ProcessPoolExecutor",
+                    f"{b:,.0f} us",
+                    f"{a:,.0f} us",
+                    b / a,
+                    f"<= {goal_us} us",
+                    a <= goal_us,
+                )
+            )
+    finally:
+        m.stop()
+        ex.shutdown()
+        pool.terminate()
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[bool], list[Row]]]] = [
     ("compiled core (DESIGN.md §4 row 1)", core_rows),
+    ("engine (DESIGN.md §4 rows 2-5)", engine_rows),
 ]
 
 
@@ -160,9 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--only", choices=["core", "engine"], help="measure one section")
     args = ap.parse_args(argv)
     rows: list[Row] = []
     for title, section in SECTIONS:
+        if args.only and not title.startswith({"core": "compiled", "engine": "engine"}[args.only]):
+            continue
         print(f"measuring {title} ...", file=sys.stderr, flush=True)
         rows += section(args.quick)
     print(render(rows, args.markdown))

@@ -56,6 +56,13 @@ from .state import State
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
+# Enum attribute access costs ~0.1 us (metaclass lookup); the hot paths use these.
+_CANCELED = State.CANCELED
+_COMPLETED = State.COMPLETED
+_PROCESSING = State.PROCESSING
+_SCHEDULED = State.SCHEDULED
+_TERMINATED = State.TERMINATED
+
 log = logging.getLogger("jobengine")
 
 SPIN_S = 20e-6  # engine spin before parking, only while jobs are in flight
@@ -124,7 +131,10 @@ class Manager(Executor):
         self._by_handle: list[Instance | None] = []
         # Every instance a user still holds, live or finished, by uuid: lookups return
         # these objects rather than bare records.
-        self._known: weakref.WeakValueDictionary[str, Instance] = weakref.WeakValueDictionary()
+        # (uuid -> weak reference; dead entries are pruned as the table doubles, which
+        # costs a fraction of WeakValueDictionary's per-insert callback machinery.)
+        self._known: dict[str, weakref.ref[Instance]] = {}
+        self._known_limit = 4096
         self._free_handles: list[int] = []
         self._active = 0
         self._finished: list[Instance] = []  # settled this turn; released in one batch
@@ -231,12 +241,21 @@ class Manager(Executor):
         inst._scheduled_ns = wall + max(0, due - time.monotonic_ns()) if due else wall
         # Records first: once the engine has it, it may run at once.
         self._recorder.created(inst, wall)
-        self._known[inst.uuid_str] = inst
+        known = self._known
+        known[inst.uuid_str] = weakref.ref(inst)
+        if len(known) > self._known_limit:
+            self._prune_known()
         self._inbox.append((inst, due))
         pool = self._pool
         if pool is not None:
             pool.doorbell.ring()
         return inst
+
+    def _prune_known(self) -> None:
+        known = self._known
+        for uuid in [u for u, r in known.items() if r() is None]:
+            known.pop(uuid, None)
+        self._known_limit = max(4096, 2 * len(known))
 
     def _adopt(self, job: Job) -> None:
         """Register a job met for the first time in schedule_job."""
@@ -259,7 +278,7 @@ class Manager(Executor):
         free = self._free_handles
         while inbox:
             inst, due = inbox.popleft()
-            if inst.state is State.CANCELED:  # canceled while still in the inbox
+            if inst.state is _CANCELED:  # canceled while still in the inbox
                 continue
             if free:
                 h = free.pop()
@@ -288,8 +307,8 @@ class Manager(Executor):
     def _cancel_queued(self, inst: Instance) -> bool:
         """Cancel an instance no worker has taken; True if it is now CANCELED."""
         with self._lock:
-            if inst.state is not State.SCHEDULED:
-                return inst.state is State.CANCELED
+            if inst.state is not _SCHEDULED:
+                return inst.state is _CANCELED
             if inst._handle >= 0:
                 if not self._core.cancel(inst._handle):
                     return False  # handed to a worker already
@@ -299,8 +318,8 @@ class Manager(Executor):
             # else: still in the inbox; the engine will skip it once it is CANCELED
             now = time.time_ns()
             inst._completed_ns = now
-            self._recorder.transition(inst, State.CANCELED, now)
-            if self._active == 0 and not any(i.state is not State.CANCELED for i, _ in self._inbox):
+            self._recorder.transition(inst, _CANCELED, now)
+            if self._active == 0 and not any(i.state is not _CANCELED for i, _ in self._inbox):
                 self._idle.notify_all()
         self._recorder.flush()
         _future_cancel(inst)
@@ -345,7 +364,12 @@ class Manager(Executor):
         self._recorder.flush()
         records = self.store.lookup_instances(query or Query())
         known = self._known
-        return [known.get(r.uuid) or r for r in records]
+        out: list[Instance | InstanceRecord] = []
+        for r in records:
+            ref = known.get(r.uuid)
+            inst = ref() if ref is not None else None
+            out.append(inst if inst is not None else r)
+        return out
 
     def clear_instance_history(
         self, before: datetime | None = None, after: datetime | None = None
@@ -401,9 +425,7 @@ class Manager(Executor):
         it did, False on timeout."""
         with self._idle:
             return self._idle.wait_for(
-                lambda: (
-                    self._active == 0 and all(i.state is State.CANCELED for i, _ in self._inbox)
-                ),
+                lambda: self._active == 0 and all(i.state is _CANCELED for i, _ in self._inbox),
                 timeout,
             )
 
@@ -474,8 +496,10 @@ class Manager(Executor):
         if chunksize == 1:
             futures = [self.submit(fn, *a) for a in zip(*iterables, strict=False)]
         else:
-            runner = self._job_for(_ChunkRunner(fn))
-            it = zip(*iterables, strict=False)
+            # One iterable: ship its items as they are (no per-item argument tuples).
+            star = len(iterables) != 1
+            runner = self._job_for(_ChunkRunner(fn, star))
+            it = zip(*iterables, strict=False) if star else iter(iterables[0])
             futures = []
             while chunk := list(itertools.islice(it, chunksize)):
                 futures.append(self.schedule_job(runner, args=(chunk,)))
@@ -595,16 +619,14 @@ class Manager(Executor):
         now = time.time_ns()
         for inst in list(w.inflight.values()):
             del w.inflight[inst._handle]
-            if inst.state is State.SCHEDULED:  # handed over but never started: requeue
+            if inst.state is _SCHEDULED:  # handed over but never started: requeue
                 inst.attempts -= 1
                 inst.worker = None
                 with self._lock:
                     self._core.add(inst._handle, 0, inst.priority)
                 continue
             self._recorder.log(inst, LogLevel.ERROR, now, cause)
-            self._attempt_failed(
-                inst, WorkerCrashed(cause, exitcode, sig), State.TERMINATED, now, cause
-            )
+            self._attempt_failed(inst, WorkerCrashed(cause, exitcode, sig), _TERMINATED, now, cause)
         w.running = None
 
     def _drain_events(self) -> bool:
@@ -633,7 +655,7 @@ class Manager(Executor):
             if t == E_STARTED:
                 inst._processed_ns = b
                 w.running = inst
-                rec.transition(inst, State.PROCESSING, b)
+                rec.transition(inst, _PROCESSING, b)
             elif t == E_OK:
                 del inflight[handle]
                 w.running = None
@@ -645,7 +667,7 @@ class Manager(Executor):
                     err = SerializationError(
                         f"the result of job {inst.kind!r} cannot be unpickled: {e}"
                     )
-                    self._attempt_failed(inst, err, State.TERMINATED, b, str(err))
+                    self._attempt_failed(inst, err, _TERMINATED, b, str(err))
                     continue
                 self._succeeded(inst, result, b)
             elif t == E_ERR:
@@ -656,7 +678,7 @@ class Manager(Executor):
                 exc, tb = _decode_error(read_payload(tag, payload))
                 cause = f"{type(exc).__name__}: {exc}"
                 rec.log(inst, LogLevel.ERROR, b, tb or cause)
-                self._attempt_failed(inst, exc, State.TERMINATED, b, cause)
+                self._attempt_failed(inst, exc, _TERMINATED, b, cause)
             elif t == E_LOG:
                 body = read_payload(tag, payload)
                 rec.log(inst, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
@@ -665,7 +687,7 @@ class Manager(Executor):
     def _succeeded(self, inst: Instance, result: Any, t: int) -> None:
         rec = self._recorder
         inst._completed_ns = t
-        rec.transition(inst, State.COMPLETED, t)
+        rec.transition(inst, _COMPLETED, t)
         self._finished.append(inst)
         rec.defer(inst.set_result, result)
         handler = inst.job.response_handler
@@ -684,7 +706,7 @@ class Manager(Executor):
         if inst.attempts <= job.max_retries:
             delay = job.backoff_seconds(inst.attempts)
             inst.worker = None
-            rec.transition(inst, State.SCHEDULED, time.time_ns())
+            rec.transition(inst, _SCHEDULED, time.time_ns())
             due = time.monotonic_ns() + int(delay * 1e9) if delay else 0
             with self._lock:
                 self._core.add(inst._handle, due, inst.priority)
@@ -708,21 +730,24 @@ class Manager(Executor):
 
 
 class _ChunkRunner:
-    """The executor of a map() chunk: calls fn on each argument tuple, in order."""
+    """The executor of a map() chunk: calls fn on each item (or argument tuple), in order."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, star: bool):
         self.fn = fn
+        self.star = star
         self.__qualname__ = f"{getattr(fn, '__qualname__', 'fn')}[map]"
 
-    def __call__(self, chunk: list[tuple]) -> list:
+    def __call__(self, chunk: list) -> list:
         fn = self.fn
-        return [fn(*a) for a in chunk]
+        if self.star:
+            return [fn(*a) for a in chunk]
+        return [fn(x) for x in chunk]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ChunkRunner) and other.fn == self.fn
+        return isinstance(other, _ChunkRunner) and (other.fn, other.star) == (self.fn, self.star)
 
     def __hash__(self) -> int:
-        return hash(("chunk", self.fn))
+        return hash(("chunk", self.fn, self.star))
 
 
 def _future_cancel(inst: Instance) -> None:
