@@ -41,7 +41,7 @@ from .errors import (  # noqa: E402
 from .instance import Instance  # noqa: E402
 from .job import Job  # noqa: E402
 from .manager import Manager  # noqa: E402
-from .pool.pool import WorkerInfo  # noqa: E402
+from .pool.pool import WorkerEvent, WorkerInfo  # noqa: E402
 from .pool.worker import WorkerInstance  # noqa: E402
 from .query import Query  # noqa: E402
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord  # noqa: E402
@@ -73,6 +73,7 @@ __all__ = [
     "StoreError",
     "UnknownJobError",
     "WorkerCrashed",
+    "WorkerEvent",
     "WorkerInfo",
     "WorkerInstance",
     "__version__",

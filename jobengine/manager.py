@@ -47,7 +47,7 @@ from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds
 from .pool.channel import E_ERR, E_LOG, E_OK, E_STARTED, TAG_MASK, read_payload
-from .pool.pool import RING_CONTROL, Pool, WorkerInfo, WorkerSlot
+from .pool.pool import RING_CONTROL, Pool, WorkerEvent, WorkerInfo, WorkerSlot
 from .query import Query
 from .recorder import Recorder
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
@@ -407,6 +407,13 @@ class Manager(Executor):
         """A snapshot of the pool's workers (pid, state, current job, RSS, CPU)."""
         pool = self._pool
         return pool.info() if pool is not None else []
+
+    @property
+    def worker_events(self) -> list[WorkerEvent]:
+        """Every worker birth and death so far (the latest 10,000), oldest first; a
+        death names its exit code or signal."""
+        pool = self._pool
+        return list(pool.events) if pool is not None else []
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Manager:

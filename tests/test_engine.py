@@ -320,6 +320,11 @@ def test_killed_worker_is_replaced_and_its_job_fails_with_worker_crashed(mgr):
     while len([w for w in mgr.workers if w.pid]) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert victim.pid not in {w.pid for w in mgr.workers} and len(mgr.workers) == 2
+    events = mgr.worker_events
+    (death,) = [e for e in events if e.kind == "died"]
+    assert (death.pid, death.signal, death.cause) == (victim.pid, 9, "signal 9")
+    born = [e for e in events if e.kind == "born"]
+    assert len(born) == 3 and born[-1].index == victim.index and born[-1].time_ns > death.time_ns
 
 
 # -- futures and the Executor API -------------------------------------------------------

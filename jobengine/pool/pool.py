@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import psutil
@@ -20,7 +21,7 @@ from ..instance import Instance
 from .channel import RING_CONTROL, T_STOP, Channel, new_doorbell
 from .control import recv, send
 
-__all__ = ["RING_CONTROL", "Pool", "WorkerInfo", "WorkerSlot"]
+__all__ = ["RING_CONTROL", "Pool", "WorkerEvent", "WorkerInfo", "WorkerSlot"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,25 @@ class WorkerInfo:
     rss: int | None
     cpu_percent: float | None
     jobs: int
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """A worker's birth or death: .kind ("born" or "died"), .index, .pid, .time_ns
+    (Unix ns), and for deaths .exitcode or .signal (one of them is None)."""
+
+    kind: str
+    index: int
+    pid: int
+    time_ns: int
+    exitcode: int | None = None
+    signal: int | None = None
+
+    @property
+    def cause(self) -> str | None:
+        if self.kind != "died":
+            return None
+        return f"signal {self.signal}" if self.signal is not None else f"exit code {self.exitcode}"
 
 
 class WorkerSlot:
@@ -74,6 +94,7 @@ class Pool:
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self.fork_thread_counts: list[int] = []  # supervisor threads at each fork
+        self.events: deque[WorkerEvent] = deque(maxlen=10_000)  # births and deaths
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +196,7 @@ class Pool:
                 out.append(("lost",))
                 return out
             if msg[0] == "born":
+                self.events.append(WorkerEvent("born", msg[1], msg[2], time.time_ns()))
                 self.fork_thread_counts.append(msg[3])
                 w = self.workers.get(msg[1])
                 if w is not None:
@@ -184,6 +206,10 @@ class Pool:
                         w.proc.cpu_percent(None)  # starts the CPU accounting window
                     except psutil.Error:
                         w.proc = None
+            elif msg[0] == "died":
+                self.events.append(
+                    WorkerEvent("died", msg[1], msg[2], time.time_ns(), msg[3], msg[4])
+                )
             out.append(msg)
 
     def free_index(self) -> int:
