@@ -34,14 +34,17 @@ class Dispatcher:
         self.m = manager
         self.credits = 1  # until the first attempt finishes: assume long jobs
         self._avg_ns = float(LONG_JOB_NS)  # EWMA of attempt run time
+        self._seen = 0
 
     def observe(self, run_ns: int) -> None:
         """Feed one attempt's run time into the credit estimate."""
-        avg = self._avg_ns = self._avg_ns + (max(run_ns, 1) - self._avg_ns) * 0.1
-        if avg >= LONG_JOB_NS:
-            self.credits = 1
-        else:
-            self.credits = max(2, min(MAX_CREDITS, int(QUEUED_WORK_NS / avg)))
+        avg = self._avg_ns = self._avg_ns * 0.9 + run_ns * 0.1
+        self._seen += 1
+        if self._seen & 15 == 0 or self.credits == 1:  # the credit count needs no more
+            if avg >= LONG_JOB_NS:
+                self.credits = 1
+            else:
+                self.credits = max(2, min(MAX_CREDITS, int(QUEUED_WORK_NS / (avg + 1.0))))
 
     def dispatch(self) -> bool:
         m = self.m
@@ -60,14 +63,26 @@ class Dispatcher:
                 return False
             by_handle = m._by_handle
             instances = [by_handle[h] for h in handles]
+        # Deal the instances out round-robin, least-loaded worker first: the best
+        # ones start first, wherever a worker is free.
+        slots = sorted(workers, key=_load)
+        free = [credits - len(w.inflight) for w in slots]
         touched = set()
         requeue = []
+        k = 0
+        n = len(slots)
         for inst in instances:
-            w = min(workers, key=_load)
-            if len(w.inflight) >= credits or not self._send(w, inst):
+            for _ in range(n):
+                if free[k]:
+                    break
+                k = (k + 1) % n
+            w = slots[k]
+            if not free[k] or not self._send(w, inst):
                 requeue.append(inst)
                 continue
+            free[k] -= 1
             touched.add(w)
+            k = (k + 1) % n
         for w in touched:
             w.channel.tasks.publish()
         if requeue:
