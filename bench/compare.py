@@ -196,11 +196,13 @@ def engine_rows(quick: bool) -> list[Row]:
             )
         )
 
+        per_us = ew.loops_per_us()
         for us, goal in ((1000, 0.95), (100, 0.85)):
-            jobs = int((0.6 if quick else 2.0) / (us * 1e-6) / 1)
-            serial = _median_runs(lambda us=us, jobs=jobs: ew.serial_spin(jobs // 4, us), 3) * 4
-            ours_t = _median_runs(lambda us=us, jobs=jobs: ew.jobengine_spin(m, jobs, us), rounds)
-            ppe_t = _median_runs(lambda us=us, jobs=jobs: ew.ppe_spin(ex, jobs, us), rounds)
+            loops = int(us * per_us)
+            jobs = int((0.6 if quick else 2.0) / (us * 1e-6))
+            serial = statistics.median(ew.serial_burn(jobs, loops) for _ in range(3))
+            ours_t = _median_runs(lambda j=jobs, lp=loops: ew.jobengine_burn(m, j, lp), rounds)
+            ppe_t = _median_runs(lambda j=jobs, lp=loops: ew.ppe_burn(ex, j, lp), rounds)
             sp_ours, sp_ppe = serial / ours_t, serial / ppe_t
             rows.append(
                 Row(

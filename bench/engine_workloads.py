@@ -21,11 +21,24 @@ def stamp(_=None):
     return time.time_ns()
 
 
-def spin(us: float) -> None:
-    """Busy-work for about `us` microseconds of CPU (calibrated by the caller's clock)."""
-    end = time.perf_counter() + us * 1e-6
-    while time.perf_counter() < end:
+def burn(loops: int) -> None:
+    """A fixed amount of CPU work: unlike a clock-based spin, it does not stretch when
+    another process takes the core, so a slowdown shows up as a slowdown."""
+    for _ in range(loops):
         pass
+
+
+def loops_per_us() -> float:
+    """Calibrate burn() on this machine: iterations per microsecond (best of 5)."""
+    n = 200_000
+    best = min(_timed(burn, n) for _ in range(5))
+    return n / (best * 1e6)
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
 
 
 def started_manager(workers: int) -> Manager:
@@ -71,24 +84,24 @@ def jobengine_map_noop(m: Manager, n: int, chunksize: int) -> float:
 
 
 # -- CPU-bound speedup ---------------------------------------------------------------
-def serial_spin(n: int, us: float) -> float:
+def serial_burn(n: int, loops: int) -> float:
     t = time.perf_counter()
     for _ in range(n):
-        spin(us)
+        burn(loops)
     return time.perf_counter() - t
 
 
-def jobengine_spin(m: Manager, n: int, us: float) -> float:
+def jobengine_burn(m: Manager, n: int, loops: int) -> float:
     t = time.perf_counter()
-    fs = [m.submit(spin, us) for _ in range(n)]
+    fs = [m.submit(burn, loops) for _ in range(n)]
     for f in fs:
         f.result()
     return time.perf_counter() - t
 
 
-def ppe_spin(ex: cf.ProcessPoolExecutor, n: int, us: float) -> float:
+def ppe_burn(ex: cf.ProcessPoolExecutor, n: int, loops: int) -> float:
     t = time.perf_counter()
-    fs = [ex.submit(spin, us) for _ in range(n)]
+    fs = [ex.submit(burn, loops) for _ in range(n)]
     for f in fs:
         f.result()
     return time.perf_counter() - t

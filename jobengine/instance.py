@@ -33,11 +33,13 @@ class Instance(Future):
     cancel() stops an instance that no worker has taken yet (it becomes CANCELED); a
     running one is not interrupted and cancel() returns False.
 
-    Speed: Future.__init__ builds a threading.Condition (~1 us) that most instances never
-    need (nobody waits on most of a batch's futures).  Here it is made on first use, and
-    set_result/set_exception skip it when nobody has made it.  This leans on Future's
-    private fields (_state, _result, _exception, _waiters, _done_callbacks), unchanged
-    since Python 3.8; tests/test_futures.py exercises every path.
+    Speed: Future.__init__ builds a threading.Condition (~1 us) and two lists that most
+    instances never need (nobody waits on most of a batch's futures), and every such
+    object is one more for the garbage collector to walk while the instance lives.  Here
+    they are made on first use, and set_result/set_exception skip them when nobody has
+    made them.  This leans on Future's private fields (_state, _result, _exception,
+    _condition, _waiters, _done_callbacks), unchanged since Python 3.8;
+    tests/test_futures.py races every path.
     """
 
     def __init__(
@@ -47,8 +49,6 @@ class Instance(Future):
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
         self._manager = manager
         self.job = job
         self._uid = uid
@@ -113,6 +113,16 @@ class Instance(Future):
                 if c is None:
                     c = self.__dict__["_cond"] = threading.Condition()
         return c
+
+    # Future touches these two lists only while holding _condition, so making them on
+    # first use cannot race.
+    @property
+    def _waiters(self) -> list:
+        return self.__dict__.setdefault("_waiter_list", [])
+
+    @property
+    def _done_callbacks(self) -> list:
+        return self.__dict__.setdefault("_callback_list", [])
 
     def _settle(self, result: Any, exception: BaseException | None) -> None:
         d = self.__dict__

@@ -65,7 +65,8 @@ _TERMINATED = State.TERMINATED
 
 log = logging.getLogger("jobengine")
 
-SPIN_S = 20e-6  # engine spin before parking, only while jobs are in flight
+SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
+SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
 IDLE_PARK_S = 0.5
 
 
@@ -568,6 +569,10 @@ class Manager(Executor):
             self._pool.close()
 
     def _spin(self) -> float:
+        # Spinning pays only when the next event is due within the spin window (tiny
+        # jobs in flight); otherwise it burns a core the workers need.
+        if self._dispatcher.avg_ns > SPIN_JOBS_NS:
+            return 0.0
         return SPIN_S if any(w.inflight for w in self._pool.workers.values()) else 0.0
 
     def _idle_timeout(self) -> float:

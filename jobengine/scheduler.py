@@ -36,6 +36,11 @@ class Dispatcher:
         self._avg_ns = float(LONG_JOB_NS)  # EWMA of attempt run time
         self._seen = 0
 
+    @property
+    def avg_ns(self) -> float:
+        """Moving average of attempt run time (ns)."""
+        return self._avg_ns
+
     def observe(self, run_ns: int) -> None:
         """Feed one attempt's run time into the credit estimate."""
         avg = self._avg_ns = self._avg_ns * 0.9 + run_ns * 0.1
