@@ -83,3 +83,50 @@ class SchedulerCore:
         """Handles waiting for their due time."""
     def _set_next_seq(self, seq: int) -> None: ...
     def _check(self) -> bool: ...
+
+RING_HEADER: int  # bytes of a ring's header in its shared buffer
+RING_RECORD_HEADER: int  # bytes of each record's header
+DOORBELL_SIZE: int
+
+class RecordTooLarge(ValueError):
+    """A record's payload exceeds the ring's max_payload (a quarter of its capacity)."""
+
+class Doorbell:
+    """A wake-up word in shared memory one consumer sleeps on for many rings."""
+
+    def __init__(self, mem: object, format: bool = False) -> None: ...
+    def ring(self, flags: int = 1) -> None:
+        """OR flags into the pending word; wake the sleeper if it sleeps."""
+    def take(self) -> int:
+        """Take (and clear) the pending flags."""
+    def wait(self, rings: list[Ring], timeout: float | None = None, spin: float = 0.0) -> bool:
+        """Sleep (GIL released) until a ring has a record, ring() was called, or timeout."""
+
+class Ring:
+    """One end of a single-producer single-consumer ring in a shared buffer.
+
+    Records are (tag: u32, a: u64, b: u64, payload: bytes).  The producer uses
+    write/publish/push/push_many, the consumer read_many/wait/empty."""
+
+    def __init__(
+        self, mem: object, doorbell: Doorbell | None = None, format: bool = False
+    ) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def max_payload(self) -> int: ...
+    def free(self) -> int: ...
+    def write(self, tag: int, a: int, b: int, payload: bytes | None = None) -> bool:
+        """Append without publishing; False when full; RecordTooLarge when too big."""
+    def publish(self) -> bool:
+        """Make written records visible; True if the consumer had to be woken."""
+    def push(self, tag: int, a: int, b: int, payload: bytes | None = None) -> bool:
+        """write() then publish()."""
+    def push_many(self, records: list[tuple[int, int, int, bytes]]) -> int:
+        """Write records in order (GIL released for large batches), publish once;
+        returns how many fitted."""
+    def read_many(self, max_n: int = ...) -> list[tuple[int, int, int, bytes]]:
+        """Take up to max_n records and release their space."""
+    def empty(self) -> bool: ...
+    def wait(self, timeout: float | None = None, spin: float = 0.0) -> bool:
+        """Sleep (GIL released) until a record arrives or timeout."""

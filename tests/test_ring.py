@@ -143,3 +143,41 @@ def test_attaching_to_garbage_is_refused():
         Ring(mmap.mmap(-1, 1 << 16))
     with pytest.raises(ValueError, match="at least"):
         Ring(mmap.mmap(-1, 1024), format=True)
+
+
+def test_push_many_publishes_a_batch_and_stops_when_full():
+    _, _, _, p, c = _pair(4096 + 256)
+    records = [(2, i, i, bytes([i]) * 200) for i in range(50)]
+    n = p.push_many(records)
+    assert 0 < n < 50
+    got = c.read_many()
+    assert [(t, a, b, pl) for t, a, b, pl in got] == records[:n]
+    assert p.push_many(records[n:]) > 0  # the rest fits once the consumer caught up
+
+
+def test_push_many_large_batch_without_the_gil_crosses_processes():
+    mem, bell_mem, bell, _, consumer = _pair(1 << 20)
+    batch = [(5, i, 0, os.urandom(1000)) for i in range(200)]  # 200 KB: the nogil path
+
+    def produce():
+        p = Ring(mem, Doorbell(bell_mem))
+        left = batch
+        while left:
+            left = left[p.push_many(left) :]
+
+    pid = _child(produce)
+    got = []
+    while len(got) < 200:
+        assert bell.wait([consumer], timeout=5)
+        got += consumer.read_many()
+    os.waitpid(pid, 0)
+    assert got == batch
+
+
+def test_push_many_refuses_oversized_and_non_bytes_and_writes_nothing():
+    _, _, _, p, c = _pair()
+    with pytest.raises(RecordTooLarge, match="record 1"):
+        p.push_many([(1, 0, 0, b"ok"), (1, 0, 0, b"x" * (p.max_payload + 1))])
+    with pytest.raises(TypeError, match="bytes"):
+        p.push_many([(1, 0, 0, "text")])
+    assert c.read_many() == []
