@@ -73,5 +73,13 @@ class WorkerCrashed(JobEngineError):
         return (type(self), (self.args[0], self.exitcode, self.signal))
 
 
+class JobTimeout(JobEngineError, TimeoutError):
+    """The attempt ran past its job's timeout; the supervisor killed its worker."""
+
+
+class MemoryLimitExceeded(JobEngineError, MemoryError):
+    """The worker running the attempt went over max_memory_per_worker and was killed."""
+
+
 class StoreError(JobEngineError):
     """A store could not be opened or failed an operation."""

@@ -42,6 +42,8 @@ class Instance(Future):
     tests/test_futures.py races every path.
     """
 
+    _cancel_requested = False  # set by cancel_instances() on a running instance
+
     def __init__(
         self, manager, job: Job, uid: int, args: tuple, kwargs: dict, priority: int, created_ns: int
     ):

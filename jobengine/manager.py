@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 import weakref
@@ -37,7 +38,9 @@ from .errors import (
     DuplicateJobError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    JobTimeout,
     ManagerStateError,
+    MemoryLimitExceeded,
     RemoteError,
     SerializationError,
     UnknownJobError,
@@ -62,6 +65,7 @@ _COMPLETED = State.COMPLETED
 _PROCESSING = State.PROCESSING
 _SCHEDULED = State.SCHEDULED
 _TERMINATED = State.TERMINATED
+_TIMED_OUT = State.TIMED_OUT
 
 log = logging.getLogger("jobengine")
 
@@ -101,7 +105,16 @@ class Manager(Executor):
     start(); instances wait in the scheduler until the pool runs.  Use it as a context
     manager to start on enter and stop_with_wait() on exit."""
 
-    def __init__(self, num_workers: int | None = None, store: Store | None = None):
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        store: Store | None = None,
+        *,
+        max_jobs_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
+        kill_grace: float = 1.0,
+        handle_signals: bool = True,
+    ):
         if num_workers is None:
             num_workers = os.cpu_count() or 1
         if not isinstance(num_workers, int) or isinstance(num_workers, bool):
@@ -110,6 +123,17 @@ class Manager(Executor):
             raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers}")
         if store is not None and not isinstance(store, Store):
             raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
+        for name, v in (("max_jobs_per_worker", max_jobs_per_worker),
+                        ("max_memory_per_worker", max_memory_per_worker)):  # fmt: skip
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise InvalidArgumentTypeError(f"{name} must be an int or None, got {v!r}")
+            if v is not None and v < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {v}")
+        self._max_jobs = max_jobs_per_worker
+        self._max_memory = max_memory_per_worker
+        self._kill_grace = check_seconds(kill_grace, "kill_grace")
+        self._handle_signals = handle_signals
+        self._stop_deadline: float | None = None
         self._num_workers = num_workers
         self.store: Store = store if store is not None else MemoryStore()
         self._recorder = Recorder(self.store)
@@ -139,6 +163,7 @@ class Manager(Executor):
         self._free_handles: list[int] = []
         self._active = 0
         self._finished: list[Instance] = []  # settled this turn; released in one batch
+        self._kill_requests: deque[Instance] = deque()  # running instances to cancel
         self._state = "new"  # new -> running -> stopping -> stopped
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -179,7 +204,7 @@ class Manager(Executor):
         blob = self._blobs.get(job)
         if blob is None:
             blob = self._blobs[job] = cloudpickle.dumps(
-                (job.executor, job.instance_param, job.kind)
+                (job.executor, job.instance_param, job.kind, job.timeout)
             )
         return blob
 
@@ -327,9 +352,31 @@ class Manager(Executor):
         return True
 
     def cancel_instances(self, query: Query) -> list[Instance]:
-        """Cancel every queued instance matching `query` (running ones are not
-        interrupted); return the instances canceled."""
-        return [inst for inst in self._live_matching(query) if inst.cancel()]
+        """Cancel every instance matching `query`, queued or running.  A queued one is
+        CANCELED at once; a running one is stopped by killing only its worker (which is
+        replaced) and becomes CANCELED moments later.  Canceled instances are never
+        retried.  Returns the instances it canceled or is canceling."""
+        out = []
+        for inst in self._live_matching(query):
+            if inst.cancel():
+                out.append(inst)
+            elif inst.state in (_SCHEDULED, _PROCESSING) and self._pool is not None:
+                inst._cancel_requested = True
+                self._kill_requests.append(inst)
+                self._pool.doorbell.ring()
+                out.append(inst)
+        return out
+
+    def _serve_kill_requests(self) -> None:
+        """Engine thread: stop the workers running instances whose cancel was asked."""
+        reqs = self._kill_requests
+        while reqs:
+            inst = reqs.popleft()
+            if inst.worker is None or inst.state is not _PROCESSING:
+                continue  # not started yet: killed when its STARTED event arrives
+            w = self._pool.workers.get(inst.worker)
+            if w is not None and inst._handle in w.inflight:
+                self._pool.kill(w, "cancel", inst._handle | inst.attempts << 32)
 
     def _live(self) -> list[Instance]:
         with self._lock:
@@ -422,7 +469,9 @@ class Manager(Executor):
         if self._state != "new":
             raise ManagerStateError(f"start() on a manager that is {self._state}")
         self._pool = Pool()
-        self._pool.start()
+        self._pool.start({"max_memory": self._max_memory, "term_grace": self._kill_grace})
+        if self._handle_signals:
+            self._install_signal_handlers()
         self._state = "running"
         self._thread = threading.Thread(target=self._engine, name="jobengine-engine", daemon=True)
         self._thread.start()
@@ -437,9 +486,11 @@ class Manager(Executor):
                 timeout,
             )
 
-    def stop(self, wait: bool = False) -> None:
-        """Stop: cancel instances still queued, let running ones finish, then shut the
-        pool down.  With wait=True (stop_with_wait), run everything queued first."""
+    def stop(self, wait: bool = False, grace: float | None = None) -> None:
+        """Stop: cancel instances still queued, let running ones finish (within `grace`
+        seconds, if given: then their workers are killed and they become CANCELED), then
+        shut the pool down.  With wait=True (stop_with_wait), run everything first."""
+        grace = check_seconds(grace, "grace")
         if self._state == "new":
             self._state = "stopped"
             return
@@ -447,14 +498,50 @@ class Manager(Executor):
             return
         if wait:
             self.wait()
+        self._begin_stop(grace)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self._restore_signal_handlers()
+        if self._error is not None:
+            raise ManagerStateError(f"the engine thread failed: {self._error!r}") from self._error
+
+    def _begin_stop(self, grace: float | None = None) -> None:
         with self._lock:
             if self._state == "running":
                 self._state = "stopping"
+            if grace is not None:
+                deadline = time.monotonic() + grace
+                if self._stop_deadline is None or deadline < self._stop_deadline:
+                    self._stop_deadline = deadline
         self._pool.doorbell.ring()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-        if self._error is not None:
-            raise ManagerStateError(f"the engine thread failed: {self._error!r}") from self._error
+
+    # -- signals ---------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        """SIGINT / SIGTERM stop the manager gracefully (queued instances are canceled,
+        running ones finish within kill_grace), then behave as before: Ctrl-C raises
+        KeyboardInterrupt, SIGTERM exits with status 143.  Installed only from the main
+        thread and only over the default handlers: an application's own handlers win."""
+        self._old_handlers: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                             (signal.SIGTERM, signal.SIG_DFL)):  # fmt: skip
+            if signal.getsignal(sig) is default:
+                self._old_handlers[sig] = default
+                signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in getattr(self, "_old_handlers", {}).items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, old)
+        self._old_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._state == "running":
+            self._begin_stop(self._kill_grace)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
 
     def stop_with_wait(self) -> None:
         """Run everything scheduled to its end, then stop."""
@@ -535,6 +622,8 @@ class Manager(Executor):
                 flags = pool.doorbell.take()
                 busy = self._handle_control() if flags & RING_CONTROL else False
                 busy |= self._drain_events()
+                if self._kill_requests:
+                    self._serve_kill_requests()
                 if self._state == "stopping":
                     if self._stop_step():
                         break
@@ -576,6 +665,8 @@ class Manager(Executor):
         return SPIN_S if any(w.inflight for w in self._pool.workers.values()) else 0.0
 
     def _idle_timeout(self) -> float:
+        if self._stop_deadline is not None:
+            return max(0.0, min(IDLE_PARK_S, self._stop_deadline - time.monotonic()))
         with self._lock:
             nxt = self._core.next_due_ns()
             ready = self._core.ready_len
@@ -602,7 +693,12 @@ class Manager(Executor):
             queued = [i for i in self._by_handle if i is not None and i._handle in self._core]
         for inst in queued:  # stop() cancels what is still queued
             self._cancel_queued(inst)
-        if any(w.inflight for w in pool.workers.values()):
+        busy = [w for w in pool.workers.values() if w.inflight]
+        if busy:
+            deadline = self._stop_deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                for w in busy:  # the grace is over: stop what still runs
+                    pool.kill(w, "stop")
             return False
         for w in list(pool.workers.values()):
             pool.retire(w)
@@ -618,28 +714,71 @@ class Manager(Executor):
                 raise ManagerStateError("the supervisor process is gone")
         return bool(msgs)
 
-    def _worker_died(self, index: int, pid: int, exitcode: int | None, sig: int | None) -> None:
+    def _worker_died(
+        self,
+        index: int,
+        pid: int,
+        exitcode: int | None,
+        sig: int | None,
+        reason: str | None = None,
+        target: int = 0,
+    ) -> None:
         pool = self._pool
         w = pool.workers.get(index)
         if w is None or (w.pid is not None and w.pid != pid):
             return
         self._drain_worker(w)  # events it published before dying still count
         pool.remove(w)
-        cause = f"worker {index} (pid {pid}) died: " + (
-            f"killed by signal {sig}" if sig is not None else f"exit code {exitcode}"
-        )
+        how = f"killed by signal {sig}" if sig is not None else f"exit code {exitcode}"
+        death = f"worker {index} (pid {pid}) died: {how}"
         now = time.time_ns()
+        rec = self._recorder
         for inst in list(w.inflight.values()):
             del w.inflight[inst._handle]
-            if inst.state is _SCHEDULED:  # handed over but never started: requeue
+            if inst.state is _SCHEDULED:  # handed over but never started
                 inst.attempts -= 1
                 inst.worker = None
-                with self._lock:
-                    self._core.add(inst._handle, 0, inst.priority)
+                if inst._cancel_requested:
+                    self._cancel_unstarted(inst, now)
+                else:  # back to the queue, same priority
+                    with self._lock:
+                        self._core.add(inst._handle, 0, inst.priority)
                 continue
-            self._recorder.log(inst, LogLevel.ERROR, now, cause)
-            self._attempt_failed(inst, WorkerCrashed(cause, exitcode, sig), _TERMINATED, now, cause)
+            aimed = target != 0 and target == (inst._handle | inst.attempts << 32)
+            if aimed and reason == "timeout":
+                cause = f"timed out after {inst.job.timeout:g} s; {death}"
+                rec.log(inst, LogLevel.ERROR, now, cause)
+                self._attempt_failed(
+                    inst, JobTimeout(f"job {inst.kind!r}: {cause}"), _TIMED_OUT, now, cause
+                )
+            elif aimed and reason == "memory":
+                cause = f"worker over max_memory_per_worker ({self._max_memory} bytes); {death}"
+                rec.log(inst, LogLevel.ERROR, now, cause)
+                err = MemoryLimitExceeded(f"job {inst.kind!r}: {cause}")
+                self._attempt_failed(inst, err, _TERMINATED, now, cause)
+            elif inst._cancel_requested or reason == "stop":
+                cause = "canceled while running" if inst._cancel_requested else "manager stopped"
+                rec.log(inst, LogLevel.WARN, now, f"{cause}; {death}")
+                self._canceled_running(inst, now, cause)
+            else:
+                cause = death + (f" ({reason})" if reason else "")
+                rec.log(inst, LogLevel.ERROR, now, cause)
+                err = WorkerCrashed(cause, exitcode, sig)
+                self._attempt_failed(inst, err, _TERMINATED, now, cause)
         w.running = None
+
+    def _canceled_running(self, inst: Instance, now: int, cause: str) -> None:
+        """A started attempt was stopped on purpose: CANCELED, never retried."""
+        inst._completed_ns = now
+        self._recorder.transition(inst, _CANCELED, now, cause)
+        self._finished.append(inst)
+        self._recorder.defer(_future_cancel, inst)
+
+    def _cancel_unstarted(self, inst: Instance, now: int) -> None:
+        inst._completed_ns = now
+        self._recorder.transition(inst, _CANCELED, now)
+        self._finished.append(inst)
+        self._recorder.defer(_future_cancel, inst)
 
     def _drain_events(self) -> bool:
         busy = False
@@ -668,6 +807,8 @@ class Manager(Executor):
                 inst._processed_ns = b
                 w.running = inst
                 rec.transition(inst, _PROCESSING, b)
+                if inst._cancel_requested:
+                    self._pool.kill(w, "cancel", a)
             elif t == E_OK:
                 del inflight[handle]
                 w.running = None

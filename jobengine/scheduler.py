@@ -85,7 +85,7 @@ class Dispatcher:
             if not free[k] or not self._send(w, inst):
                 requeue.append(inst)
                 continue
-            free[k] -= 1
+            free[k] = 0 if w.retiring else free[k] - 1
             touched.add(w)
             k = (k + 1) % n
         for w in touched:
@@ -111,6 +111,12 @@ class Dispatcher:
         inst.attempts = attempt
         inst.worker = w.index
         w.inflight[inst._handle] = inst
+        w.dispatched += 1
+        limit = m._max_jobs
+        if limit is not None and w.dispatched >= limit:
+            # Recycle: it gets nothing more, finishes what it holds, exits; a fresh
+            # worker takes its place (Manager._apply_resize counts only non-retiring).
+            m._pool.retire(w)
         return True
 
 

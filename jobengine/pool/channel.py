@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import tempfile
 
 from .._core import RING_HEADER, Doorbell, Ring
@@ -38,7 +39,12 @@ TAG_MASK = 0xFF
 
 RING_BYTES = 1 << 20  # per direction: 256 KiB records fit inline, larger ones spill
 REGION = RING_HEADER + RING_BYTES
-MAPPING_BYTES = 2 * REGION
+# After the two rings, the worker's status, which the supervisor reads to enforce
+# timeouts: (running attempt a = handle | attempt << 32 or 0, start, deadline or 0), the
+# times on CLOCK_MONOTONIC, which every process shares.
+STATUS_OFFSET = 2 * REGION
+STATUS = struct.Struct("=QQQ")
+MAPPING_BYTES = STATUS_OFFSET + 64
 DOORBELL_BYTES = 64
 
 SPILL_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -97,6 +103,18 @@ class Channel:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def write_status(mm: mmap.mmap, packed: int, start_ns: int = 0, deadline_ns: int = 0) -> None:
+    # The deadline is stored before the attempt id so a reader that sees the id sees its
+    # deadline too (x86 stores are ordered; the reader re-checks the id before it acts).
+    STATUS.pack_into(mm, STATUS_OFFSET, 0, start_ns, deadline_ns)
+    if packed:
+        STATUS.pack_into(mm, STATUS_OFFSET, packed, start_ns, deadline_ns)
+
+
+def read_status(mm: mmap.mmap) -> tuple[int, int, int]:
+    return STATUS.unpack_from(mm, STATUS_OFFSET)
 
 
 def write_record(ring: Ring, tag: int, a: int, b: int, payload: bytes) -> bool:

@@ -50,12 +50,14 @@ class WorkerEvent:
     time_ns: int
     exitcode: int | None = None
     signal: int | None = None
+    reason: str | None = None  # why the supervisor killed it: timeout, memory, cancel, stop
 
     @property
     def cause(self) -> str | None:
         if self.kind != "died":
             return None
-        return f"signal {self.signal}" if self.signal is not None else f"exit code {self.exitcode}"
+        how = f"signal {self.signal}" if self.signal is not None else f"exit code {self.exitcode}"
+        return f"{how} ({self.reason})" if self.reason else how
 
 
 class WorkerSlot:
@@ -63,6 +65,7 @@ class WorkerSlot:
 
     __slots__ = (
         "channel",
+        "dispatched",
         "index",
         "inflight",
         "jobs",
@@ -82,7 +85,8 @@ class WorkerSlot:
         self.running: Instance | None = None  # the one it has started
         self.kinds: set[int] = set()  # kind ids whose executor it has received
         self.retiring = False
-        self.jobs = 0
+        self.jobs = 0  # attempts finished
+        self.dispatched = 0  # attempts handed over
 
 
 class Pool:
@@ -97,7 +101,7 @@ class Pool:
         self.events: deque[WorkerEvent] = deque(maxlen=10_000)  # births and deaths
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, config: dict | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         # The workers must import what the manager's process can (executors pickled by
@@ -118,8 +122,9 @@ class Pool:
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        ours.setblocking(False)
         self._ctl = ours
+        send(ours, ("config", config or {}))
+        ours.setblocking(False)
 
     @property
     def supervisor_pid(self) -> int | None:
@@ -169,11 +174,12 @@ class Pool:
         while not ring.push(T_STOP, 0, 0):
             time.sleep(50e-6)
 
-    def kill(self, w: WorkerSlot) -> None:
+    def kill(self, w: WorkerSlot, reason: str, a: int = 0) -> None:
+        """Have the supervisor stop the worker (SIGTERM, then SIGKILL after the grace)."""
         if w.pid is not None:
             self._ctl.setblocking(True)
             try:
-                send(self._ctl, ("kill", w.index, w.pid))
+                send(self._ctl, ("kill", w.index, w.pid, reason, a))
             finally:
                 self._ctl.setblocking(False)
 

@@ -1,17 +1,25 @@
-"""The supervisor: a single-threaded process that forks, watches and reaps workers.
+"""The supervisor: a single-threaded process that forks, watches, limits and reaps workers.
 
     manager ==ctl socket (SEQPACKET, pickled messages, fds by SCM_RIGHTS)==> supervisor
-      ("spawn", index) + memfd        fork a worker on that channel
-      ("kill", index, pid)            SIGKILL that worker (if it is still that pid)
-      ("exit",)                       kill what is left, reap, exit
+      ("config", {max_memory, term_grace})  limits to enforce
+      ("spawn", index) + memfd           fork a worker on that channel
+      ("kill", index, pid, reason, a)    stop that worker (reason: "cancel", ...)
+      ("exit",)                          kill what is left, reap, exit
     supervisor ==> manager (then it rings the manager's doorbell)
-      ("born", index, pid, threads)  threads: OS threads the supervisor had when it forked
-      ("died", index, pid, exitcode, signal)
+      ("born", index, pid, threads)      threads: OS threads the supervisor had at fork
+      ("died", index, pid, exitcode, signal, reason, a)
+          reason: None (it died by itself), "timeout", "memory", "cancel", "stop";
+          a: the attempt (handle | attempt << 32) the kill was aimed at, or 0
 
 Why a separate process: forking is only safe from a process without threads (a lock
 held by another thread is copied locked), and the manager's process has threads.  The
 supervisor is started with subprocess (fork+exec: a fresh interpreter), never forks
 while it has a thread, and waits on pidfds, so it needs no SIGCHLD handler.
+
+Limits live here, not in the manager, so a manager busy with Python work cannot delay
+them: every TICK the supervisor reads each worker's status (channel.read_status: the
+attempt it runs and its deadline) and samples its RSS (psutil).  A worker past its
+deadline or over max_memory gets SIGTERM, then SIGKILL after term_grace seconds.
 """
 
 from __future__ import annotations
@@ -24,11 +32,15 @@ import select
 import signal
 import socket
 import sys
+import time
 
-from .channel import RING_CONTROL
+import psutil
+
+from .channel import MAPPING_BYTES, RING_CONTROL, map_fd, read_status
 from .control import recv, send
 
 PR_SET_PDEATHSIG = 1
+TICK_S = 0.01
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -42,6 +54,20 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
+class Child:
+    __slots__ = ("a", "index", "killed_at", "mm", "pid", "pidfd", "proc", "reason")
+
+    def __init__(self, index: int, pid: int, pidfd: int, mm):
+        self.index = index
+        self.pid = pid
+        self.pidfd = pidfd
+        self.mm = mm
+        self.proc: psutil.Process | None = None
+        self.reason: str | None = None  # why we are killing it
+        self.a = 0  # the attempt the kill is aimed at
+        self.killed_at = 0.0
+
+
 class Supervisor:
     def __init__(self, ctl: socket.socket, doorbell_fd: int):
         from .channel import attach_doorbell
@@ -49,13 +75,16 @@ class Supervisor:
         self.ctl = ctl
         self.doorbell_fd = doorbell_fd
         self._db_mm, self.doorbell = attach_doorbell(doorbell_fd)
-        self.workers: dict[int, tuple[int, int]] = {}  # pidfd -> (index, pid)
-        self.by_index: dict[int, int] = {}  # index -> pid
+        self.children: dict[int, Child] = {}  # pidfd -> child
+        self.by_index: dict[int, Child] = {}
+        self.max_memory: int | None = None
+        self.term_grace = 1.0
 
     def tell(self, msg: tuple) -> None:
         send(self.ctl, msg)
         self.doorbell.ring(RING_CONTROL)
 
+    # -- workers -----------------------------------------------------------------------
     def spawn(self, index: int, fd: int) -> None:
         # Reported with "born": the proof, checked by the tests, that every fork happens
         # in a process with a single OS thread.
@@ -69,17 +98,21 @@ class Supervisor:
             finally:
                 os._exit(0)
         gc.unfreeze()
+        mm = map_fd(fd, MAPPING_BYTES)
         os.close(fd)
-        pidfd = os.pidfd_open(pid)
-        self.workers[pidfd] = (index, pid)
-        self.by_index[index] = pid
+        child = Child(index, pid, os.pidfd_open(pid), mm)
+        with contextlib.suppress(psutil.Error):
+            child.proc = psutil.Process(pid)
+        self.children[child.pidfd] = child
+        self.by_index[index] = child
         self.tell(("born", index, pid, threads))
 
     def _become_worker(self, index: int, fd: int) -> None:
         me = os.getppid()
         die_with_parent(me)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.ctl.close()
-        for pidfd in self.workers:
+        for pidfd in self.children:
             os.close(pidfd)
         from .channel import Channel
         from .worker import Worker
@@ -88,44 +121,86 @@ class Supervisor:
         Worker(index, channel, me).run()
 
     def reap(self, pidfd: int) -> None:
-        index, pid = self.workers.pop(pidfd)
+        child = self.children.pop(pidfd)
         os.close(pidfd)
-        _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(child.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         exitcode, sig = (code, None) if code >= 0 else (None, -code)
-        if self.by_index.get(index) == pid:
-            del self.by_index[index]
-        self.tell(("died", index, pid, exitcode, sig))
+        if self.by_index.get(child.index) is child:
+            del self.by_index[child.index]
+        child.mm.close()
+        self.tell(("died", child.index, child.pid, exitcode, sig, child.reason, child.a))
 
-    def kill(self, index: int, pid: int) -> None:
-        if self.by_index.get(index) == pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    def kill(self, child: Child, reason: str, a: int = 0) -> None:
+        """SIGTERM now, SIGKILL after term_grace (see tick)."""
+        if child.reason is not None:
+            return
+        child.reason, child.a, child.killed_at = reason, a, time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGTERM if self.term_grace > 0 else signal.SIGKILL)
+
+    def tick(self) -> None:
+        now_ns = time.monotonic_ns()
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.reason is not None:
+                if now - child.killed_at >= self.term_grace:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGKILL)
+                continue
+            a, _start, deadline = read_status(child.mm)
+            if a and deadline and now_ns >= deadline and read_status(child.mm)[0] == a:
+                self.kill(child, "timeout", a)
+                continue
+            if self.max_memory and child.proc is not None:
+                try:
+                    rss = child.proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > self.max_memory:
+                    self.kill(child, "memory", read_status(child.mm)[0])
+
+    # -- the loop ----------------------------------------------------------------------
+    def handle(self, msg: tuple, fds: list[int]) -> bool:
+        op = msg[0]
+        if op == "spawn":
+            self.spawn(msg[1], fds[0])
+        elif op == "kill":
+            _, index, pid, reason, a = msg
+            child = self.by_index.get(index)
+            if child is not None and child.pid == pid:
+                self.kill(child, reason, a)
+        elif op == "config":
+            cfg = msg[1]
+            self.max_memory = cfg.get("max_memory")
+            self.term_grace = cfg.get("term_grace", self.term_grace)
+        elif op == "exit":
+            return False
+        return True
 
     def run(self) -> None:
         while True:
-            ready, _, _ = select.select([self.ctl, *self.workers], [], [])
+            # With workers alive, wake every TICK: a deadline can start with any job.
+            timeout = TICK_S if self.children else None
+            ready, _, _ = select.select([self.ctl, *self.children], [], [], timeout)
             for r in ready:
                 if r is self.ctl:
                     try:
                         msg, fds = recv(self.ctl)
                     except (EOFError, ConnectionError):
                         return self.shutdown()
-                    op = msg[0]
-                    if op == "spawn":
-                        self.spawn(msg[1], fds[0])
-                    elif op == "kill":
-                        self.kill(msg[1], msg[2])
-                    elif op == "exit":
+                    if not self.handle(msg, fds):
                         return self.shutdown()
-                else:
+                elif r in self.children:
                     self.reap(r)
+            if self.children:
+                self.tick()
 
     def shutdown(self) -> None:
-        for _index, pid in list(self.workers.values()):
+        for child in list(self.children.values()):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for pidfd in list(self.workers):
+                os.kill(child.pid, signal.SIGKILL)
+        for pidfd in list(self.children):
             with contextlib.suppress(OSError):
                 self.reap(pidfd)
 

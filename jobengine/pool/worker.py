@@ -30,6 +30,7 @@ from .channel import (
     Channel,
     read_payload,
     write_record,
+    write_status,
 )
 
 # Spin this long on an empty task ring before parking: covers the gap between one job
@@ -95,7 +96,8 @@ class Worker:
         self.index = index
         self.channel = channel
         self.parent_pid = parent_pid
-        self.executors: dict[int, tuple[Any, str | None, str]] = {}
+        self.executors: dict[int, tuple[Any, str | None, str, float | None]] = {}
+        self.mm = channel.mm
 
     def emit(self, tag: int, a: int, b: int, payload: bytes = b"") -> None:
         ring = self.channel.events
@@ -128,7 +130,19 @@ class Worker:
                     return
 
     def _run_task(self, packed: int, kind_id: int, payload: bytes) -> None:
-        fn, instance_param, kind = self.executors[kind_id]
+        fn, instance_param, kind, timeout = self.executors[kind_id]
+        if timeout is not None:
+            start = time.monotonic_ns()
+            write_status(self.mm, packed, start, start + int(timeout * 1e9))
+        try:
+            self._attempt(packed, fn, instance_param, kind, payload)
+        finally:
+            if timeout is not None:
+                write_status(self.mm, 0)
+
+    def _attempt(
+        self, packed: int, fn: Any, instance_param: str | None, kind: str, payload: bytes
+    ) -> None:
         self.emit(E_STARTED, packed, time.time_ns())
         try:
             decoded = pickle.loads(payload)
