@@ -47,6 +47,7 @@ from .pool.pool import WorkerEvent, WorkerInfo  # noqa: E402
 from .pool.worker import WorkerInstance  # noqa: E402
 from .query import Query  # noqa: E402
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord  # noqa: E402
+from .retry import exponential_backoff  # noqa: E402
 from .state import State  # noqa: E402
 from .stores import MemoryStore, Store, open_store  # noqa: E402
 
@@ -81,5 +82,6 @@ __all__ = [
     "WorkerInfo",
     "WorkerInstance",
     "__version__",
+    "exponential_backoff",
     "open_store",
 ]

@@ -733,6 +733,7 @@ class Manager(Executor):
         death = f"worker {index} (pid {pid}) died: {how}"
         now = time.time_ns()
         rec = self._recorder
+        running = w.running
         for inst in list(w.inflight.values()):
             del w.inflight[inst._handle]
             if inst.state is _SCHEDULED:  # handed over but never started
@@ -744,7 +745,11 @@ class Manager(Executor):
                     with self._lock:
                         self._core.add(inst._handle, 0, inst.priority)
                 continue
-            aimed = target != 0 and target == (inst._handle | inst.attempts << 32)
+            # The kill's target: the attempt the supervisor named (it reads timeouts from
+            # the worker's status) or, for memory, whatever the worker was running.
+            aimed = (target == (inst._handle | inst.attempts << 32)) if target else (
+                reason == "memory" and inst is running
+            )
             if aimed and reason == "timeout":
                 cause = f"timed out after {inst.job.timeout:g} s; {death}"
                 rec.log(inst, LogLevel.ERROR, now, cause)

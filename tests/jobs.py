@@ -93,3 +93,51 @@ class Counter:
 
     def plus(self, x):
         return self.base + x
+
+
+def exit_interpreter(code):
+    import sys
+
+    sys.exit(code)
+
+
+def hard_exit(code):
+    os._exit(code)
+
+
+def kill_self(signum):
+    os.kill(os.getpid(), signum)
+    time.sleep(5)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def hang_in_c(seconds):
+    time.sleep(seconds)  # blocks inside C; only a signal gets it out
+
+
+def hang_ignoring_sigterm(seconds):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
+def hog_memory(mb, seconds):
+    block = bytearray(mb << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1  # touch every page: RSS, not just address space
+    time.sleep(seconds)
+    return len(block)
+
+
+def record_run(path, key, seconds=0.0):
+    """Append "key pid time_ns" (a run happened), optionally after some work."""
+    if seconds:
+        time.sleep(seconds)
+    append_line(path, f"{key} {os.getpid()} {time.time_ns()}")
+    return key

@@ -158,6 +158,8 @@ class Supervisor:
                 except psutil.Error:
                     continue
                 if rss > self.max_memory:
+                    # The status names the attempt only for jobs with a timeout; the
+                    # manager blames the attempt the worker was running otherwise.
                     self.kill(child, "memory", read_status(child.mm)[0])
 
     # -- the loop ----------------------------------------------------------------------
