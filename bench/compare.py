@@ -239,9 +239,36 @@ def engine_rows(quick: bool) -> list[Row]:
     return rows
 
 
+def load_rows(quick: bool) -> list[Row]:
+    import json
+    import subprocess
+
+    n = 200_000 if quick else 1_000_000
+    here = Path(__file__).resolve().parent
+
+    def run(mode: str) -> dict:
+        out = subprocess.run([sys.executable, str(here / "load.py"), str(n), mode],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return json.loads(out.stdout)
+
+    full, bare = run("memory"), run("none")
+    return [
+        Row(f"memory per queued instance, {n:,} queued (memory store)", "-", "-",
+            f"{full['bytes_per_instance']:,.0f} B", None, "<= 1024 B",
+            full["bytes_per_instance"] <= 1024),
+        Row("  of which the manager itself (store records excluded)", "-", "-",
+            f"{bare['bytes_per_instance']:,.0f} B", None, "", None),
+        Row(f"draining {n:,} queued no-op instances", "-", "-",
+            f"{full['drain_rate'] / 1e3:,.1f} k jobs/s", None, "", None),
+        Row(f"scheduling {n:,} instances (one thread)", "-", "-",
+            f"{full['schedule_rate'] / 1e3:,.1f} k jobs/s", None, "", None),
+    ]  # fmt: skip
+
+
 SECTIONS: list[tuple[str, Callable[[bool], list[Row]]]] = [
     ("compiled core (DESIGN.md §4 row 1)", core_rows),
     ("engine (DESIGN.md §4 rows 2-5)", engine_rows),
+    ("load (issue 4)", load_rows),
 ]
 
 
@@ -274,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    ap.add_argument("--only", choices=["core", "engine"], help="measure one section")
+    ap.add_argument("--only", choices=["core", "engine", "load"], help="measure one section")
     args = ap.parse_args(argv)
     rows: list[Row] = []
     for title, section in SECTIONS:
-        if args.only and not title.startswith({"core": "compiled", "engine": "engine"}[args.only]):
+        prefix = {"core": "compiled", "engine": "engine", "load": "load"}
+        if args.only and not title.startswith(prefix[args.only]):
             continue
         print(f"measuring {title} ...", file=sys.stderr, flush=True)
         rows += section(args.quick)
