@@ -747,8 +747,10 @@ class Manager(Executor):
                 continue
             # The kill's target: the attempt the supervisor named (it reads timeouts from
             # the worker's status) or, for memory, whatever the worker was running.
-            aimed = (target == (inst._handle | inst.attempts << 32)) if target else (
-                reason == "memory" and inst is running
+            aimed = (
+                (target == (inst._handle | inst.attempts << 32))
+                if target
+                else (reason == "memory" and inst is running)
             )
             if aimed and reason == "timeout":
                 cause = f"timed out after {inst.job.timeout:g} s; {death}"

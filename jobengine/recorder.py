@@ -26,6 +26,8 @@ _SCHEDULED = State.SCHEDULED
 
 log = logging.getLogger("jobengine")
 
+MAX_PENDING = 16_384  # state records waiting for the store before a scheduler flushes
+
 
 def snapshot(inst: Instance) -> InstanceRecord:
     return InstanceRecord(
@@ -92,6 +94,10 @@ class Recorder:
         self._states.append(StateRecord(uuid, kind, _CREATED, time_ns, 0, None, inst.run))
         self._states.append(StateRecord(uuid, kind, _SCHEDULED, time_ns, 0, None, inst.run))
         self._touched.append(inst)
+        if len(self._states) > MAX_PENDING:
+            # Nobody flushes yet (scheduled before start(), or the engine is behind):
+            # keep what waits for the store bounded.
+            self.flush()
         handler = inst.job.state_change_handler
         if handler is not None:
             self.defer(self._call, handler, inst, _CREATED)

@@ -289,3 +289,29 @@ def test_sigkill_of_the_manager_process_takes_every_child_within_2s(tmp_path):
 
     wait_for(gone, timeout=2.0)
     assert time.monotonic() - t <= 2.0
+
+
+def test_sigint_stops_gracefully_then_raises_keyboard_interrupt(tmp_path):
+    app = _script(
+        tmp_path,
+        """
+        m = Manager(num_workers=1, kill_grace=0.3).start()
+        up(m, 1)
+        running = m.schedule_job(Job("long", jobs.hang_in_c), args=(60,))
+        queued = m.submit(jobs.noop)
+        while not running.running():
+            time.sleep(0.01)
+        print("READY", flush=True)
+        try:
+            running.result()
+        except KeyboardInterrupt:
+            m.stop()
+            print("INTERRUPTED", running.state.name, queued.state.name, flush=True)
+        """,
+    )
+    proc = subprocess.Popen([sys.executable, str(app)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert "INTERRUPTED CANCELED CANCELED" in out

@@ -1,9 +1,9 @@
 """MemoryStore: the embedded default.  Everything lives in this process's dicts.
 
-Records are kept as plain tuples of strings and numbers, not as record objects: the
-garbage collector stops tracking such tuples, so a history of millions of records does
-not slow every full collection of the process embedding the engine.  Lookups build the
-record objects on the way out."""
+Records are kept as plain strings and numbers in flat lists, not as record objects:
+fewer objects for the garbage collector to walk (a history of millions of records would
+otherwise slow every full collection of the process embedding the engine) and less
+memory.  Lookups build the record objects on the way out."""
 
 from __future__ import annotations
 
@@ -30,36 +30,39 @@ class MemoryStore(Store):
     """In-process store.  Fast, and gone when the process exits.  Namespaces separate
     stores that share nothing anyway; clear() empties only this object."""
 
+    # Per instance, one flat list: the InstanceRecord's fields, then its history as
+    # HISTORY_STRIDE items per record.  No object per record, one dict entry per
+    # instance: about half the memory of record tuples (bench/load.py measures it).
+    HEADER = 8  # kind, state, priority, attempts, created, scheduled, processed, completed
+    HISTORY_STRIDE = 4  # state | attempt << 8 | run << 24, time_ns, worker, cause
+
     def __init__(self, namespace: str = "jobengine"):
         self.namespace = namespace
         self._lock = threading.Lock()
-        # uuid -> (kind, state, priority, attempts, created, scheduled, processed, completed)
-        self._instances: dict[str, tuple] = {}
-        # uuid -> [(kind, state, time_ns, attempt, worker, run, cause), ...]
-        self._states: dict[str, list[tuple]] = {}
+        self._rows: dict[str, list] = {}  # uuid -> header + flattened history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
 
+    def _row(self, uuid: str, kind: str) -> list:
+        row = self._rows.get(uuid)
+        if row is None:
+            row = self._rows[uuid] = [kind, None, 0, 0, 0, None, None, None]
+        return row
+
     # -- writes ------------------------------------------------------------------------
     def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
-        rows = [
-            (r.uuid, (r.kind, r.state._value_, r.priority, r.attempts, r.created_ns,
-                      r.scheduled_ns, r.processed_ns, r.completed_ns))
-            for r in batch
-        ]  # fmt: skip
         with self._lock:
-            self._instances.update(rows)
+            for r in batch:
+                row = self._row(r.uuid, r.kind)
+                row[0:8] = (r.kind, r.state._value_, r.priority, r.attempts, r.created_ns,
+                            r.scheduled_ns, r.processed_ns, r.completed_ns)  # fmt: skip
 
     def append_states(self, batch: Sequence[StateRecord]) -> None:
         with self._lock:
-            states = self._states
             for r in batch:
-                row = (r.kind, r.state._value_, r.time_ns, r.attempt, r.worker, r.run, r.cause)
-                lst = states.get(r.uuid)
-                if lst is None:
-                    states[r.uuid] = [row]
-                else:
-                    lst.append(row)
+                self._row(r.uuid, r.kind).extend(
+                    (r.state._value_ | r.attempt << 8 | r.run << 24, r.time_ns, r.worker, r.cause)
+                )
 
     def append_logs(self, batch: Sequence[LogRecord]) -> None:
         with self._lock:
@@ -74,35 +77,47 @@ class MemoryStore(Store):
 
     # -- reads -------------------------------------------------------------------------
     @staticmethod
-    def _instance(uuid: str, row: tuple) -> InstanceRecord:
-        kind, state, prio, attempts, c, s, p, d = row
+    def _instance(uuid: str, row: list) -> InstanceRecord:
+        kind, state, prio, attempts, c, s, p, d = row[:8]
         return InstanceRecord(uuid, kind, _STATE[state], prio, attempts, c, s, p, d)
 
     def get_instance(self, uuid: str) -> InstanceRecord | None:
         with self._lock:
-            row = self._instances.get(uuid)
-        return None if row is None else self._instance(uuid, row)
+            row = self._rows.get(uuid)
+            if row is None or row[1] is None:
+                return None
+            return self._instance(uuid, row)
 
     def lookup_instances(self, query: Query) -> list[InstanceRecord]:
         with self._lock:
             if query.uuid is not None:
-                row = self._instances.get(query.uuid)
-                candidates = [] if row is None else [(query.uuid, row)]
+                row = self._rows.get(query.uuid)
+                candidates = [] if row is None else [(query.uuid, row[:8])]
             else:
-                candidates = list(self._instances.items())
+                candidates = [(u, row[:8]) for u, row in self._rows.items()]
         out = []
         limit = query.limit
-        for uuid, row in candidates:
+        for uuid, head in candidates:
             if limit is not None and len(out) >= limit:
                 break
-            if query.matches(uuid, row[0], _STATE[row[1]], row[4]):
-                out.append(self._instance(uuid, row))
+            if head[1] is None:  # history without an instance record
+                continue
+            if query.matches(uuid, head[0], _STATE[head[1]], head[4]):
+                out.append(self._instance(uuid, head))
         return out
 
     def lookup_history(self, uuid: str) -> list[StateRecord]:
         with self._lock:
-            rows = list(self._states.get(uuid, ()))
-        return [StateRecord(uuid, k, _STATE[s], t, a, w, r, c) for k, s, t, a, w, r, c in rows]
+            row = self._rows.get(uuid)
+            if row is None:
+                return []
+            kind, flat = row[0], row[8:]
+        out = []
+        for i in range(0, len(flat), 4):
+            packed, t, worker, cause = flat[i : i + 4]
+            out.append(StateRecord(uuid, kind, _STATE[packed & 0xFF], t, (packed >> 8) & 0xFFFF,
+                                   worker, packed >> 24, cause))  # fmt: skip
+        return out
 
     def lookup_logs(self, uuid: str) -> list[LogRecord]:
         with self._lock:
@@ -110,28 +125,38 @@ class MemoryStore(Store):
         return [LogRecord(uuid, k, _LEVEL[lv], t, m, a) for k, lv, t, m, a in rows]
 
     # -- deletes -----------------------------------------------------------------------
-    @staticmethod
-    def _clear(lock, table: dict, t_index: int, before_ns: int | None, after_ns: int | None) -> int:
+    def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
         n = 0
-        with lock:
-            for uuid in list(table):
-                rows = table[uuid]
-                keep = [r for r in rows if not _in_window(r[t_index], before_ns, after_ns)]
-                n += len(rows) - len(keep)
-                if keep:
-                    table[uuid] = keep
-                else:
-                    del table[uuid]
+        with self._lock:
+            for uuid in list(self._rows):
+                row = self._rows[uuid]
+                flat = row[8:]
+                keep = []
+                for i in range(0, len(flat), 4):
+                    if _in_window(flat[i + 1], before_ns, after_ns):
+                        n += 1
+                    else:
+                        keep.extend(flat[i : i + 4])
+                del row[8:]
+                row.extend(keep)
+                if not keep and row[1] is None:
+                    del self._rows[uuid]
         return n
 
-    def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
-        return self._clear(self._lock, self._states, 2, before_ns, after_ns)
-
     def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
-        return self._clear(self._lock, self._logs, 2, before_ns, after_ns)
+        n = 0
+        with self._lock:
+            for uuid in list(self._logs):
+                rows = self._logs[uuid]
+                keep = [r for r in rows if not _in_window(r[2], before_ns, after_ns)]
+                n += len(rows) - len(keep)
+                if keep:
+                    self._logs[uuid] = keep
+                else:
+                    del self._logs[uuid]
+        return n
 
     def clear(self) -> None:
         with self._lock:
-            self._instances.clear()
-            self._states.clear()
+            self._rows.clear()
             self._logs.clear()
