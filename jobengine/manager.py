@@ -1,18 +1,22 @@
 """Manager: registers jobs, schedules instances, runs the engine, answers lookups.
 
-    user threads                      engine thread (one; owns workers and dispatch)
-    schedule_*() --> core.add ----+   loop:  supervisor messages (born / died)
-      records CREATED, SCHEDULED  |          drain every worker's event ring
-      ring the doorbell ----------+-->       dispatch ready instances to free credits
-                                             flush records to the store (one batch)
-                                             resolve futures, run handlers
-                                             park on the doorbell until the next event,
-                                             schedule call or due timer
-    supervisor process: forks / reaps workers; worker processes: run executors
+    user threads                         engine thread (one; owns workers and dispatch)
+    schedule_*():                        loop:
+      Instance, args pickled once          supervisor messages (born / died + cause)
+      records CREATED, SCHEDULED           drain every worker's event ring
+      inbox.append (no lock) ---------->   inbox -> compiled core (under _lock)
+      ring the doorbell                    dispatch ready instances to free credits
+                                           flush records to the store (one batch)
+                                           resolve futures, run handlers
+                                           park on the doorbell until an event, a
+                                           schedule call or the next due timer
+    supervisor process: forks, limits and reaps workers; workers: run executors
 
 One thread does both dispatching and recording: on a two-core machine a second Python
-thread would only trade GIL hand-offs for nothing.  The compiled core (SchedulerCore) is
-guarded by `_lock`; worker tables are touched only by the engine thread.
+thread would only trade GIL hand-offs for nothing.  The compiled core (SchedulerCore),
+the handle table and the active count are guarded by `_lock`, which the engine takes
+once per turn and user threads only to cancel and to wait; worker tables are touched
+only by the engine thread.
 """
 
 from __future__ import annotations
@@ -275,6 +279,8 @@ class Manager(Executor):
         pool = self._pool
         if pool is not None:
             pool.doorbell.ring()
+        if self._state == "stopped":  # lost a race with stop(): nothing will run it
+            self._cancel_queued(inst)
         return inst
 
     def _prune_known(self) -> None:
