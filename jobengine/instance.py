@@ -54,6 +54,12 @@ class Instance(Future):
     attempts = 0
     run = 1
     worker: int | None = None
+    # recurring (crontab) instances
+    _recurring = False
+    _lookahead = None  # a fire time pulled from the crontab walk, not used yet
+    fire_log: list = ()  # (run, fire time, jitter seconds) per run, for recurring ones
+    _started_mono = 0
+    _timeout_sent = False
 
     def __init__(
         self, manager, job: Job, uid: int, args: tuple, kwargs: dict, priority: int, created_ns: int

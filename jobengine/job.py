@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -85,13 +86,16 @@ class Job:
     """A kind of work: an executor plus its defaults.
 
     Job(kind, executor, *, description, priority, schedule_at, schedule_after, crontab,
-    timezone, jitter, max_retries, backoff, timeout, response_handler, error_handler,
+    timezone, jitter, misfire, misfire_grace, nonexistent, ambiguous, max_overlap,
+    max_retries, backoff, timeout, response_handler, error_handler,
     state_change_handler).  See DESIGN.md §1; every option is checked here and a bad one
     raises InvalidJobError / InvalidArgumentError / InvalidArgumentTypeError naming it."""
 
     __slots__ = (
         "_arity",
         "_signature",
+        "_tz",
+        "ambiguous",
         "backoff",
         "crontab",
         "description",
@@ -100,7 +104,11 @@ class Job:
         "instance_param",
         "jitter",
         "kind",
+        "max_overlap",
         "max_retries",
+        "misfire",
+        "misfire_grace",
+        "nonexistent",
         "priority",
         "response_handler",
         "schedule_after",
@@ -122,6 +130,11 @@ class Job:
         crontab: str | None = None,
         timezone: str | None = None,
         jitter: float | Callable[[], float] | None = None,
+        misfire: str = "coalesce",
+        misfire_grace: float | timedelta = 1.0,
+        nonexistent: str = "shift",
+        ambiguous: str = "first",
+        max_overlap: int = 1,
         max_retries: int = 0,
         backoff: float | Callable[[int], float] | None = None,
         timeout: float | timedelta | None = None,
@@ -140,10 +153,37 @@ class Job:
         ):
             if h is not None and not callable(h):
                 raise InvalidJobError(f"Job {kind!r}: {name} must be callable, got {h!r}")
-        if crontab is not None or timezone is not None or jitter is not None:
-            raise InvalidJobError(
-                f"Job {kind!r}: crontab, timezone and jitter are not supported yet "
-                "(scheduling issue); use schedule_at / schedule_after"
+        from .schedule import AMBIGUOUS, NONEXISTENT, check_crontab, resolve_timezone
+
+        if crontab is not None:
+            try:
+                check_crontab(crontab)
+            except (InvalidArgumentError, InvalidArgumentTypeError) as e:
+                raise InvalidJobError(f"Job {kind!r}: {e}") from None
+        if timezone is not None and crontab is None:
+            raise InvalidJobError(f"Job {kind!r}: timezone {timezone!r} needs a crontab")
+        try:
+            self._tz = resolve_timezone(timezone)
+        except (InvalidArgumentError, InvalidArgumentTypeError) as e:
+            raise InvalidJobError(f"Job {kind!r}: {e}") from None
+        if jitter is not None and not callable(jitter):
+            check_seconds(jitter, f"Job {kind!r}: jitter")
+        if misfire not in ("coalesce", "skip"):
+            raise InvalidArgumentError(
+                f"Job {kind!r}: misfire must be 'coalesce' or 'skip', got {misfire!r}"
+            )
+        if nonexistent not in NONEXISTENT:
+            raise InvalidArgumentError(
+                f"Job {kind!r}: nonexistent must be one of {NONEXISTENT}, got {nonexistent!r}"
+            )
+        if ambiguous not in AMBIGUOUS:
+            raise InvalidArgumentError(
+                f"Job {kind!r}: ambiguous must be one of {AMBIGUOUS}, got {ambiguous!r}"
+            )
+        if max_overlap != 1:
+            raise InvalidArgumentError(
+                f"Job {kind!r}: max_overlap={max_overlap!r}: only 1 is supported (a recurring "
+                "instance never runs twice at once)"
             )
         if not isinstance(max_retries, int) or isinstance(max_retries, bool):
             raise InvalidArgumentTypeError(
@@ -162,6 +202,11 @@ class Job:
         self.crontab = crontab
         self.timezone = timezone
         self.jitter = jitter
+        self.misfire = misfire
+        self.misfire_grace = check_seconds(misfire_grace, f"Job {kind!r}: misfire_grace")
+        self.nonexistent = nonexistent
+        self.ambiguous = ambiguous
+        self.max_overlap = max_overlap
         self.max_retries = max_retries
         self.backoff = backoff
         self.timeout = check_seconds(timeout, f"Job {kind!r}: timeout", allow_zero=False)
@@ -194,6 +239,15 @@ class Job:
                 f"arguments {args!r} {kwargs!r} do not fit job {self.kind!r} "
                 f"executor{self._signature}: {e}"
             ) from None
+
+    def jitter_seconds(self) -> float:
+        """One draw of the jitter added to a fire (0 without jitter)."""
+        j = self.jitter
+        if j is None:
+            return 0.0
+        if callable(j):
+            return check_seconds(j(), f"Job {self.kind!r}: jitter()") or 0.0
+        return random.uniform(0.0, float(j))
 
     def backoff_seconds(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1 = the first retry)."""

@@ -32,12 +32,14 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from datetime import datetime, timedelta
+from concurrent.futures._base import FINISHED
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import cloudpickle
 
 from . import _core
+from .clock import SYSTEM, Clock
 from .errors import (
     DuplicateJobError,
     InvalidArgumentError,
@@ -58,6 +60,7 @@ from .pool.pool import RING_CONTROL, Pool, WorkerEvent, WorkerInfo, WorkerSlot
 from .query import Query
 from .recorder import Recorder
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
+from .schedule import fire_times
 from .scheduler import Dispatcher
 from .state import State
 from .stores.base import Store
@@ -76,17 +79,6 @@ log = logging.getLogger("jobengine")
 SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
 SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
 IDLE_PARK_S = 0.5
-
-
-def _mono_due(schedule_at: datetime | None, schedule_after: float | None) -> int:
-    """Due time on the monotonic clock; schedule_at in the past means now."""
-    now = time.monotonic_ns()
-    if schedule_at is not None:
-        delta = datetime_to_ns(schedule_at) - time.time_ns()
-        return now + max(0, delta)
-    if schedule_after:
-        return now + int(schedule_after * 1e9)
-    return 0  # due at once: the core puts it straight into the ready heap
 
 
 def _decode_error(payload: bytes) -> tuple[BaseException, str]:
@@ -118,6 +110,7 @@ class Manager(Executor):
         max_memory_per_worker: int | None = None,
         kill_grace: float = 1.0,
         handle_signals: bool = True,
+        clock: Clock | None = None,
     ):
         if num_workers is None:
             num_workers = os.cpu_count() or 1
@@ -127,12 +120,17 @@ class Manager(Executor):
             raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers}")
         if store is not None and not isinstance(store, Store):
             raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
-        for name, v in (("max_jobs_per_worker", max_jobs_per_worker),
-                        ("max_memory_per_worker", max_memory_per_worker)):  # fmt: skip
+        for name, v in (
+            ("max_jobs_per_worker", max_jobs_per_worker),
+            ("max_memory_per_worker", max_memory_per_worker),
+        ):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
                 raise InvalidArgumentTypeError(f"{name} must be an int or None, got {v!r}")
             if v is not None and v < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {v}")
+        if clock is not None and not isinstance(clock, Clock):
+            raise InvalidArgumentTypeError(f"clock must be a jobengine Clock, got {clock!r}")
+        self._clock: Clock = clock if clock is not None else SYSTEM
         self._max_jobs = max_jobs_per_worker
         self._max_memory = max_memory_per_worker
         self._kill_grace = check_seconds(kill_grace, "kill_grace")
@@ -207,8 +205,11 @@ class Manager(Executor):
     def _executor_blob(self, job: Job) -> bytes:
         blob = self._blobs.get(job)
         if blob is None:
+            # Under a virtual clock the engine enforces timeouts in virtual time; the
+            # supervisor's real-time deadline would fire at the wrong moment.
+            timeout = None if self._clock.virtual else job.timeout
             blob = self._blobs[job] = cloudpickle.dumps(
-                (job.executor, job.instance_param, job.kind, job.timeout)
+                (job.executor, job.instance_param, job.kind, timeout)
             )
         return blob
 
@@ -253,7 +254,8 @@ class Manager(Executor):
         job.bind(args, kwargs)
         if self._jobs.get(job.kind) is not job:
             self._adopt(job)
-        inst = Instance(self, job, uuid7_int(), args, kwargs, prio, time.time_ns())
+        clock = self._clock
+        inst = Instance(self, job, uuid7_int(), args, kwargs, prio, clock.time_ns())
         try:
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
             raw = pickle.dumps(payload, protocol=5)
@@ -266,11 +268,27 @@ class Manager(Executor):
             raise SerializationError(
                 f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
             ) from None
-        due = _mono_due(at, after)
+        due = self._mono_due(at, after)
         wall = inst._created_ns
-        inst._scheduled_ns = wall + max(0, due - time.monotonic_ns()) if due else wall
+        inst._scheduled_ns = wall + max(0, due - clock.monotonic_ns()) if due else wall
+        if job.crontab is not None:
+            # A recurring instance: the recurrence starts at the due time (ticks at or
+            # after it), one run per tick, all under this uuid.
+            start_ns = inst._scheduled_ns - 1
+            start = datetime.fromtimestamp(start_ns / 1e9, timezone.utc)
+            inst._recurring = True
+            inst.fire_log = []
+            inst._fires = fire_times(
+                job.crontab, job._tz, start, nonexistent=job.nonexistent, ambiguous=job.ambiguous
+            )
+            try:
+                first = next(inst._fires)
+            except StopIteration:
+                raise InvalidArgumentError(f"crontab {job.crontab!r} never fires") from None
         # Records first: once the engine has it, it may run at once.
         self._recorder.created(inst, wall)
+        if job.crontab is not None:
+            due = self._arm_fire(inst, first)
         known = self._known
         known[inst.uuid_str] = weakref.ref(inst)
         if len(known) > self._known_limit:
@@ -288,6 +306,82 @@ class Manager(Executor):
         for uuid in [u for u, r in known.items() if r() is None]:
             known.pop(uuid, None)
         self._known_limit = max(4096, 2 * len(known))
+
+    def _mono_due(self, schedule_at: datetime | None, schedule_after: float | None) -> int:
+        """Due time on the (monotonic) clock; schedule_at in the past means now."""
+        clock = self._clock
+        if schedule_at is not None:
+            delta = datetime_to_ns(schedule_at) - clock.time_ns()
+            return clock.monotonic_ns() + max(0, delta)
+        if schedule_after:
+            return clock.monotonic_ns() + int(schedule_after * 1e9)
+        return 0  # due at once: the core puts it straight into the ready heap
+
+    def _arm_fire(self, inst: Instance, fire: datetime) -> int:
+        """Make `fire` the instance's next run: draw its jitter, log both, return the
+        due time on the monotonic clock."""
+        clock = self._clock
+        jitter = inst.job.jitter_seconds()
+        fire_ns = datetime_to_ns(fire)
+        at_ns = fire_ns + int(jitter * 1e9)
+        inst._scheduled_ns = at_ns
+        inst.fire_log.append((inst.run, fire, jitter))
+        self._recorder.log(
+            inst,
+            LogLevel.DEBUG,
+            clock.time_ns(),
+            f"run {inst.run} fires at {fire.isoformat()}"
+            + (f" + jitter {jitter:.3f} s" if jitter else ""),
+            0,
+        )
+        return clock.monotonic_ns() + max(0, at_ns - clock.time_ns())
+
+    def _next_fire(self, inst: Instance) -> datetime:
+        fire = inst._lookahead
+        if fire is not None:
+            inst._lookahead = None
+            return fire
+        return next(inst._fires)
+
+    def _rearm(self, inst: Instance) -> bool:
+        """After a run of a recurring instance: schedule its next run (misfire policy
+        applied); False when the recurrence is over (canceled, or the manager stops)."""
+        if inst._cancel_requested or self._state != "running":
+            return False
+        job = inst.job
+        now = self._clock.time_ns()
+        late = []
+        while True:
+            fire = self._next_fire(inst)
+            if datetime_to_ns(fire) > now:
+                break
+            late.append(fire)
+        run_now = None
+        if late:
+            grace = int(job.misfire_grace * 1e9)
+            within = [f for f in late if now - datetime_to_ns(f) <= grace]
+            run_now = late[-1] if job.misfire == "coalesce" else (within[-1] if within else None)
+            skipped = len(late) - (run_now is not None)
+            if skipped:
+                self._recorder.log(
+                    inst,
+                    LogLevel.WARN,
+                    now,
+                    f"{skipped} missed tick(s) not run (misfire={job.misfire}, "
+                    f"grace {job.misfire_grace:g} s)",
+                    0,
+                )
+        if run_now is not None:
+            inst._lookahead = fire
+            fire = run_now
+        inst.run += 1
+        inst.attempts = 0
+        inst.worker = None
+        self._recorder.transition(inst, _SCHEDULED, now)
+        due = self._arm_fire(inst, fire)
+        with self._lock:
+            self._core.add(inst._handle, due, inst.priority)
+        return True
 
     def _adopt(self, job: Job) -> None:
         """Register a job met for the first time in schedule_job."""
@@ -320,7 +414,7 @@ class Manager(Executor):
                 by_handle.append(inst)
             inst._handle = h
             core.add(h, due, inst.priority)
-            n += 1
+            n += not inst._recurring  # a recurrence never ends by itself: wait() skips it
         self._active += n
         return n
 
@@ -330,7 +424,7 @@ class Manager(Executor):
         if h >= 0 and self._by_handle[h] is inst:
             self._by_handle[h] = None
             self._free_handles.append(h)
-            self._active -= 1
+            self._active -= not inst._recurring
         inst._handle = -1
         if self._active == 0 and not self._inbox:
             self._idle.notify_all()
@@ -348,7 +442,7 @@ class Manager(Executor):
             elif inst.worker is not None:
                 return False
             # else: still in the inbox; the engine will skip it once it is CANCELED
-            now = time.time_ns()
+            now = self._clock.time_ns()
             inst._completed_ns = now
             self._recorder.transition(inst, _CANCELED, now)
             if self._active == 0 and not any(i.state is not _CANCELED for i, _ in self._inbox):
@@ -397,7 +491,7 @@ class Manager(Executor):
 
     # -- logs from the manager's side ----------------------------------------------------
     def _append_log(self, inst: Instance, level: LogLevel, message: str) -> None:
-        self._recorder.log(inst, level, time.time_ns(), message)
+        self._recorder.log(inst, level, self._clock.time_ns(), message)
 
     # -- lookups -------------------------------------------------------------------------
     def lookup_instance_history(self, ji: Instance | str) -> list[StateRecord]:
@@ -476,6 +570,8 @@ class Manager(Executor):
             raise ManagerStateError(f"start() on a manager that is {self._state}")
         self._pool = Pool()
         self._pool.start({"max_memory": self._max_memory, "term_grace": self._kill_grace})
+        self._wake = self._pool.doorbell.ring
+        self._clock.subscribe(self._wake)
         if self._handle_signals:
             self._install_signal_handlers()
         self._state = "running"
@@ -530,8 +626,10 @@ class Manager(Executor):
         self._old_handlers: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig, default in ((signal.SIGINT, signal.default_int_handler),
-                             (signal.SIGTERM, signal.SIG_DFL)):  # fmt: skip
+        for sig, default in (
+            (signal.SIGINT, signal.default_int_handler),
+            (signal.SIGTERM, signal.SIG_DFL),
+        ):
             if signal.getsignal(sig) is default:
                 self._old_handlers[sig] = default
                 signal.signal(sig, self._on_signal)
@@ -630,6 +728,8 @@ class Manager(Executor):
                 busy |= self._drain_events()
                 if self._kill_requests:
                     self._serve_kill_requests()
+                if self._clock.virtual:
+                    self._virtual_timeouts()
                 if self._state == "stopping":
                     if self._stop_step():
                         break
@@ -658,10 +758,21 @@ class Manager(Executor):
                 inst.set_exception(
                     ManagerStateError("the manager stopped before this instance ran")
                 )
+        self._clock.unsubscribe(self._wake)
         try:
             self._recorder.run_deferred()
         finally:
             self._pool.close()
+
+    def _virtual_timeouts(self) -> None:
+        """Under a virtual clock the engine, not the supervisor, notices timeouts."""
+        now = self._clock.monotonic_ns()
+        for w in self._pool.workers.values():
+            inst = w.running
+            timeout = inst.job.timeout if inst is not None else None
+            if timeout and not inst._timeout_sent and now - inst._started_mono >= timeout * 1e9:
+                inst._timeout_sent = True
+                self._pool.kill(w, "timeout", inst._handle | inst.attempts << 32)
 
     def _spin(self) -> float:
         # Spinning pays only when the next event is due within the spin window (tiny
@@ -676,9 +787,11 @@ class Manager(Executor):
         with self._lock:
             nxt = self._core.next_due_ns()
             ready = self._core.ready_len
-        if ready or nxt is None:
-            return IDLE_PARK_S  # waiting for a credit or for work: an event will wake us
-        return min(IDLE_PARK_S, max(0.0, (nxt - time.monotonic_ns()) / 1e9))
+        if ready or nxt is None or self._clock.virtual:
+            # Waiting for a credit, for work, or for a virtual clock to move: an event,
+            # a schedule call or clock.advance() rings the doorbell.
+            return IDLE_PARK_S
+        return min(IDLE_PARK_S, max(0.0, (nxt - self._clock.monotonic_ns()) / 1e9))
 
     def _apply_resize(self) -> None:
         pool = self._pool
@@ -737,7 +850,7 @@ class Manager(Executor):
         pool.remove(w)
         how = f"killed by signal {sig}" if sig is not None else f"exit code {exitcode}"
         death = f"worker {index} (pid {pid}) died: {how}"
-        now = time.time_ns()
+        now = self._clock.time_ns()
         rec = self._recorder
         running = w.running
         for inst in list(w.inflight.values()):
@@ -810,7 +923,10 @@ class Manager(Executor):
             return False
         rec = self._recorder
         inflight = w.inflight
+        virtual = self._clock.virtual
         for tag, a, b, payload in records:
+            if virtual:  # every record time on the one (virtual) clock
+                b = self._clock.time_ns()
             handle = a & 0xFFFFFFFF
             inst = inflight.get(handle)
             if inst is None or inst.attempts != a >> 32:
@@ -818,6 +934,7 @@ class Manager(Executor):
             t = tag & TAG_MASK
             if t == E_STARTED:
                 inst._processed_ns = b
+                inst._started_mono = self._clock.monotonic_ns()
                 w.running = inst
                 rec.transition(inst, _PROCESSING, b)
                 if inst._cancel_requested:
@@ -854,8 +971,13 @@ class Manager(Executor):
         rec = self._recorder
         inst._completed_ns = t
         rec.transition(inst, _COMPLETED, t)
-        self._finished.append(inst)
-        rec.defer(inst.set_result, result)
+        if inst._recurring:
+            rec.defer(_resolve_run, inst, result, None)
+            if not self._rearm(inst):
+                self._finished.append(inst)
+        else:
+            self._finished.append(inst)
+            rec.defer(inst.set_result, result)
         handler = inst.job.response_handler
         if handler is not None:
             rec.defer(rec._call, handler, inst, result)
@@ -872,12 +994,17 @@ class Manager(Executor):
         if inst.attempts <= job.max_retries:
             delay = job.backoff_seconds(inst.attempts)
             inst.worker = None
-            rec.transition(inst, _SCHEDULED, time.time_ns())
-            due = time.monotonic_ns() + int(delay * 1e9) if delay else 0
+            rec.transition(inst, _SCHEDULED, self._clock.time_ns())
+            due = self._clock.monotonic_ns() + int(delay * 1e9) if delay else 0
             with self._lock:
                 self._core.add(inst._handle, due, inst.priority)
             return
         inst._completed_ns = t
+        if inst._recurring:
+            rec.defer(_resolve_run, inst, None, getattr(inst, "_replaced_exc", None) or exc)
+            if not self._rearm(inst):
+                self._finished.append(inst)
+            return
         self._finished.append(inst)
         rec.defer(self._resolve_failure, inst, exc)
 
@@ -914,6 +1041,17 @@ class _ChunkRunner:
 
     def __hash__(self) -> int:
         return hash(("chunk", self.fn, self.star))
+
+
+def _resolve_run(inst: Instance, result: Any, exc: BaseException | None) -> None:
+    """A run of a recurring instance ended: the first resolves the Future; later ones
+    replace what result() / exception() return (the latest finished run)."""
+    if inst._state == FINISHED:
+        inst._result, inst._exception = result, exc
+    elif exc is None:
+        inst.set_result(result)
+    else:
+        inst.set_exception(exc)
 
 
 def _future_cancel(inst: Instance) -> None:

@@ -10,7 +10,6 @@ its ring instead of waiting for a round trip through the manager.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from .pool.channel import T_DEFINE, T_TASK, pack, write_record
@@ -63,7 +62,7 @@ class Dispatcher:
         with m._lock:
             if m._inbox:
                 m._take_inbox()
-            handles = m._core.pop_ready(time.monotonic_ns(), room)
+            handles = m._core.pop_ready(m._clock.monotonic_ns(), room)
             if not handles:
                 return False
             by_handle = m._by_handle

@@ -1,0 +1,130 @@
+"""Fire times: crontab (croniter) in a time zone, with a daylight-saving policy.
+
+croniter walks the crontab in *local wall-clock time* (naive datetimes, so it never sees
+an offset change); each wall time is then placed on the timeline with zoneinfo:
+
+- a wall time that does not exist (spring forward, 02:30 in a 02:00->03:00 gap) fires
+  once, moved forward by the length of the gap (03:30) -- `nonexistent="shift"`, the
+  default -- or not at all (`"skip"`);
+- a wall time that occurs twice (fall back) fires once at its first occurrence --
+  `ambiguous="first"`, the default -- or at the second (`"second"`), or at both
+  (`"both"`).
+
+A shifted time can land on or before the next regular tick (a "*/15" crontab shifted
+by an hour): the walk drops fire times that do not move forward, so each instant fires
+at most once and fire times strictly increase.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from croniter.croniter import CroniterError
+
+from .errors import InvalidArgumentError, InvalidArgumentTypeError
+
+UTC = timezone.utc
+NONEXISTENT = ("shift", "skip")
+AMBIGUOUS = ("first", "second", "both")
+
+
+def local_zone():
+    """The machine's local time zone as a tzinfo."""
+    return datetime.now().astimezone().tzinfo
+
+
+def resolve_timezone(name: str | None):
+    """IANA name -> ZoneInfo (None: the local zone).  InvalidArgumentError if unknown."""
+    if name is None:
+        return local_zone()
+    if not isinstance(name, str):
+        raise InvalidArgumentTypeError(f"timezone must be an IANA name (str), got {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise InvalidArgumentError(f"unknown time zone {name!r}: {e}") from None
+
+
+def check_crontab(expr: str) -> str:
+    """A crontab croniter accepts (5 fields, an optional 6th for seconds, descriptors
+    such as @hourly), or InvalidArgumentError naming it."""
+    if not isinstance(expr, str):
+        raise InvalidArgumentTypeError(f"crontab must be a str, got {expr!r}")
+    try:
+        croniter(expr, datetime(2000, 1, 1))
+    except (CroniterError, ValueError, KeyError) as e:
+        raise InvalidArgumentError(f"invalid crontab {expr!r}: {e}") from None
+    return expr
+
+
+def _place(wall: datetime, tz, nonexistent: str, ambiguous: str) -> list[datetime]:
+    """The instants (aware, UTC) at which naive local `wall` fires under the policy."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    second = wall.replace(tzinfo=tz, fold=1)
+    u1, u2 = first.astimezone(UTC), second.astimezone(UTC)
+    if u1.astimezone(tz).replace(tzinfo=None) != wall:
+        # Not on the local clock (a gap).  fold=0 reads the wall time with the offset in
+        # force before the gap, which is the same wall time moved forward by the gap.
+        return [] if nonexistent == "skip" else [u1]
+    if u1 != u2:  # occurs twice: u1 is the earlier instant
+        if ambiguous == "both":
+            return [min(u1, u2), max(u1, u2)]
+        return [min(u1, u2)] if ambiguous == "first" else [max(u1, u2)]
+    return [u1]
+
+
+def fire_times(
+    crontab: str,
+    timezone: str | None = None,
+    start: datetime | None = None,
+    *,
+    nonexistent: str = "shift",
+    ambiguous: str = "first",
+) -> Iterator[datetime]:
+    """Fire times strictly after `start` (aware, or naive in `timezone`; default now), as
+    aware datetimes in `timezone`, in increasing order, forever."""
+    check_crontab(crontab)
+    if nonexistent not in NONEXISTENT:
+        raise InvalidArgumentError(f"nonexistent must be one of {NONEXISTENT}, got {nonexistent!r}")
+    if ambiguous not in AMBIGUOUS:
+        raise InvalidArgumentError(f"ambiguous must be one of {AMBIGUOUS}, got {ambiguous!r}")
+    tz = resolve_timezone(timezone) if (timezone is None or isinstance(timezone, str)) else timezone
+    if start is None:
+        start = datetime.now(UTC)
+    elif not isinstance(start, datetime):
+        raise InvalidArgumentTypeError(f"start must be a datetime, got {start!r}")
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=tz)
+    start_utc = start.astimezone(UTC)
+    # Walk wall-clock times from a little before `start` (a shifted or doubled time
+    # may land after it), keep instants strictly after start and increasing.
+    wall0 = start.astimezone(tz).replace(tzinfo=None) - timedelta(hours=3)
+    it = croniter(crontab, wall0)
+    last = start_utc
+    while True:
+        wall = it.get_next(datetime)
+        for instant in _place(wall, tz, nonexistent, ambiguous):
+            if instant > last:
+                last = instant
+                yield instant.astimezone(tz)
+
+
+def preview(
+    crontab: str,
+    timezone: str | None = None,
+    start: datetime | None = None,
+    count: int = 20,
+    *,
+    nonexistent: str = "shift",
+    ambiguous: str = "first",
+) -> list[datetime]:
+    """The next `count` fire times of `crontab` after `start` (default: now), as aware
+    datetimes in `timezone` (default: local)."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise InvalidArgumentError(f"count must be an int >= 0, got {count!r}")
+    times = fire_times(crontab, timezone, start, nonexistent=nonexistent, ambiguous=ambiguous)
+    return list(itertools.islice(times, count))
