@@ -76,6 +76,8 @@ _TIMED_OUT = State.TIMED_OUT
 
 log = logging.getLogger("jobengine")
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
 SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
 IDLE_PARK_S = 0.5
@@ -274,8 +276,10 @@ class Manager(Executor):
         if job.crontab is not None:
             # A recurring instance: the recurrence starts at the due time (ticks at or
             # after it), one run per tick, all under this uuid.
-            start_ns = inst._scheduled_ns - 1
-            start = datetime.fromtimestamp(start_ns / 1e9, timezone.utc)
+            # Explicit start: ticks at or after it; default: ticks after now, as cron.
+            # (built from whole microseconds: a float of ns would round past the tick)
+            explicit = at is not None or after is not None
+            start = _EPOCH + timedelta(microseconds=inst._scheduled_ns // 1000 - explicit)
             inst._recurring = True
             inst.fire_log = []
             inst._fires = fire_times(
@@ -344,44 +348,64 @@ class Manager(Executor):
         return next(inst._fires)
 
     def _rearm(self, inst: Instance) -> bool:
-        """After a run of a recurring instance: schedule its next run (misfire policy
-        applied); False when the recurrence is over (canceled, or the manager stops)."""
+        """After a run of a recurring instance: arm its next tick (which may already be
+        past after a slow run: _release_fire then applies the misfire policy).  False
+        when the recurrence is over (canceled, or the manager stops)."""
         if inst._cancel_requested or self._state != "running":
             return False
-        job = inst.job
         now = self._clock.time_ns()
-        late = []
-        while True:
-            fire = self._next_fire(inst)
-            if datetime_to_ns(fire) > now:
-                break
-            late.append(fire)
-        run_now = None
-        if late:
-            grace = int(job.misfire_grace * 1e9)
-            within = [f for f in late if now - datetime_to_ns(f) <= grace]
-            run_now = late[-1] if job.misfire == "coalesce" else (within[-1] if within else None)
-            skipped = len(late) - (run_now is not None)
-            if skipped:
-                self._recorder.log(
-                    inst,
-                    LogLevel.WARN,
-                    now,
-                    f"{skipped} missed tick(s) not run (misfire={job.misfire}, "
-                    f"grace {job.misfire_grace:g} s)",
-                    0,
-                )
-        if run_now is not None:
-            inst._lookahead = fire
-            fire = run_now
         inst.run += 1
         inst.attempts = 0
         inst.worker = None
         self._recorder.transition(inst, _SCHEDULED, now)
-        due = self._arm_fire(inst, fire)
+        due = self._arm_fire(inst, self._next_fire(inst))
         with self._lock:
             self._core.add(inst._handle, due, inst.priority)
         return True
+
+    def _release_fire(self, inst: Instance) -> bool:
+        """A recurring instance's timer fired (engine thread, _lock held).  Never stack
+        runs: every tick already past counts as one.  If the latest of them is within
+        misfire_grace, or the policy is "coalesce", run once now for it; under "skip"
+        with every past tick later than the grace, do not run: arm the next tick.
+        Returns whether to run now."""
+        job = inst.job
+        clock = self._clock
+        now = clock.time_ns()
+        run_no, fire, jitter = inst.fire_log[-1]
+        past = [fire]
+        while True:
+            nxt = self._next_fire(inst)
+            if datetime_to_ns(nxt) > now:
+                inst._lookahead = nxt
+                break
+            past.append(nxt)
+        latest = past[-1]
+        late_ns = now - datetime_to_ns(latest) - int(jitter * 1e9)
+        on_time = late_ns <= job.misfire_grace * 1e9
+        if on_time or job.misfire == "coalesce":
+            if len(past) > 1 or not on_time:
+                inst.fire_log[-1] = (run_no, latest, jitter)
+                self._recorder.log(
+                    inst,
+                    LogLevel.WARN,
+                    now,
+                    f"{len(past) - 1} missed tick(s) coalesced into run {run_no} "
+                    f"(misfire={job.misfire}, grace {job.misfire_grace:g} s)",
+                    0,
+                )
+            return True
+        self._recorder.log(
+            inst,
+            LogLevel.WARN,
+            now,
+            f"{len(past)} missed tick(s) skipped (misfire=skip, grace {job.misfire_grace:g} s)",
+            0,
+        )
+        inst.fire_log.pop()
+        due = self._arm_fire(inst, self._next_fire(inst))
+        self._core.add(inst._handle, due, inst.priority)
+        return False
 
     def _adopt(self, job: Job) -> None:
         """Register a job met for the first time in schedule_job."""

@@ -141,3 +141,21 @@ def record_run(path, key, seconds=0.0):
         time.sleep(seconds)
     append_line(path, f"{key} {os.getpid()} {time.time_ns()}")
     return key
+
+
+def stamp_run(ji):
+    return ji.attempt
+
+
+def slow_value(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+_calls = {"n": 0}
+
+
+def counter():
+    """Returns 1, 2, 3... per worker process (a fresh worker restarts at 1)."""
+    _calls["n"] += 1
+    return _calls["n"]

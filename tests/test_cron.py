@@ -1,0 +1,193 @@
+"""Recurring (crontab) instances, misfires, jitter and the virtual clock, end to end."""
+
+import itertools
+import time
+from datetime import datetime, timedelta, timezone
+
+import jobs
+import pytest
+from conftest import all_workers_up, wait_for
+
+from jobengine import Job, JobTimeout, LogLevel, Manager, State
+from jobengine.clock import VirtualClock
+
+UTC = timezone.utc
+T0 = datetime(2024, 3, 30, 23, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def vclock():
+    return VirtualClock(T0)
+
+
+@pytest.fixture
+def vmgr(vclock):
+    m = Manager(num_workers=1, clock=vclock).start()
+    wait_for(all_workers_up(m))
+    yield m
+    m.stop()
+
+
+def runs_done(ji, n):
+    return lambda: ji.run > n or (ji.run == n and ji.state is not State.SCHEDULED and
+                                  ji.state is not State.PROCESSING)  # fmt: skip
+
+
+def advance_and_settle(clock, ji, seconds, runs):
+    clock.advance(seconds)
+    wait_for(lambda: ji.run >= runs and ji.state is State.SCHEDULED)
+
+
+def test_crontab_fires_every_tick_as_one_recurring_instance(vmgr, vclock):
+    ji = vmgr.schedule_job(
+        Job("daily", jobs.counter, crontab="30 2 * * *", timezone="Europe/Berlin")
+    )
+    assert ji.scheduled_at.isoformat() == "2024-03-31T01:30:00+00:00"  # 03:30 CEST (DST)
+    time.sleep(0.1)
+    assert ji.run == 1 and ji.state is State.SCHEDULED
+    for day in range(1, 4):
+        advance_and_settle(vclock, ji, 24 * 3600, day + 1)
+    assert [f.isoformat() for _, f, _ in ji.fire_log] == [
+        "2024-03-31T03:30:00+02:00",
+        "2024-04-01T02:30:00+02:00",
+        "2024-04-02T02:30:00+02:00",
+        "2024-04-03T02:30:00+02:00",
+    ]
+    history = vmgr.lookup_instance_history(ji)
+    runs = [(r.state, r.run) for r in history]
+    assert runs[:2] == [(State.CREATED, 1), (State.SCHEDULED, 1)]
+    for run in (1, 2, 3):
+        assert (State.PROCESSING, run) in runs and (State.COMPLETED, run) in runs
+    assert ji.result(timeout=5) == 3  # the latest finished run's result
+    assert len({r.uuid for r in history}) == 1
+    # runs start at their fire times, by the one clock
+    starts = [r.time_ns for r in history if r.state is State.PROCESSING]
+    fires = [int(f.timestamp() * 1e9) for _, f, _ in ji.fire_log[:3]]
+    assert all(0 <= s - f < 24 * 3600e9 for s, f in zip(starts, fires, strict=True))
+    assert ji.cancel() and ji.state is State.CANCELED  # ends the recurrence
+    vclock.advance(3 * 24 * 3600)
+    time.sleep(0.2)
+    assert ji.run == 4 and ji.state is State.CANCELED
+
+
+def test_schedule_at_with_crontab_starts_the_recurrence_then(vmgr, vclock):
+    start = T0 + timedelta(days=2)
+    ji = vmgr.schedule_job(Job("later", jobs.noop, crontab="0 * * * *", timezone="UTC"),
+                           schedule_at=start)  # fmt: skip
+    assert ji.scheduled_at == start
+    vclock.advance(3600)
+    time.sleep(0.2)
+    assert ji.run == 1 and ji.state is State.SCHEDULED  # not yet: the recurrence starts later
+    vclock.set(start)
+    wait_for(lambda: ji.run == 2)
+    assert ji.fire_log[0][1] == start
+
+
+@pytest.mark.parametrize("policy", ["coalesce", "skip"])
+def test_missed_ticks_coalesce_or_skip(vmgr, vclock, policy):
+    job = Job(f"misfire-{policy}", jobs.noop, crontab="*/10 * * * *", timezone="UTC",
+              misfire=policy, misfire_grace=30)  # fmt: skip
+    ji = vmgr.schedule_job(job)
+    advance_and_settle(vclock, ji, 600, 2)  # the 23:10 tick, on time
+    # the manager misses 23:20 ... 00:10 (six ticks), then time is 00:15
+    vclock.advance(3600 + 5 * 60)
+    if policy == "coalesce":
+        wait_for(lambda: ji.run == 3 and ji.state is State.SCHEDULED)
+        assert ji.fire_log[1][1] == datetime(2024, 3, 31, 0, 10, tzinfo=UTC)  # the latest tick
+    else:
+        wait_for(lambda: any(r.level is LogLevel.WARN for r in vmgr.lookup_instance_logs(ji)))
+        time.sleep(0.2)
+        assert ji.run == 2 and ji.state is State.SCHEDULED  # nothing ran for them
+    assert ji.scheduled_at == datetime(2024, 3, 31, 0, 20, tzinfo=UTC)  # the next tick
+    (warn,) = [r.message for r in vmgr.lookup_instance_logs(ji) if r.level is LogLevel.WARN]
+    assert "6 missed tick(s)" in warn or "5 missed tick(s)" in warn
+    assert policy in warn
+
+
+def test_late_within_grace_runs_as_on_time(vmgr, vclock):
+    job = Job("graceful", jobs.noop, crontab="*/10 * * * *", timezone="UTC", misfire="skip",
+              misfire_grace=120)  # fmt: skip
+    ji = vmgr.schedule_job(job)
+    vclock.advance(600 + 90)  # 90 s late: within the grace
+    wait_for(lambda: ji.run == 2)
+    assert not [r for r in vmgr.lookup_instance_logs(ji) if r.level is LogLevel.WARN]
+
+
+def test_a_slow_run_never_overlaps_the_next(vmgr, vclock):
+    ji = vmgr.schedule_job(Job("slow", jobs.slow_value, crontab="* * * * *", timezone="UTC"),
+                           args=(0.4, "v"))  # fmt: skip
+    vclock.advance(60)
+    wait_for(ji.running)
+    vclock.advance(600)  # ten ticks pass while run 1 is still going
+    wait_for(lambda: ji.run >= 2)
+    history = vmgr.lookup_instance_history(ji)
+    open_runs = 0
+    for r in history:
+        open_runs += r.state is State.PROCESSING
+        open_runs -= r.state is State.COMPLETED
+        assert open_runs <= 1
+    assert ji.run == 2  # coalesced into one catch-up run, not ten
+
+
+def test_jitter_is_drawn_once_per_fire_and_recorded(vmgr, vclock):
+    draws = iter([5.0, 12.5, 0.25])
+    ji = vmgr.schedule_job(Job("jit", jobs.noop, crontab="0 * * * *", timezone="UTC",
+                               jitter=lambda: next(draws)))  # fmt: skip
+    first_fire = ji.fire_log[0][1]
+    assert ji.fire_log[0][2] == 5.0
+    assert ji.scheduled_at == first_fire + timedelta(seconds=5)
+    vclock.set(first_fire + timedelta(seconds=4))
+    time.sleep(0.2)
+    assert ji.run == 1 and ji.state is State.SCHEDULED  # not before its jitter
+    vclock.advance(1)
+    wait_for(lambda: ji.run == 2)
+    assert [j for _, _, j in ji.fire_log] == [5.0, 12.5]
+    debug = [r.message for r in vmgr.lookup_instance_logs(ji) if r.level is LogLevel.DEBUG]
+    assert "jitter 5.000 s" in debug[0] and "jitter 12.500 s" in debug[1]
+
+
+def test_delays_and_backoff_read_the_virtual_clock(vmgr, vclock):
+    delayed = vmgr.schedule_job(Job("hour-later", jobs.add), args=(1, 2), schedule_after=3600)
+    flaky = vmgr.schedule_job(Job("flaky", jobs.fail, max_retries=1, backoff=600))
+    wait_for(lambda: flaky.attempts == 1 and flaky.state is State.SCHEDULED)
+    time.sleep(0.2)
+    assert not delayed.done() and flaky.attempts == 1
+    vclock.advance(600)
+    assert isinstance(flaky.exception(timeout=10), ValueError) and flaky.attempts == 2
+    assert not delayed.done()
+    vclock.advance(3000)
+    assert delayed.result(timeout=10) == 3
+    assert delayed.processed_at == T0 + timedelta(seconds=3600)
+
+
+def test_timeouts_read_the_virtual_clock(vmgr, vclock):
+    ji = vmgr.schedule_job(Job("hangs", jobs.hang_in_c, timeout=60), args=(30,))
+    wait_for(ji.running)
+    time.sleep(0.3)
+    assert ji.running()  # real time passes; virtual time does not
+    vclock.advance(61)
+    assert isinstance(ji.exception(timeout=10), JobTimeout)
+    assert ji.state is State.TIMED_OUT
+
+
+def test_wait_and_stop_with_wait_do_not_wait_for_a_recurrence_to_end(vclock):
+    with Manager(num_workers=1, clock=vclock) as m:
+        ji = m.schedule_job(Job("forever", jobs.noop, crontab="* * * * *", timezone="UTC"))
+        one = m.submit(jobs.add, 1, 1)
+        assert m.wait(timeout=10) and one.result() == 2
+    assert ji.state is State.CANCELED  # stop ends the recurrence
+
+
+def test_real_clock_seconds_field_fires_every_second():
+    with Manager(num_workers=1) as m:
+        ji = m.schedule_job(Job("every-second", jobs.noop, crontab="* * * * * *", timezone="UTC"))
+        wait_for(lambda: ji.run >= 3, timeout=10)
+        fires = [f for _, f, _ in ji.fire_log]
+        assert all(f.microsecond == 0 for f in fires)
+        assert [(b - a).total_seconds() for a, b in itertools.pairwise(fires)] == [1.0] * (
+            len(fires) - 1
+        )
+        history = m.lookup_instance_history(ji)
+        starts = [r.time_ns for r in history if r.state is State.PROCESSING]
+        for fire, start in zip(fires, starts, strict=False):
+            assert 0 <= start - fire.timestamp() * 1e9 < 0.5e9  # started within 0.5 s of its tick
