@@ -121,6 +121,27 @@ def jobengine_latency(m: Manager, n: int, gap: float = 0.002) -> list[int]:
     return out
 
 
+def jobengine_delayed_lateness(m: Manager, n: int, delay: float = 0.02) -> list[int]:
+    """Due-time-to-start for delayed jobs on an idle pool, in ns: how late after its due
+    time (schedule time + delay) the executor starts.  One job at a time."""
+    out = []
+    for _ in range(n):
+        t = time.time_ns()
+        ji = m.schedule_job(_delayed_job(m), schedule_after=delay)
+        ji.result()
+        out.append(ji._processed_ns - (t + int(delay * 1e9)))
+    return out
+
+
+def _delayed_job(m: Manager):
+    from jobengine import Job
+
+    job = getattr(m, "_bench_delayed_job", None)
+    if job is None:
+        job = m._bench_delayed_job = m.register_job(Job("bench-delayed", noop))
+    return job
+
+
 def ppe_latency(ex: cf.ProcessPoolExecutor, n: int, gap: float = 0.002) -> list[int]:
     out = []
     for _ in range(n):

@@ -1,8 +1,9 @@
-"""Flexible scheduling: at a specific time, or after a delay (crontab: see the README)."""
+"""Flexible scheduling: at a specific time, after a delay, or by crontab."""
 
 from datetime import datetime, timedelta
 
 from jobengine import Job, Manager
+from jobengine.schedule import preview
 
 
 def main():
@@ -15,6 +16,12 @@ def main():
         print("after ran at", after.result().time())
         print("at ran at   ", at.result().time())
         assert after.result() < at.result()
+
+        # go-job: mgr.ScheduleJob(job, WithCrontabSpec("0 0 * * *"))  // every midnight
+        nightly = mgr.schedule_job(Job(kind="nightly", executor=print, crontab="0 0 * * *"))
+        print("nightly next fires at", nightly.scheduled_at.astimezone().isoformat())
+        print("then", [t.isoformat() for t in preview("0 0 * * *", count=3)][1:])
+        nightly.cancel()  # ends the recurrence
 
 
 if __name__ == "__main__":

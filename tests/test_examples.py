@@ -11,7 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECT = {
     "basic_usage.py": ["CREATED", "SCHEDULED", "PROCESSING", "COMPLETED", "Result: 3"],
     "arbitrary_functions.py": ["3 Hello world!"],
-    "scheduling.py": ["after ran at", "at ran at"],
+    "scheduling.py": ["after ran at", "at ran at", "nightly next fires at", "T00:00:00"],
     "priority.py": ["['high', 'high-2', 'mid', 'low']"],
     "worker_pool.py": ["10 workers", "5050"],
     "observation.py": ["state -> COMPLETED", "Job completed: 42", "State: COMPLETED"],
