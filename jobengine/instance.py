@@ -12,7 +12,7 @@ from concurrent.futures._base import FINISHED, PENDING
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .records import LogLevel, ns_to_datetime
+from .records import LogLevel, LogMethods, ns_to_datetime
 from .state import State
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ _PROCESSING = State.PROCESSING
 _cond_lock = threading.Lock()
 
 
-class Instance(Future):
+class Instance(LogMethods, Future):
     """One execution of a Job.  Also a Future: result(), exception(), done(), cancel(),
     add_done_callback() work, and so do concurrent.futures.wait / as_completed.
 
@@ -182,22 +182,6 @@ class Instance(Future):
     # -- logs ----------------------------------------------------------------------------
     def _log(self, level: LogLevel, msg: Any) -> None:
         self._manager._append_log(self, level, str(msg))
-
-    def debug(self, msg: Any) -> None:
-        """Append a DEBUG line to the instance's log history."""
-        self._log(LogLevel.DEBUG, msg)
-
-    def info(self, msg: Any) -> None:
-        """Append an INFO line to the instance's log history."""
-        self._log(LogLevel.INFO, msg)
-
-    def warn(self, msg: Any) -> None:
-        """Append a WARN line to the instance's log history."""
-        self._log(LogLevel.WARN, msg)
-
-    def error(self, msg: Any) -> None:
-        """Append an ERROR line to the instance's log history."""
-        self._log(LogLevel.ERROR, msg)
 
     def __repr__(self) -> str:
         return f"<Instance {self.kind} {self.uuid_str} {self.state.name}>"

@@ -41,6 +41,32 @@ class LogLevel(enum.IntEnum):
         return self.name
 
 
+class LogMethods:
+    """debug/info/warn/error on top of a `_log(level, msg)`: the one log interface of the
+    manager-side Instance and the worker-side WorkerInstance."""
+
+    __slots__ = ()
+
+    def _log(self, level: LogLevel, msg: Any) -> None:
+        raise NotImplementedError
+
+    def debug(self, msg: Any) -> None:
+        """Append a DEBUG line to the instance's log history."""
+        self._log(LogLevel.DEBUG, msg)
+
+    def info(self, msg: Any) -> None:
+        """Append an INFO line to the instance's log history."""
+        self._log(LogLevel.INFO, msg)
+
+    def warn(self, msg: Any) -> None:
+        """Append a WARN line to the instance's log history."""
+        self._log(LogLevel.WARN, msg)
+
+    def error(self, msg: Any) -> None:
+        """Append an ERROR line to the instance's log history."""
+        self._log(LogLevel.ERROR, msg)
+
+
 class StateRecord:
     """One transition of one instance: .state at .timestamp, during .attempt (1-based)
     on .worker (index, or None when no worker was involved), in .run (recurrences of a

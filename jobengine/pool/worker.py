@@ -17,7 +17,7 @@ from typing import Any
 import cloudpickle
 
 from ..errors import SerializationError
-from ..records import LogLevel
+from ..records import LogLevel, LogMethods
 from .channel import (
     E_ERR,
     E_LOG,
@@ -39,7 +39,7 @@ SPIN_S = 50e-6
 PARK_TIMEOUT_S = 1.0  # wake up now and then to notice a dead parent
 
 
-class WorkerInstance:
+class WorkerInstance(LogMethods):
     """The instance as an executor sees it inside the worker: identity, arguments, and
     the log methods, whose lines land in the instance's log history."""
 
@@ -65,18 +65,6 @@ class WorkerInstance:
 
     def _log(self, level: LogLevel, msg: Any) -> None:
         self._worker.emit(E_LOG, self.packed, time.time_ns(), bytes([level]) + str(msg).encode())
-
-    def debug(self, msg: Any) -> None:
-        self._log(LogLevel.DEBUG, msg)
-
-    def info(self, msg: Any) -> None:
-        self._log(LogLevel.INFO, msg)
-
-    def warn(self, msg: Any) -> None:
-        self._log(LogLevel.WARN, msg)
-
-    def error(self, msg: Any) -> None:
-        self._log(LogLevel.ERROR, msg)
 
 
 def encode_error(exc: BaseException) -> bytes:
