@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import uuid as _uuid
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import FINISHED, PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ _CREATED = State.CREATED
 _PROCESSING = State.PROCESSING
 
 _cond_lock = threading.Lock()
+_DONE = (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
 
 
 class Instance(LogMethods, Future):
@@ -163,6 +164,23 @@ class Instance(LogMethods, Future):
                         waiter.add_exception(self)
                 self._condition.notify_all()
             self._invoke_callbacks()
+
+    # Reading a finished Future needs no lock (FINISHED is final, and the outcome was
+    # stored before the state): skip the Condition that Future would make to read it.
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == FINISHED:
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+        return Future.result(self, timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == FINISHED:
+            return self._exception
+        return Future.exception(self, timeout)
+
+    def done(self) -> bool:
+        return self._state in _DONE
 
     def set_result(self, result: Any) -> None:
         self._settle(result, None)

@@ -104,5 +104,5 @@ def test_no_condition_is_made_for_futures_nobody_waits_on():
     with Manager(num_workers=1) as m:
         fs = [m.submit(noop) for _ in range(50)]
         m.wait()
-        assert sum("_cond" in f.__dict__ for f in fs) == 0  # before done() makes one
-        assert all(f.done() and f.result() is None for f in fs)
+        assert all(f.done() and f.result() is None and f.exception() is None for f in fs)
+        assert sum("_cond" in f.__dict__ for f in fs) == 0  # reading them made none either
