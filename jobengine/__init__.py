@@ -49,7 +49,7 @@ from .query import Query  # noqa: E402
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord  # noqa: E402
 from .retry import exponential_backoff  # noqa: E402
 from .state import State  # noqa: E402
-from .stores import MemoryStore, Store, open_store  # noqa: E402
+from .stores import MemoryStore, SQLiteStore, Store, open_store  # noqa: E402
 
 __all__ = [
     "ArgumentBindingError",
@@ -71,6 +71,7 @@ __all__ = [
     "MemoryStore",
     "Query",
     "RemoteError",
+    "SQLiteStore",
     "SerializationError",
     "State",
     "StateRecord",

@@ -13,6 +13,7 @@ from jobengine import (
     LogRecord,
     MemoryStore,
     Query,
+    SQLiteStore,
     State,
     StateRecord,
     open_store,
@@ -20,17 +21,22 @@ from jobengine import (
 from jobengine.errors import StoreError
 
 STORES = {
-    "memory": lambda ns: MemoryStore(namespace=ns),
-    "memory-url": lambda ns: open_store("memory://", namespace=ns),
+    "memory": lambda ns, tmp: MemoryStore(namespace=ns),
+    "memory-url": lambda ns, tmp: open_store("memory://", namespace=ns),
+    # two namespaces in one file: clear() must keep to its own tables
+    "sqlite": lambda ns, tmp: SQLiteStore(str(tmp / "store.db"), namespace=ns.replace("-", "_")),
+    "sqlite-url": lambda ns, tmp: open_store(
+        f"sqlite:///{tmp}/url.db", namespace=ns.replace("-", "_")
+    ),
 }
 
 
 @pytest.fixture(params=sorted(STORES))
-def make_store(request):
+def make_store(request, tmp_path):
     made = []
 
     def make(ns="contract"):
-        s = STORES[request.param](ns)
+        s = STORES[request.param](ns, tmp_path)
         made.append(s)
         return s
 
@@ -125,3 +131,34 @@ def test_records_roundtrip_through_json():
 def test_open_store_rejects_unknown_urls():
     with pytest.raises(StoreError, match="unsupported"):
         open_store("ftp://nowhere")
+
+
+def test_sqlite_store_survives_reopening(tmp_path):
+    path = str(tmp_path / "durable.db")
+    s = SQLiteStore(path)
+    s.put_instances([inst("a", created=5)])
+    s.append_states([StateRecord("a", "k", State.CREATED, 5)])
+    s.close()
+    again = SQLiteStore(path)
+    assert [r.uuid for r in again.lookup_instances(Query())] == ["a"]
+    assert [r.state for r in again.lookup_history("a")] == [State.CREATED]
+    again.close()
+
+
+def test_sqlite_store_rejects_unsafe_namespaces(tmp_path):
+    with pytest.raises(StoreError, match="namespace"):
+        SQLiteStore(str(tmp_path / "x.db"), namespace="x; DROP TABLE y")
+
+
+def test_manager_runs_on_a_sqlite_store(tmp_path):
+    import jobs
+
+    from jobengine import Job, Manager
+
+    store = open_store(f"sqlite:///{tmp_path}/run.db")
+    with Manager(num_workers=2, store=store) as m:
+        job = Job("sq", jobs.add)
+        fs = [m.schedule_job(job, args=(i, i)) for i in range(50)]
+        assert [f.result(timeout=30) for f in fs] == [2 * i for i in range(50)]
+    assert [r.state for r in m.lookup_instance_history(fs[0])][-1] is State.COMPLETED
+    assert len(m.lookup_instances(Query(kind="sq", state=State.COMPLETED))) == 50

@@ -7,15 +7,22 @@ from urllib.parse import urlparse
 from ..errors import StoreError
 from .base import Store
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 
 def open_store(url: str, namespace: str = "jobengine") -> Store:
-    """Build a store from a URL.  Supported now: memory://  (sqlite, redis and
-    postgresql URLs arrive with the external-store issue and raise StoreError here)."""
-    scheme = urlparse(url).scheme
-    if scheme == "memory":
+    """Build a store from a URL: memory://, sqlite:///relative/or/absolute/path or
+    sqlite://:memory:.  (redis:// and postgresql:// arrive with the external-store issue
+    and raise StoreError here.)"""
+    parsed = urlparse(url)
+    if parsed.scheme == "memory":
         return MemoryStore(namespace=namespace)
-    raise StoreError(f"unsupported store URL {url!r} (supported: memory://)")
+    if parsed.scheme == "sqlite":
+        path = parsed.netloc + parsed.path if parsed.netloc == ":memory:" else parsed.path[1:]
+        if not path:
+            raise StoreError(f"sqlite URL {url!r} names no file (sqlite:///path/to/file)")
+        return SQLiteStore(path, namespace=namespace)
+    raise StoreError(f"unsupported store URL {url!r} (supported: memory://, sqlite:///path)")
 
 
-__all__ = ["MemoryStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "SQLiteStore", "Store", "open_store"]
