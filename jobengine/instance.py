@@ -80,12 +80,14 @@ class Instance(LogMethods, Future):
 
     @property
     def kwargs(self) -> dict:
+        """Keyword arguments of the executor (a new empty dict when there are none)."""
         kw = self._kwargs
         return {} if kw is None else kw
 
     # -- identity ------------------------------------------------------------------------
     @property
     def kind(self) -> str:
+        """The kind of the instance's job."""
         return self.job.kind
 
     @property
@@ -95,6 +97,7 @@ class Instance(LogMethods, Future):
 
     @property
     def uuid_str(self) -> str:
+        """The UUID as its canonical string (the key every store uses)."""
         s = self._uuid_str
         if s is None:
             h = f"{self._uid:032x}"
@@ -104,18 +107,22 @@ class Instance(LogMethods, Future):
     # -- timestamps ----------------------------------------------------------------------
     @property
     def created_at(self) -> datetime:
+        """When it was scheduled (CREATED)."""
         return ns_to_datetime(self._created_ns)
 
     @property
     def scheduled_at(self) -> datetime | None:
+        """When it is (or was) due to run: its next fire time for a recurring instance."""
         return ns_to_datetime(self._scheduled_ns)
 
     @property
     def processed_at(self) -> datetime | None:
+        """When its latest attempt started, or None."""
         return ns_to_datetime(self._processed_ns)
 
     @property
     def completed_at(self) -> datetime | None:
+        """When it reached its final state (or its latest run ended), or None."""
         return ns_to_datetime(self._completed_ns)
 
     # -- Future overrides ----------------------------------------------------------------
@@ -168,6 +175,7 @@ class Instance(LogMethods, Future):
     # Reading a finished Future needs no lock (FINISHED is final, and the outcome was
     # stored before the state): skip the Condition that Future would make to read it.
     def result(self, timeout: float | None = None) -> Any:
+        """Future.result: the return value (recurring: of the latest finished run)."""
         if self._state == FINISHED:
             if self._exception is not None:
                 raise self._exception
@@ -175,17 +183,21 @@ class Instance(LogMethods, Future):
         return Future.result(self, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Future.exception: the exception of a failed instance, or None."""
         if self._state == FINISHED:
             return self._exception
         return Future.exception(self, timeout)
 
     def done(self) -> bool:
+        """Future.done: finished or cancelled."""
         return self._state in _DONE
 
     def set_result(self, result: Any) -> None:
+        """Future.set_result (the engine calls it)."""
         self._settle(result, None)
 
     def set_exception(self, exception: BaseException | None) -> None:
+        """Future.set_exception (the engine calls it)."""
         self._settle(None, exception)
 
     def cancel(self) -> bool:
@@ -195,6 +207,7 @@ class Instance(LogMethods, Future):
         return self._manager._cancel_queued(self)
 
     def running(self) -> bool:
+        """True while an attempt is PROCESSING in a worker."""
         return self.state is _PROCESSING
 
     # -- logs ----------------------------------------------------------------------------

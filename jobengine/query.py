@@ -48,10 +48,12 @@ class Query:
 
     @property
     def after_ns(self) -> int | None:
+        """`after` in Unix nanoseconds (None when open)."""
         return None if self.after is None else datetime_to_ns(self.after)
 
     @property
     def before_ns(self) -> int | None:
+        """`before` in Unix nanoseconds (None when open)."""
         return None if self.before is None else datetime_to_ns(self.before)
 
     def matches(self, uuid: str, kind: str, state: State, created_ns: int) -> bool:

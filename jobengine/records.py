@@ -96,9 +96,11 @@ class StateRecord:
 
     @property
     def timestamp(self) -> datetime:
+        """When it happened, as an aware UTC datetime."""
         return ns_to_datetime(self.time_ns)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready values."""
         return {
             "uuid": self.uuid,
             "kind": self.kind,
@@ -124,6 +126,7 @@ class StateRecord:
         )
 
     def to_json(self) -> bytes:
+        """The record as JSON (orjson)."""
         return orjson.dumps(self.to_dict())
 
     @classmethod
@@ -158,9 +161,11 @@ class LogRecord:
 
     @property
     def timestamp(self) -> datetime:
+        """When it happened, as an aware UTC datetime."""
         return ns_to_datetime(self.time_ns)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready values."""
         return {
             "uuid": self.uuid,
             "kind": self.kind,
@@ -182,6 +187,7 @@ class LogRecord:
         )
 
     def to_json(self) -> bytes:
+        """The record as JSON (orjson)."""
         return orjson.dumps(self.to_dict())
 
     @classmethod
@@ -235,25 +241,31 @@ class InstanceRecord:
 
     @property
     def uuid_str(self) -> str:
+        """The uuid (a string already): the same field name as Instance.uuid_str."""
         return self.uuid
 
     @property
     def created_at(self) -> datetime:
+        """As on Instance: an aware UTC datetime (or None)."""
         return ns_to_datetime(self.created_ns)
 
     @property
     def scheduled_at(self) -> datetime | None:
+        """As on Instance: an aware UTC datetime (or None)."""
         return ns_to_datetime(self.scheduled_ns)
 
     @property
     def processed_at(self) -> datetime | None:
+        """As on Instance: an aware UTC datetime (or None)."""
         return ns_to_datetime(self.processed_ns)
 
     @property
     def completed_at(self) -> datetime | None:
+        """As on Instance: an aware UTC datetime (or None)."""
         return ns_to_datetime(self.completed_ns)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-ready values."""
         d = {k: getattr(self, k) for k in self.__slots__}
         d["state"] = int(self.state)
         return d

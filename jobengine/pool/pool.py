@@ -54,6 +54,7 @@ class WorkerEvent:
 
     @property
     def cause(self) -> str | None:
+        """For a death: "signal N" or "exit code N", plus the kill reason if any."""
         if self.kind != "died":
             return None
         how = f"signal {self.signal}" if self.signal is not None else f"exit code {self.exitcode}"
