@@ -49,7 +49,14 @@ from .query import Query  # noqa: E402
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord  # noqa: E402
 from .retry import exponential_backoff  # noqa: E402
 from .state import State  # noqa: E402
-from .stores import MemoryStore, SQLiteStore, Store, open_store  # noqa: E402
+from .stores import (  # noqa: E402
+    MemoryStore,
+    PostgresStore,
+    RedisStore,
+    SQLiteStore,
+    Store,
+    open_store,
+)
 
 __all__ = [
     "ArgumentBindingError",
@@ -69,7 +76,9 @@ __all__ = [
     "ManagerStateError",
     "MemoryLimitExceeded",
     "MemoryStore",
+    "PostgresStore",
     "Query",
+    "RedisStore",
     "RemoteError",
     "SQLiteStore",
     "SerializationError",

@@ -3,6 +3,7 @@
 External stores join the STORES list when they exist; they read their URL from
 JOBENGINE_REDIS_URL / JOBENGINE_POSTGRES_DSN."""
 
+import os
 from datetime import datetime, timezone
 
 import pytest
@@ -12,7 +13,9 @@ from jobengine import (
     LogLevel,
     LogRecord,
     MemoryStore,
+    PostgresStore,
     Query,
+    RedisStore,
     SQLiteStore,
     State,
     StateRecord,
@@ -20,19 +23,40 @@ from jobengine import (
 )
 from jobengine.errors import StoreError
 
+REDIS_URL = os.environ.get("JOBENGINE_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("JOBENGINE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _ns(ns: str) -> str:
+    # fixed names: the tables are reused by later runs instead of piling up
+    return f"test_{ns.replace('-', '_')}"
+
+
 STORES = {
     "memory": lambda ns, tmp: MemoryStore(namespace=ns),
     "memory-url": lambda ns, tmp: open_store("memory://", namespace=ns),
     # two namespaces in one file: clear() must keep to its own tables
-    "sqlite": lambda ns, tmp: SQLiteStore(str(tmp / "store.db"), namespace=ns.replace("-", "_")),
-    "sqlite-url": lambda ns, tmp: open_store(
-        f"sqlite:///{tmp}/url.db", namespace=ns.replace("-", "_")
-    ),
+    "sqlite": lambda ns, tmp: SQLiteStore(str(tmp / "store.db"), namespace=_ns(ns)),
+    "sqlite-url": lambda ns, tmp: open_store(f"sqlite:///{tmp}/url.db", namespace=_ns(ns)),
+    "redis": lambda ns, tmp: RedisStore(REDIS_URL, namespace=_ns(ns)),
+    "postgres": lambda ns, tmp: PostgresStore(POSTGRES_DSN, namespace=_ns(ns)),
 }
+
+
+def _external(name: str) -> None:
+    """External stores talk to real servers: skip when one is down locally, fail in CI."""
+    try:
+        STORES[name]("probe", None).close()
+    except StoreError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} server unreachable in CI: {e}")
+        pytest.skip(f"{name} server unreachable: {e}")
 
 
 @pytest.fixture(params=sorted(STORES))
 def make_store(request, tmp_path):
+    if request.param in ("redis", "postgres"):
+        _external(request.param)
     made = []
 
     def make(ns="contract"):
@@ -162,3 +186,37 @@ def test_manager_runs_on_a_sqlite_store(tmp_path):
         assert [f.result(timeout=30) for f in fs] == [2 * i for i in range(50)]
     assert [r.state for r in m.lookup_instance_history(fs[0])][-1] is State.COMPLETED
     assert len(m.lookup_instances(Query(kind="sq", state=State.COMPLETED))) == 50
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres"])
+def test_manager_runs_on_an_external_store(name, tmp_path):
+    import jobs
+
+    from jobengine import Job, Manager
+
+    _external(name)
+    store = STORES[name]("manager", tmp_path)
+    try:
+        with Manager(num_workers=2, store=store) as m:
+            job = Job(f"ext-{name}", jobs.add)
+            fs = [m.schedule_job(job, args=(i, 1)) for i in range(30)]
+            assert [f.result(timeout=30) for f in fs] == [i + 1 for i in range(30)]
+        assert [r.state for r in m.lookup_instance_history(fs[0])] == [
+            State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED,
+        ]  # fmt: skip
+        assert len(m.lookup_instances(Query(kind=f"ext-{name}", state=State.COMPLETED))) == 30
+    finally:
+        store.clear()
+        store.close()
+
+
+def test_open_store_builds_external_stores_from_urls():
+    for url, cls in ((REDIS_URL, RedisStore), (POSTGRES_DSN, PostgresStore)):
+        try:
+            s = open_store(url, namespace=_ns("url"))
+        except StoreError as e:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(str(e))
+        assert isinstance(s, cls)
+        s.close()

@@ -7,14 +7,19 @@ from urllib.parse import urlparse
 from ..errors import StoreError
 from .base import Store
 from .memory import MemoryStore
+from .postgres import PostgresStore
+from .redis import RedisStore
 from .sqlite import SQLiteStore
 
 
 def open_store(url: str, namespace: str = "jobengine") -> Store:
-    """Build a store from a URL: memory://, sqlite:///relative/or/absolute/path or
-    sqlite://:memory:.  (redis:// and postgresql:// arrive with the external-store issue
-    and raise StoreError here.)"""
+    """Build a store from a URL: memory://, sqlite:///path (or sqlite://:memory:),
+    redis://host:port/db, postgresql://user@host:port/db."""
     parsed = urlparse(url)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        return RedisStore(url, namespace=namespace)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return PostgresStore(url, namespace=namespace)
     if parsed.scheme == "memory":
         return MemoryStore(namespace=namespace)
     if parsed.scheme == "sqlite":
@@ -22,7 +27,10 @@ def open_store(url: str, namespace: str = "jobengine") -> Store:
         if not path:
             raise StoreError(f"sqlite URL {url!r} names no file (sqlite:///path/to/file)")
         return SQLiteStore(path, namespace=namespace)
-    raise StoreError(f"unsupported store URL {url!r} (supported: memory://, sqlite:///path)")
+    raise StoreError(
+        f"unsupported store URL {url!r} (supported: memory://, sqlite:///path, redis://, "
+        "postgresql://)"
+    )
 
 
-__all__ = ["MemoryStore", "SQLiteStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "PostgresStore", "RedisStore", "SQLiteStore", "Store", "open_store"]

@@ -1,0 +1,170 @@
+"""RedisStore: the Store contract on a Redis server (redis-py).
+
+Keys, all under the namespace prefix `<ns>:` (clear() deletes only those):
+  <ns>:order            sorted set: uuid -> creation sequence (lookup order)
+  <ns>:seq              counter behind it
+  <ns>:i:<uuid>         hash: the InstanceRecord (JSON fields)
+  <ns>:s:<uuid>         list: state records (orjson)
+  <ns>:l:<uuid>         list: log records (orjson)
+  <ns>:st / <ns>:lt     sorted sets: "<uuid> <n>" members scored by time, for clear_*
+Every batch is one pipeline (one round trip).  The distributed queue verbs (claim,
+lease, ...) are not here yet: they arrive with the distributed-store issue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from ..errors import StoreError
+from ..query import Query
+from ..records import InstanceRecord, LogRecord, StateRecord
+from .base import Store
+
+try:
+    import redis as _redis
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _redis = None
+
+
+class RedisStore(Store):
+    """RedisStore(url="redis://127.0.0.1:6379/0", namespace="jobengine")."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", namespace: str = "jobengine"):
+        if _redis is None:
+            raise StoreError("RedisStore needs redis-py: pip install 'jobengine[redis]'")
+        if not isinstance(namespace, str) or not namespace or ":" in namespace:
+            raise StoreError(f"Redis namespace {namespace!r} must be a non-empty str without ':'")
+        self.namespace = namespace
+        self.url = url
+        try:
+            self._r = _redis.Redis.from_url(url)
+            self._r.ping()
+        except _redis.RedisError as e:
+            raise StoreError(f"cannot reach Redis at {url!r}: {e}") from e
+        self._p = f"{namespace}:"
+
+    def _k(self, kind: str, uuid: str = "") -> str:
+        return f"{self._p}{kind}:{uuid}" if uuid else f"{self._p}{kind}"
+
+    def _run(self, fn):
+        try:
+            return fn()
+        except _redis.RedisError as e:
+            raise StoreError(f"Redis store {self.url!r}: {e}") from e
+
+    # -- writes ------------------------------------------------------------------------
+    def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
+        if not batch:
+            return
+
+        def go():
+            pipe = self._r.pipeline(transaction=False)
+            seq = self._r.incrby(self._k("seq"), len(batch))
+            for n, r in enumerate(batch):
+                pipe.hset(self._k("i", r.uuid), mapping={"j": orjson.dumps(r.to_dict())})
+                # NX: a known uuid keeps its first place in creation order
+                pipe.zadd(self._k("order"), {r.uuid: seq - len(batch) + n}, nx=True)
+            pipe.execute()
+
+        self._run(go)
+
+    def _append(self, kind: str, timeline: str, batch: Sequence) -> None:
+        if not batch:
+            return
+
+        def go():
+            pipe = self._r.pipeline(transaction=False)
+            for r in batch:
+                pipe.rpush(self._k(kind, r.uuid), orjson.dumps(r.to_dict()))
+            lengths = pipe.execute()
+            pipe = self._r.pipeline(transaction=False)
+            for r, length in zip(batch, lengths, strict=True):
+                pipe.zadd(self._k(timeline), {f"{r.uuid} {length - 1}": r.time_ns})
+            pipe.execute()
+
+        self._run(go)
+
+    def append_states(self, batch: Sequence[StateRecord]) -> None:
+        self._append("s", "st", batch)
+
+    def append_logs(self, batch: Sequence[LogRecord]) -> None:
+        self._append("l", "lt", batch)
+
+    # -- reads -------------------------------------------------------------------------
+    def get_instance(self, uuid: str) -> InstanceRecord | None:
+        raw = self._run(lambda: self._r.hget(self._k("i", uuid), "j"))
+        return None if raw is None else InstanceRecord.from_dict(orjson.loads(raw))
+
+    def lookup_instances(self, query: Query) -> list[InstanceRecord]:
+        if query.uuid is not None:
+            r = self.get_instance(query.uuid)
+            candidates = [] if r is None else [r]
+        else:
+            uuids = self._run(lambda: self._r.zrange(self._k("order"), 0, -1))
+
+            def fetch():
+                pipe = self._r.pipeline(transaction=False)
+                for u in uuids:
+                    pipe.hget(self._k("i", u.decode()), "j")
+                return pipe.execute()
+
+            candidates = [InstanceRecord.from_dict(orjson.loads(x)) for x in self._run(fetch) if x]
+        out = []
+        for r in candidates:
+            if query.limit is not None and len(out) >= query.limit:
+                break
+            if query.matches(r.uuid, r.kind, r.state, r.created_ns):
+                out.append(r)
+        return out
+
+    def lookup_history(self, uuid: str) -> list[StateRecord]:
+        rows = self._run(lambda: self._r.lrange(self._k("s", uuid), 0, -1))
+        return [StateRecord.from_dict(orjson.loads(x)) for x in rows if x != b"-"]
+
+    def lookup_logs(self, uuid: str) -> list[LogRecord]:
+        rows = self._run(lambda: self._r.lrange(self._k("l", uuid), 0, -1))
+        return [LogRecord.from_dict(orjson.loads(x)) for x in rows if x != b"-"]
+
+    # -- deletes -----------------------------------------------------------------------
+    def _clear(self, kind: str, timeline: str, before_ns, after_ns) -> int:
+        lo = "-inf" if after_ns is None else after_ns
+        hi = "+inf" if before_ns is None else f"({before_ns}"
+
+        def go():
+            members = self._r.zrangebyscore(self._k(timeline), lo, hi)
+            if not members:
+                return 0
+            pipe = self._r.pipeline(transaction=False)
+            touched = set()
+            for m in members:
+                uuid, index = m.decode().rsplit(" ", 1)
+                # Tombstone in place (indexes of the others stay valid), then compact.
+                pipe.lset(self._k(kind, uuid), int(index), b"-")
+                touched.add(uuid)
+            pipe.zrem(self._k(timeline), *members)
+            pipe.execute()
+            for uuid in touched:
+                key = self._k(kind, uuid)
+                if all(x == b"-" for x in self._r.lrange(key, 0, -1)):
+                    self._r.delete(key)
+            return len(members)
+
+        return self._run(go)
+
+    def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
+        return self._clear("s", "st", before_ns, after_ns)
+
+    def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
+        return self._clear("l", "lt", before_ns, after_ns)
+
+    def clear(self) -> None:
+        def go():
+            keys = list(self._r.scan_iter(match=f"{self._p}*", count=1000))
+            for i in range(0, len(keys), 500):
+                self._r.delete(*keys[i : i + 500])
+
+        self._run(go)
+
+    def close(self) -> None:
+        self._r.close()
