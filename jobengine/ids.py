@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 
 _rng = random.Random()  # seeded from os.urandom; reseeded in forked workers by random
 _state = [0, 0]  # last millisecond, counter
@@ -29,8 +28,3 @@ def uuid7_int() -> int:
         seq = _rng.getrandbits(8)  # random start leaves headroom for the counter
     _state[0], _state[1] = ms, seq
     return (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | _rng.getrandbits(62)
-
-
-def uuid7() -> uuid.UUID:
-    """A new UUIDv7."""
-    return uuid.UUID(int=uuid7_int())

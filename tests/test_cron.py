@@ -28,11 +28,6 @@ def vmgr(vclock):
     m.stop()
 
 
-def runs_done(ji, n):
-    return lambda: ji.run > n or (ji.run == n and ji.state is not State.SCHEDULED and
-                                  ji.state is not State.PROCESSING)  # fmt: skip
-
-
 def advance_and_settle(clock, ji, seconds, runs):
     clock.advance(seconds)
     wait_for(lambda: ji.run >= runs and ji.state is State.SCHEDULED)
