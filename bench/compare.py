@@ -24,7 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine_workloads as ew
-from workloads import core_batch, core_per_call, heapq_tuples, make_keys, priority_queue
+from workloads import (
+    core_batch,
+    core_per_call,
+    heapq_tuples,
+    make_keys,
+    priority_queue,
+    ring_cross_process,
+)
 
 
 @dataclass
@@ -124,6 +131,12 @@ def core_rows(quick: bool) -> list[Row]:
                 ns <= 60,
             )
         )
+    n = 200_000
+    sec = statistics.median(ring_cross_process(n) for _ in range(3))
+    rows.append(
+        Row("ring: records between two Python processes", "-", "-",
+            f"{n / sec / 1e3:,.0f} k records/s", None, "", None)
+    )  # fmt: skip
     return rows
 
 

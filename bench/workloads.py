@@ -58,3 +58,35 @@ def priority_queue(keys: list[int]) -> int:
     for _ in range(len(keys)):
         get()
     return len(keys)
+
+
+def ring_cross_process(n: int) -> float:
+    """Seconds to move n small records from a forked Python producer to this process
+    through one shared-memory ring (push per record; the consumer reads in batches)."""
+    import mmap
+    import os
+    import time
+
+    from jobengine._core import Doorbell, Ring
+
+    mem, bell_mem = mmap.mmap(-1, 1 << 20), mmap.mmap(-1, 64)
+    bell = Doorbell(bell_mem, format=True)
+    consumer = Ring(mem, bell, format=True)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            producer = Ring(mem, Doorbell(bell_mem))
+            payload = b"x" * 32
+            for i in range(n):
+                while not producer.push(1, i, 0, payload):
+                    pass
+        finally:
+            os._exit(0)
+    t = time.perf_counter()
+    got = 0
+    while got < n:
+        bell.wait([consumer], timeout=5.0, spin=20e-6)
+        got += len(consumer.read_many())
+    elapsed = time.perf_counter() - t
+    os.waitpid(pid, 0)
+    return elapsed

@@ -67,7 +67,37 @@ class LogMethods:
         self._log(LogLevel.ERROR, msg)
 
 
-class StateRecord:
+class _Record:
+    """What every history record shares: a time, JSON round trips, equality by value.
+    Subclasses define to_dict / from_dict."""
+
+    __slots__ = ()
+    time_ns: int
+
+    @property
+    def timestamp(self) -> datetime:
+        """When it happened, as an aware UTC datetime."""
+        return ns_to_datetime(self.time_ns)
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> bytes:
+        """The record as JSON (orjson)."""
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str):
+        """The record back from to_json()."""
+        return cls.from_dict(orjson.loads(data))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable, compared by value
+
+
+class StateRecord(_Record):
     """One transition of one instance: .state at .timestamp, during .attempt (1-based)
     on .worker (index, or None when no worker was involved), in .run (recurrences of a
     crontab instance; 1 otherwise), with an optional .cause (why it failed)."""
@@ -93,11 +123,6 @@ class StateRecord:
         self.worker = worker
         self.run = run
         self.cause = cause
-
-    @property
-    def timestamp(self) -> datetime:
-        """When it happened, as an aware UTC datetime."""
-        return ns_to_datetime(self.time_ns)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready values."""
@@ -125,14 +150,6 @@ class StateRecord:
             d.get("cause"),
         )
 
-    def to_json(self) -> bytes:
-        """The record as JSON (orjson)."""
-        return orjson.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> StateRecord:
-        return cls.from_dict(orjson.loads(data))
-
     def __repr__(self) -> str:
         return (
             f"StateRecord({self.state.name}, {self.timestamp.isoformat()}, "
@@ -140,11 +157,8 @@ class StateRecord:
             + (f", cause={self.cause!r})" if self.cause else ")")
         )
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, StateRecord) and self.to_dict() == other.to_dict()
 
-
-class LogRecord:
+class LogRecord(_Record):
     """One log line of one instance: .level, .timestamp, .message, during .attempt."""
 
     __slots__ = ("attempt", "kind", "level", "message", "time_ns", "uuid")
@@ -158,11 +172,6 @@ class LogRecord:
         self.time_ns = time_ns
         self.message = message
         self.attempt = attempt
-
-    @property
-    def timestamp(self) -> datetime:
-        """When it happened, as an aware UTC datetime."""
-        return ns_to_datetime(self.time_ns)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready values."""
@@ -186,19 +195,8 @@ class LogRecord:
             d.get("attempt", 0),
         )
 
-    def to_json(self) -> bytes:
-        """The record as JSON (orjson)."""
-        return orjson.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> LogRecord:
-        return cls.from_dict(orjson.loads(data))
-
     def __repr__(self) -> str:
         return f"LogRecord({self.level.name}, {self.timestamp.isoformat()}, {self.message!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LogRecord) and self.to_dict() == other.to_dict()
 
 
 class InstanceRecord:

@@ -232,6 +232,18 @@ def _pids_of(proc_pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(proc_pid).children(recursive=True)]
 
 
+def _all_gone(pids: list[int]):
+    """A predicate: none of `pids` is still running (a zombie awaiting its reaper is gone)."""
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return lambda: not any(alive(p) for p in pids)
+
+
 def test_sigterm_to_the_manager_process_stops_it_gracefully(tmp_path):
     app = _script(
         tmp_path,
@@ -257,8 +269,7 @@ def test_sigterm_to_the_manager_process_stops_it_gracefully(tmp_path):
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 143
     assert "STATE CANCELED" in out
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                             for p in children), timeout=5)  # fmt: skip
+    wait_for(_all_gone(children), timeout=5)
 
 
 def test_sigkill_of_the_manager_process_takes_every_child_within_2s(tmp_path):
@@ -282,12 +293,7 @@ def test_sigkill_of_the_manager_process_takes_every_child_within_2s(tmp_path):
     proc.kill()
     proc.wait()
     t = time.monotonic()
-
-    def gone():
-        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                       for p in children)  # fmt: skip
-
-    wait_for(gone, timeout=2.0)
+    wait_for(_all_gone(children), timeout=2.0)
     assert time.monotonic() - t <= 2.0
 
 

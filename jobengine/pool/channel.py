@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 
-from .._core import RING_HEADER, Doorbell, Ring
+from .._core import DOORBELL_SIZE, RING_HEADER, Doorbell, Ring
 
 # manager -> worker
 T_DEFINE = 1  # a = kind id; payload = cloudpickle((executor, instance_param, kind))
@@ -31,7 +31,7 @@ E_ERR = 18  # b = end time; payload = pickled (exception bytes | None, type, mes
 E_LOG = 19  # b = time; payload = level (1 byte) + utf-8 message
 
 # Doorbell flags: why the engine was woken
-RING_WORK = 1  # new instances or a resize (manager threads)
+# (flag 1, Doorbell.ring's default: new instances, a resize, a clock move)
 RING_CONTROL = 2  # a supervisor message waits on the control socket
 
 FLAG_LARGE = 0x100
@@ -45,7 +45,7 @@ REGION = RING_HEADER + RING_BYTES
 STATUS_OFFSET = 2 * REGION
 STATUS = struct.Struct("=QQQ")
 MAPPING_BYTES = STATUS_OFFSET + 64
-DOORBELL_BYTES = 64
+DOORBELL_BYTES = DOORBELL_SIZE
 
 SPILL_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
 

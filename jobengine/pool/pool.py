@@ -6,7 +6,6 @@ starts and after it ends)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -108,7 +107,6 @@ class Pool:
         # The workers must import what the manager's process can (executors pickled by
         # reference name their module).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env["JOBENGINE_SYS_PATH"] = json.dumps(sys.path)
         self._proc = subprocess.Popen(
             [
                 sys.executable,
@@ -126,10 +124,6 @@ class Pool:
         self._ctl = ours
         send(ours, ("config", config or {}))
         ours.setblocking(False)
-
-    @property
-    def supervisor_pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def close(self, timeout: float = 5.0) -> None:
         """Tell the supervisor to exit (it kills what is left) and wait for it."""
