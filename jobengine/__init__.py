@@ -46,7 +46,13 @@ from .manager import Manager  # noqa: E402
 from .pool.pool import WorkerEvent, WorkerInfo  # noqa: E402
 from .pool.worker import WorkerInstance  # noqa: E402
 from .query import Query  # noqa: E402
-from .records import InstanceRecord, LogLevel, LogRecord, StateRecord  # noqa: E402
+from .records import (  # noqa: E402
+    InstanceRecord,
+    LogLevel,
+    LogRecord,
+    RecurrenceRecord,
+    StateRecord,
+)
 from .retry import exponential_backoff  # noqa: E402
 from .state import State  # noqa: E402
 from .stores import (  # noqa: E402
@@ -78,6 +84,7 @@ __all__ = [
     "MemoryStore",
     "PostgresStore",
     "Query",
+    "RecurrenceRecord",
     "RedisStore",
     "RemoteError",
     "SQLiteStore",

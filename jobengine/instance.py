@@ -46,6 +46,8 @@ class Instance(LogMethods, Future):
     # Defaults live on the class: an instance stores only what differs, which keeps
     # a million queued instances small (see the load figures in the README).
     _cancel_requested = False  # set by cancel_instances() on a running instance
+    _parent = None  # a Run's recurring instance; None for an Instance
+    _counted = True  # counts toward wait(); a recurrence never ends by itself
     _result = None
     _exception = None
     _uuid_str: str | None = None
@@ -58,6 +60,12 @@ class Instance(LogMethods, Future):
     # recurring (crontab) instances
     _recurring = False
     _lookahead = None  # a fire time pulled from the crontab walk, not used yet
+    _runs: list = ()  # its Runs handed to the engine and not yet ended
+    _parked = False  # the next tick waits: max_overlap runs are in flight
+    _ending = False  # canceled or stopping: ends when its last run ends
+    _suspended = False  # ended by stop(), not canceled: the store may resume it
+    _closed = False  # ended: its handle is freed
+    _rec = None  # its RecurrenceRecord while this manager owns it in the store
     fire_log: list = ()  # (run, fire time, jitter seconds) per run, for recurring ones
     _started_mono = 0
     _timeout_sent = False
@@ -216,3 +224,61 @@ class Instance(LogMethods, Future):
 
     def __repr__(self) -> str:
         return f"<Instance {self.kind} {self.uuid_str} {self.state.name}>"
+
+
+class Run:
+    """One run of a recurring instance: the unit the engine dispatches, retries and
+    records for one fire.  Each has its own handle in the core and its own attempt
+    state, so runs of one instance may overlap (Job.max_overlap); identity, payload
+    and handlers are the instance's, and its history records carry the run number."""
+
+    __slots__ = (
+        "_completed_ns",
+        "_handle",
+        "_parent",
+        "_payload",
+        "_processed_ns",
+        "_replaced_exc",
+        "_started_mono",
+        "_timeout_sent",
+        "attempts",
+        "fire",
+        "job",
+        "priority",
+        "run",
+        "state",
+        "worker",
+    )
+    _recurring = False
+    _counted = False
+
+    def __init__(self, parent: Instance, run: int, fire: datetime):
+        self._parent = parent
+        self.job = parent.job
+        self.run = run
+        self.fire = fire
+        self.priority = parent.priority
+        self.state = State.SCHEDULED
+        self.attempts = 0
+        self.worker: int | None = None
+        self._handle = -1
+        self._payload = parent._payload
+        self._processed_ns: int | None = None
+        self._completed_ns: int | None = None
+        self._started_mono = 0
+        self._timeout_sent = False
+
+    @property
+    def uuid_str(self) -> str:
+        return self._parent.uuid_str
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+    @property
+    def _cancel_requested(self) -> bool:
+        return self._parent._cancel_requested
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run} of {self._parent!r} {self.state.name}>"

@@ -180,11 +180,12 @@ class Job:
             raise InvalidArgumentError(
                 f"Job {kind!r}: ambiguous must be one of {AMBIGUOUS}, got {ambiguous!r}"
             )
-        if max_overlap != 1:
-            raise InvalidArgumentError(
-                f"Job {kind!r}: max_overlap={max_overlap!r}: only 1 is supported (a recurring "
-                "instance never runs twice at once)"
+        if not isinstance(max_overlap, int) or isinstance(max_overlap, bool):
+            raise InvalidArgumentTypeError(
+                f"Job {kind!r}: max_overlap must be an int, got {max_overlap!r}"
             )
+        if max_overlap < 1:
+            raise InvalidArgumentError(f"Job {kind!r}: max_overlap must be >= 1, got {max_overlap}")
         if not isinstance(max_retries, int) or isinstance(max_retries, bool):
             raise InvalidArgumentTypeError(
                 f"Job {kind!r}: max_retries must be an int, got {max_retries!r}"

@@ -21,13 +21,16 @@ only by the engine thread.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
 import pickle
 import signal
+import socket
 import threading
 import time
+import uuid as _uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -53,13 +56,20 @@ from .errors import (
     WorkerCrashed,
 )
 from .ids import uuid7_int
-from .instance import Instance
+from .instance import Instance, Run
 from .job import Job, check_priority, check_schedule_at, check_seconds
 from .pool.channel import E_ERR, E_LOG, E_OK, E_STARTED, TAG_MASK, read_payload
 from .pool.pool import RING_CONTROL, Pool, WorkerEvent, WorkerInfo, WorkerSlot
 from .query import Query
 from .recorder import Recorder
-from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
+from .records import (
+    InstanceRecord,
+    LogLevel,
+    LogRecord,
+    RecurrenceRecord,
+    StateRecord,
+    datetime_to_ns,
+)
 from .schedule import fire_times
 from .scheduler import Dispatcher
 from .state import State
@@ -101,7 +111,13 @@ class Manager(Executor):
 
     Manager(num_workers=os.cpu_count(), store=MemoryStore()).  Schedule before or after
     start(); instances wait in the scheduler until the pool runs.  Use it as a context
-    manager to start on enter and stop_with_wait() on exit."""
+    manager to start on enter and stop_with_wait() on exit.
+
+    Recurring (crontab) instances are kept in the store as well: stop() suspends them
+    and a manager started on the same store later resumes them (misfire policy for the
+    ticks missed meanwhile).  `lease` (seconds) is how long this manager's claim on
+    them holds without renewal: if it dies, another manager on the store takes them
+    over that long after.  `node` names this manager in the store."""
 
     def __init__(
         self,
@@ -113,6 +129,7 @@ class Manager(Executor):
         kill_grace: float = 1.0,
         handle_signals: bool = True,
         clock: Clock | None = None,
+        lease: float = 30.0,
     ):
         if num_workers is None:
             num_workers = os.cpu_count() or 1
@@ -136,6 +153,13 @@ class Manager(Executor):
         self._max_jobs = max_jobs_per_worker
         self._max_memory = max_memory_per_worker
         self._kill_grace = check_seconds(kill_grace, "kill_grace")
+        # Recurrences live in the store too; this manager owns the ones it runs through
+        # a lease (real time, whatever the clock) that it renews every lease / 3.
+        self._lease_ns = int(check_seconds(lease, "lease", allow_zero=False) * 1e9)
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid7_int() & 0xFFFFFFFF:08x}"
+        self._recurrences: dict[str, Instance] = {}  # uuid -> a recurrence it runs
+        self._standby: dict[str, Instance] = {}  # uuid -> one another manager runs
+        self._next_renew = 0.0
         self._handle_signals = handle_signals
         self._stop_deadline: float | None = None
         self._num_workers = num_workers
@@ -182,6 +206,8 @@ class Manager(Executor):
                 raise DuplicateJobError(f"a job of kind {job.kind!r} is already registered")
             self._kind_ids.setdefault(job, next(self._kind_seq))
             self._jobs[job.kind] = job
+        if job.crontab is not None and self._state == "running":
+            self._claim([job.kind])  # resume its recurrences waiting in the store
         return job
 
     def unregister_job(self, kind: str) -> Job:
@@ -260,12 +286,9 @@ class Manager(Executor):
         inst = Instance(self, job, uuid7_int(), args, kwargs, prio, clock.time_ns())
         try:
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
-            raw = pickle.dumps(payload, protocol=5)
-            if b"__main__" in raw:
-                # A class or function of the user's script: workers cannot import
-                # __main__ by name, so send it by value.
-                raw = cloudpickle.dumps(payload, protocol=5)
-            inst._payload = raw
+            inst._payload = _dumps(payload)
+            if job.crontab is not None:
+                key_material = _dumps((job.kind, job.crontab, job.timezone, args, kwargs))
         except Exception as e:
             raise SerializationError(
                 f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
@@ -281,6 +304,8 @@ class Manager(Executor):
             explicit = at is not None or after is not None
             start = _EPOCH + timedelta(microseconds=inst._scheduled_ns // 1000 - explicit)
             inst._recurring = True
+            inst._counted = False
+            inst._runs = []
             inst.fire_log = []
             inst._fires = fire_times(
                 job.crontab, job._tz, start, nonexistent=job.nonexistent, ambiguous=job.ambiguous
@@ -289,10 +314,22 @@ class Manager(Executor):
                 first = next(inst._fires)
             except StopIteration:
                 raise InvalidArgumentError(f"crontab {job.crontab!r} never fires") from None
+            # Into the store first: the same schedule (kind, crontab, zone, arguments)
+            # there already, here or in another manager, is returned, not doubled.
+            rec = RecurrenceRecord(
+                inst.uuid_str, job.kind, hashlib.blake2b(key_material, digest_size=16).hexdigest(),
+                inst._payload, prio, 1, datetime_to_ns(first), wall, self.node,
+                time.time_ns() + self._lease_ns,
+            )  # fmt: skip
+            stored = self.store.add_recurrence(rec)
+            if stored.uuid != rec.uuid:
+                return self._existing_recurrence(stored, job)
         # Records first: once the engine has it, it may run at once.
         self._recorder.created(inst, wall)
         if job.crontab is not None:
             due = self._arm_fire(inst, first)
+            inst._rec = rec
+            self._recurrences[inst.uuid_str] = inst
         known = self._known
         known[inst.uuid_str] = weakref.ref(inst)
         if len(known) > self._known_limit:
@@ -338,7 +375,112 @@ class Manager(Executor):
             + (f" + jitter {jitter:.3f} s" if jitter else ""),
             0,
         )
+        rec = inst._rec
+        if rec is not None:  # the store learns the next run with the next batch
+            rec.run, rec.fire_ns = inst.run, fire_ns
+            rec.lease_until_ns = time.time_ns() + self._lease_ns
+            self._recorder.store_op(self.store.save_recurrence, RecurrenceRecord(*rec.as_tuple()))
         return clock.monotonic_ns() + max(0, at_ns - clock.time_ns())
+
+    # -- recurrences in the store --------------------------------------------------------
+    def _existing_recurrence(self, stored: RecurrenceRecord, job: Job) -> Instance:
+        """schedule_job met a schedule the store has already: return its instance."""
+        live = self._recurrences.get(stored.uuid)
+        if live is None and (stored.owner is None or stored.lease_until_ns < time.time_ns()):
+            self._claim([job.kind])  # nobody runs it: from now on, this manager does
+            live = self._recurrences.get(stored.uuid)
+        if live is not None:
+            return live
+        # Another manager runs it: a stand-in, which becomes live here if this manager
+        # ever takes the recurrence over (its owner stops or dies).
+        standby = self._standby.get(stored.uuid)
+        if standby is None:
+            standby = self._standby[stored.uuid] = self._recurrence_instance(stored, job)
+            self._known[stored.uuid] = weakref.ref(standby)
+        return standby
+
+    def _recurrence_instance(self, rec: RecurrenceRecord, job: Job) -> Instance:
+        args, kwargs = pickle.loads(rec.payload)[:2]
+        inst = Instance(self, job, _uuid.UUID(rec.uuid).int, args, kwargs, rec.priority,
+                        rec.created_ns)  # fmt: skip
+        inst._payload = rec.payload
+        inst._recurring = True
+        inst._counted = False
+        inst._runs = []
+        inst.fire_log = []
+        inst.run = rec.run
+        inst.state = _SCHEDULED
+        inst._scheduled_ns = rec.fire_ns
+        return inst
+
+    def _claim(self, kinds: list[str] | None = None) -> int:
+        """Take over the store's recurrences of `kinds` (default: every crontab job
+        registered here) that no manager owns or whose owner's lease lapsed."""
+        if kinds is None:
+            with self._jobs_lock:
+                kinds = [k for k, j in self._jobs.items() if j.crontab is not None]
+        if not kinds:
+            return 0
+        now = time.time_ns()
+        recs = self.store.claim_recurrences(self.node, kinds, now, now + self._lease_ns)
+        n = 0
+        for rec in recs:
+            if rec.uuid not in self._recurrences:
+                n += self._resume(rec)
+        return n
+
+    def _resume(self, rec: RecurrenceRecord) -> bool:
+        """Run a recurrence claimed from the store: same uuid, its next run number; its
+        tick, if past, goes through the misfire policy like any late tick."""
+        job = self._jobs.get(rec.kind)
+        if job is None or job.crontab is None:
+            return False
+        inst = self._standby.pop(rec.uuid, None)
+        try:
+            if inst is None:
+                inst = self._recurrence_instance(rec, job)
+            since = rec.fire_at - timedelta(microseconds=1)  # its tick is the first
+            inst._fires = fire_times(
+                job.crontab, job._tz, since, nonexistent=job.nonexistent, ambiguous=job.ambiguous
+            )
+            first = next(inst._fires)
+        except Exception:
+            log.exception("jobengine: cannot resume recurrence %s of %r", rec.uuid, rec.kind)
+            return False
+        now = self._clock.time_ns()
+        rec_ = self._recorder
+        snap = self.store.get_instance(rec.uuid)
+        if snap is not None and snap.state is _PROCESSING:
+            rec_.next_run(inst, _TERMINATED, now, "the manager running it was lost")
+            rec_.next_run(inst, _SCHEDULED, now)
+        rec_.log(inst, LogLevel.INFO, now, f"resumed by manager {self.node}", 0)
+        rec_.touch(inst)
+        due = self._arm_fire(inst, first)
+        inst._rec = rec
+        self._recurrences[rec.uuid] = inst
+        self._known[rec.uuid] = weakref.ref(inst)
+        self._inbox.append((inst, due))
+        if self._pool is not None:
+            self._pool.doorbell.ring()
+        return True
+
+    def _renew(self) -> None:
+        """Engine thread, every lease / 3: renew this manager's lease on its recurrences
+        (dropping any it lost: its lease lapsed and another manager took it), and take
+        over the orphans of managers that died."""
+        if time.monotonic() < self._next_renew:
+            return
+        self._next_renew = time.monotonic() + self._lease_ns / 3e9
+        if self._recurrences:
+            mine = self.store.renew_recurrences(self.node, time.time_ns() + self._lease_ns)
+            for uuid, inst in list(self._recurrences.items()):
+                if uuid not in mine:
+                    self._recorder.log(inst, LogLevel.WARN, self._clock.time_ns(),
+                                       "another manager took this recurrence over", 0)  # fmt: skip
+                    inst._rec = None
+                    with self._lock:
+                        self._end_recurrence(inst, "taken over", suspend=True)
+        self._claim()
 
     def _next_fire(self, inst: Instance) -> datetime:
         fire = inst._lookahead
@@ -347,24 +489,89 @@ class Manager(Executor):
             return fire
         return next(inst._fires)
 
-    def _rearm(self, inst: Instance) -> bool:
-        """After a run of a recurring instance: arm its next tick (which may already be
-        past after a slow run: _release_fire then applies the misfire policy).  False
-        when the recurrence is over (canceled, or the manager stops)."""
+    def _fire(self, inst: Instance) -> Run | None:
+        """A recurring instance's tick is due (engine thread, _lock held): apply the
+        misfire policy, then return the Run to dispatch for it (None when it is not to
+        run).  The next tick is armed at once while fewer than max_overlap runs are in
+        flight; otherwise it waits (parked) until a run ends."""
         if inst._cancel_requested or self._state != "running":
-            return False
-        now = self._clock.time_ns()
+            self._end_recurrence(inst, "canceled", suspend=not inst._cancel_requested)
+            return None
+        if not self._release_fire(inst):
+            return None
+        run_no, fire, _ = inst.fire_log[-1]
+        run = Run(inst, run_no, fire)
+        self._new_handle(run)
+        inst._runs.append(run)
+        if len(inst._runs) < inst.job.max_overlap:
+            self._arm_next(inst)
+        else:
+            inst._parked = True
+        return run
+
+    def _arm_next(self, inst: Instance) -> None:
+        """Arm the next tick of a recurring instance as its next run (_lock held); the
+        tick may already be past after a slow run: _release_fire then applies the
+        misfire policy."""
         inst.run += 1
-        inst.attempts = 0
-        inst.worker = None
-        self._recorder.transition(inst, _SCHEDULED, now)
+        self._recorder.next_run(inst, _SCHEDULED, self._clock.time_ns())
         due = self._arm_fire(inst, self._next_fire(inst))
+        self._core.add(inst._handle, due, inst.priority)
+
+    def _run_ended(self, run: Run) -> None:
+        """A run reached its final state, recorded (engine thread): free it, then go
+        on (arm a parked tick) or, when the recurrence is ending, end it with its last run."""
+        inst = run._parent
+        self._finished.append(run)
+        inst._completed_ns = run._completed_ns
         with self._lock:
-            self._core.add(inst._handle, due, inst.priority)
-        return True
+            inst._runs.remove(run)
+            if inst._cancel_requested or inst._ending or self._state != "running":
+                self._end_recurrence(inst, "canceled", suspend=not inst._cancel_requested)
+            elif inst._parked:
+                inst._parked = False
+                self._arm_next(inst)
+            _sync_state(inst)
+
+    def _end_recurrence(self, inst: Instance, cause: str, suspend: bool) -> None:
+        """End a recurring instance (engine thread, _lock held): disarm its tick and
+        cancel its runs not yet handed to a worker; the instance ends when its last
+        run in flight does.  suspend (the manager stops): the armed tick keeps its
+        SCHEDULED record, open, for a manager started on the same store to resume;
+        otherwise (canceled) it is recorded CANCELED."""
+        now = self._clock.time_ns()
+        rec = self._recorder
+        if not inst._ending:
+            inst._ending = True
+            inst._suspended = suspend
+            if not suspend and inst._rec is not None:  # canceled: gone from the store too
+                rec.store_op(self.store.delete_recurrence, inst.uuid_str)
+            inst._rec = None
+            if inst._handle >= 0 and self._core.cancel(inst._handle) and not suspend:
+                rec.next_run(inst, _CANCELED, now, cause)
+            for run in [r for r in inst._runs if r.worker is None]:
+                if self._core.cancel(run._handle):
+                    run._completed_ns = now
+                    rec.transition(run, _CANCELED, now, "manager stopped" if suspend else cause)
+                    inst._runs.remove(run)
+                    self._finished.append(run)
+        if inst._runs or inst._closed:
+            return
+        inst._closed = True
+        self._recurrences.pop(inst.uuid_str, None)
+        self._finished.append(inst)  # frees its handle this turn
+        if inst._suspended:
+            inst.state = _SCHEDULED
+            rec.log(inst, LogLevel.INFO, now, "suspended: the manager stopped")
+            rec.defer(_settle_suspended, inst)
+        else:
+            inst.state = _CANCELED
+            inst._completed_ns = now
+            rec.defer(_future_cancel, inst)
+        rec.touch(inst)
 
     def _release_fire(self, inst: Instance) -> bool:
-        """A recurring instance's timer fired (engine thread, _lock held).  Never stack
+        """A recurring instance's tick fired (engine thread, _lock held).  Never stack
         runs: every tick already past counts as one.  If the latest of them is within
         misfire_grace, or the policy is "coalesce", run once now for it; under "skip"
         with every past tick later than the grace, do not run: arm the next tick.
@@ -419,6 +626,18 @@ class Manager(Executor):
                     f"another job of kind {job.kind!r} is registered; schedule that one"
                 )
 
+    def _new_handle(self, inst: Instance | Run) -> int:
+        """Give inst a handle in the table (caller holds _lock)."""
+        free = self._free_handles
+        if free:
+            h = free.pop()
+            self._by_handle[h] = inst
+        else:
+            h = len(self._by_handle)
+            self._by_handle.append(inst)
+        inst._handle = h
+        return h
+
     def _take_inbox(self) -> int:
         """Move newly scheduled instances into the core (caller holds _lock)."""
         inbox = self._inbox
@@ -430,7 +649,7 @@ class Manager(Executor):
             inst, due = inbox.popleft()
             if inst.state is _CANCELED:  # canceled while still in the inbox
                 continue
-            if free:
+            if free:  # _new_handle, inlined: this loop runs once per scheduled instance
                 h = free.pop()
                 by_handle[h] = inst
             else:
@@ -438,7 +657,7 @@ class Manager(Executor):
                 by_handle.append(inst)
             inst._handle = h
             core.add(h, due, inst.priority)
-            n += not inst._recurring  # a recurrence never ends by itself: wait() skips it
+            n += inst._counted  # a recurrence never ends by itself: wait() skips it
         self._active += n
         return n
 
@@ -448,7 +667,7 @@ class Manager(Executor):
         if h >= 0 and self._by_handle[h] is inst:
             self._by_handle[h] = None
             self._free_handles.append(h)
-            self._active -= not inst._recurring
+            self._active -= inst._counted
         inst._handle = -1
         if self._active == 0 and not self._inbox:
             self._idle.notify_all()
@@ -457,8 +676,10 @@ class Manager(Executor):
     def _cancel_queued(self, inst: Instance) -> bool:
         """Cancel an instance no worker has taken; True if it is now CANCELED."""
         with self._lock:
-            if inst.state is not _SCHEDULED:
+            if inst.state is not _SCHEDULED or inst._ending:
                 return inst.state is _CANCELED
+            if inst._runs or inst in self._standby.values():
+                return False  # a run is in flight, or another manager runs it
             if inst._handle >= 0:
                 if not self._core.cancel(inst._handle):
                     return False  # handed to a worker already
@@ -469,6 +690,12 @@ class Manager(Executor):
             now = self._clock.time_ns()
             inst._completed_ns = now
             self._recorder.transition(inst, _CANCELED, now)
+            if inst._recurring:
+                inst._closed = True
+                self._recurrences.pop(inst.uuid_str, None)
+                if inst._rec is not None:
+                    self._recorder.store_op(self.store.delete_recurrence, inst.uuid_str)
+                    inst._rec = None
             if self._active == 0 and not any(i.state is not _CANCELED for i, _ in self._inbox):
                 self._idle.notify_all()
         self._recorder.flush()
@@ -496,15 +723,21 @@ class Manager(Executor):
         reqs = self._kill_requests
         while reqs:
             inst = reqs.popleft()
-            if inst.worker is None or inst.state is not _PROCESSING:
-                continue  # not started yet: killed when its STARTED event arrives
-            w = self._pool.workers.get(inst.worker)
-            if w is not None and inst._handle in w.inflight:
-                self._pool.kill(w, "cancel", inst._handle | inst.attempts << 32)
+            targets = [inst]
+            if inst._recurring:
+                with self._lock:
+                    targets = list(inst._runs)
+                    self._end_recurrence(inst, "canceled", suspend=False)
+            for t in targets:
+                if t.worker is None or t.state is not _PROCESSING:
+                    continue  # not started yet: killed when its STARTED event arrives
+                w = self._pool.workers.get(t.worker)
+                if w is not None and t._handle in w.inflight:
+                    self._pool.kill(w, "cancel", t._handle | t.attempts << 32)
 
     def _live(self) -> list[Instance]:
         with self._lock:
-            live = [i for i in self._by_handle if i is not None]
+            live = [i for i in self._by_handle if i is not None and i._parent is None]
             live += [i for i, _ in self._inbox]
         return live
 
@@ -592,6 +825,7 @@ class Manager(Executor):
         """Start the supervisor, the workers and the engine thread."""
         if self._state != "new":
             raise ManagerStateError(f"start() on a manager that is {self._state}")
+        self._claim()  # resume recurrences waiting in the store
         self._pool = Pool()
         self._pool.start({"max_memory": self._max_memory, "term_grace": self._kill_grace})
         self._wake = self._pool.doorbell.ring
@@ -754,6 +988,8 @@ class Manager(Executor):
                     self._serve_kill_requests()
                 if self._clock.virtual:
                     self._virtual_timeouts()
+                if self._state == "running":
+                    self._renew()
                 if self._state == "stopping":
                     if self._stop_step():
                         break
@@ -778,13 +1014,17 @@ class Manager(Executor):
                 self._core.cancel(inst._handle)
                 self._release(inst)
         for inst in orphans:  # only after a failure: an orderly stop leaves none
-            if not inst.done():
+            if inst._parent is None and not inst.done():
                 inst.set_exception(
                     ManagerStateError("the manager stopped before this instance ran")
                 )
         self._clock.unsubscribe(self._wake)
         try:
             self._recorder.run_deferred()
+            # Suspended recurrences wait in the store for the next manager.
+            self.store.release_recurrences(self.node)
+        except Exception:
+            log.exception("jobengine: cannot release this manager's recurrences")
         finally:
             self._pool.close()
 
@@ -808,14 +1048,15 @@ class Manager(Executor):
     def _idle_timeout(self) -> float:
         if self._stop_deadline is not None:
             return max(0.0, min(IDLE_PARK_S, self._stop_deadline - time.monotonic()))
+        park = min(IDLE_PARK_S, max(0.0, self._next_renew - time.monotonic()))
         with self._lock:
             nxt = self._core.next_due_ns()
             ready = self._core.ready_len
         if ready or nxt is None or self._clock.virtual:
             # Waiting for a credit, for work, or for a virtual clock to move: an event,
             # a schedule call or clock.advance() rings the doorbell.
-            return IDLE_PARK_S
-        return min(IDLE_PARK_S, max(0.0, (nxt - self._clock.monotonic_ns()) / 1e9))
+            return park
+        return min(park, max(0.0, (nxt - self._clock.monotonic_ns()) / 1e9))
 
     def _apply_resize(self) -> None:
         pool = self._pool
@@ -833,7 +1074,11 @@ class Manager(Executor):
         pool = self._pool
         with self._lock:
             self._take_inbox()
-            queued = [i for i in self._by_handle if i is not None and i._handle in self._core]
+            live = [i for i in self._by_handle if i is not None]
+            queued = [i for i in live if i._counted and i._handle in self._core]
+            for inst in live:  # recurrences are suspended, not canceled
+                if inst._recurring and not inst._ending:
+                    self._end_recurrence(inst, "manager stopped", suspend=True)
         for inst in queued:  # stop() cancels what is still queued
             self._cancel_queued(inst)
         busy = [w for w in pool.workers.values() if w.inflight]
@@ -917,18 +1162,18 @@ class Manager(Executor):
                 self._attempt_failed(inst, err, _TERMINATED, now, cause)
         w.running = None
 
-    def _canceled_running(self, inst: Instance, now: int, cause: str) -> None:
+    def _canceled_running(self, inst: Instance | Run, now: int, cause: str | None) -> None:
         """A started attempt was stopped on purpose: CANCELED, never retried."""
         inst._completed_ns = now
         self._recorder.transition(inst, _CANCELED, now, cause)
+        if inst._parent is not None:
+            self._run_ended(inst)
+            return
         self._finished.append(inst)
         self._recorder.defer(_future_cancel, inst)
 
-    def _cancel_unstarted(self, inst: Instance, now: int) -> None:
-        inst._completed_ns = now
-        self._recorder.transition(inst, _CANCELED, now)
-        self._finished.append(inst)
-        self._recorder.defer(_future_cancel, inst)
+    def _cancel_unstarted(self, inst: Instance | Run, now: int) -> None:
+        self._canceled_running(inst, now, None)
 
     def _drain_events(self) -> bool:
         busy = False
@@ -961,6 +1206,11 @@ class Manager(Executor):
                 inst._started_mono = self._clock.monotonic_ns()
                 w.running = inst
                 rec.transition(inst, _PROCESSING, b)
+                parent = inst._parent
+                if parent is not None:
+                    parent.state = _PROCESSING
+                    parent._processed_ns = b
+                    parent.attempts = inst.attempts
                 if inst._cancel_requested:
                     self._pool.kill(w, "cancel", a)
             elif t == E_OK:
@@ -991,23 +1241,23 @@ class Manager(Executor):
                 rec.log(inst, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
         return True
 
-    def _succeeded(self, inst: Instance, result: Any, t: int) -> None:
+    def _succeeded(self, inst: Instance | Run, result: Any, t: int) -> None:
         rec = self._recorder
         inst._completed_ns = t
         rec.transition(inst, _COMPLETED, t)
-        if inst._recurring:
-            rec.defer(_resolve_run, inst, result, None)
-            if not self._rearm(inst):
-                self._finished.append(inst)
+        parent = inst._parent
+        if parent is not None:
+            rec.defer(_resolve_run, parent, result, None)
+            self._run_ended(inst)
         else:
             self._finished.append(inst)
             rec.defer(inst.set_result, result)
         handler = inst.job.response_handler
         if handler is not None:
-            rec.defer(rec._call, handler, inst, result)
+            rec.defer(rec._call, handler, parent or inst, result)
 
     def _attempt_failed(
-        self, inst: Instance, exc: BaseException, state: State, t: int, cause: str
+        self, inst: Instance | Run, exc: BaseException, state: State, t: int, cause: str
     ) -> None:
         rec = self._recorder
         job = inst.job
@@ -1022,19 +1272,21 @@ class Manager(Executor):
             due = self._clock.monotonic_ns() + int(delay * 1e9) if delay else 0
             with self._lock:
                 self._core.add(inst._handle, due, inst.priority)
+                if inst._parent is not None:
+                    _sync_state(inst._parent)
             return
         inst._completed_ns = t
-        if inst._recurring:
-            rec.defer(_resolve_run, inst, None, getattr(inst, "_replaced_exc", None) or exc)
-            if not self._rearm(inst):
-                self._finished.append(inst)
+        if inst._parent is not None:
+            err = getattr(inst, "_replaced_exc", None) or exc
+            rec.defer(_resolve_run, inst._parent, None, err)
+            self._run_ended(inst)
             return
         self._finished.append(inst)
         rec.defer(self._resolve_failure, inst, exc)
 
-    def _run_error_handler(self, inst: Instance, exc: BaseException) -> None:
+    def _run_error_handler(self, inst: Instance | Run, exc: BaseException) -> None:
         try:
-            replaced = inst.job.error_handler(inst, exc)
+            replaced = inst.job.error_handler(inst._parent or inst, exc)
         except Exception:
             log.exception("jobengine: the error_handler of job %r raised", inst.kind)
             return
@@ -1076,6 +1328,32 @@ def _resolve_run(inst: Instance, result: Any, exc: BaseException | None) -> None
         inst.set_result(result)
     else:
         inst.set_exception(exc)
+
+
+def _dumps(obj: Any) -> bytes:
+    raw = pickle.dumps(obj, protocol=5)
+    if b"__main__" in raw:
+        # A class or function of the user's script: workers cannot import __main__ by
+        # name, so send it by value.
+        raw = cloudpickle.dumps(obj, protocol=5)
+    return raw
+
+
+def _sync_state(inst: Instance) -> None:
+    """A live recurring instance is PROCESSING while any of its runs is, else SCHEDULED."""
+    if not inst._ending:
+        running = any(r.state is _PROCESSING for r in inst._runs)
+        inst.state = _PROCESSING if running else _SCHEDULED
+
+
+def _settle_suspended(inst: Instance) -> None:
+    if not inst.done():
+        inst.set_exception(
+            ManagerStateError(
+                f"the manager stopped before a run of {inst.kind!r} finished; the recurrence "
+                "is suspended in the store and resumes when a manager starts on it"
+            )
+        )
 
 
 def _future_cancel(inst: Instance) -> None:

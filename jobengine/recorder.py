@@ -62,11 +62,12 @@ class Recorder:
         self._logs: deque[LogRecord] = deque()
         self._touched: deque[Instance] = deque()
         self._deferred: deque[tuple[Callable, tuple]] = deque()
+        self._store_ops: deque[tuple[Callable, tuple]] = deque()
 
     def transition(
         self, inst: Instance, state: State, time_ns: int, cause: str | None = None
     ) -> None:
-        """Move inst to `state` (validated) and queue its record."""
+        """Move inst (an Instance or a Run) to `state` (validated) and queue its record."""
         check_transition(inst.state, state)
         inst.state = state
         self._states.append(
@@ -81,10 +82,34 @@ class Recorder:
                 cause,
             )
         )
+        owner = inst._parent or inst  # a Run's records and handlers are its instance's
+        self._touched.append(owner)
+        handler = inst.job.state_change_handler
+        if handler is not None:
+            self._deferred.append((self._call, (handler, owner, state)))
+
+    def next_run(
+        self, inst: Instance, state: State, time_ns: int, cause: str | None = None
+    ) -> None:
+        """Record the state of a recurring instance's next run (inst.run), which has no
+        Run yet: SCHEDULED when its tick is armed, CANCELED if the recurrence ends first."""
+        kind = inst.job.kind
+        self._states.append(
+            StateRecord(inst.uuid_str, kind, state, time_ns, 0, None, inst.run, cause)
+        )
         self._touched.append(inst)
         handler = inst.job.state_change_handler
         if handler is not None:
             self._deferred.append((self._call, (handler, inst, state)))
+
+    def store_op(self, fn: Callable, *args: Any) -> None:
+        """Call fn(*args) (a store verb) with the next batch, after its records."""
+        self._store_ops.append((fn, args))
+
+    def touch(self, inst: Instance) -> None:
+        """Write inst's InstanceRecord again with the next batch (a change without a
+        state record of its own)."""
+        self._touched.append(inst)
 
     def created(self, inst: Instance, time_ns: int) -> None:
         """Record a new instance: CREATED, then SCHEDULED, at the same instant."""
@@ -146,6 +171,8 @@ class Recorder:
                 self.store.append_states(states)
             if logs:
                 self.store.append_logs(logs)
+            for fn, args in _drain(self._store_ops):
+                fn(*args)
 
     def run_deferred(self) -> bool:
         """Flush, then resolve futures and run handlers queued before the flush."""

@@ -276,3 +276,74 @@ class InstanceRecord:
 
     def __repr__(self) -> str:
         return f"InstanceRecord({self.uuid}, {self.kind!r}, {self.state.name})"
+
+
+class RecurrenceRecord:
+    """A recurring (crontab) instance as a store keeps it, so that it outlives the
+    manager running it: a manager that starts on the store later (or takes over when
+    the owner's lease lapses) resumes it under the same uuid and run numbers, and the
+    job's misfire policy decides what happens to the ticks missed meanwhile.
+
+    key identifies the schedule (kind, crontab, time zone and arguments): scheduling
+    the same one again returns the live instance rather than a second recurrence.
+    payload is the pickled (args, kwargs) the worker receives; run and fire_ns are the
+    next run's number and its tick (ns, before jitter); owner and lease_until_ns say
+    which manager runs it and until when its claim holds without renewal."""
+
+    __slots__ = (
+        "created_ns",
+        "fire_ns",
+        "key",
+        "kind",
+        "lease_until_ns",
+        "owner",
+        "payload",
+        "priority",
+        "run",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        uuid: str,
+        kind: str,
+        key: str,
+        payload: bytes,
+        priority: int,
+        run: int,
+        fire_ns: int,
+        created_ns: int,
+        owner: str | None = None,
+        lease_until_ns: int = 0,
+    ):
+        self.uuid = uuid
+        self.kind = kind
+        self.key = key
+        self.payload = bytes(payload)
+        self.priority = priority
+        self.run = run
+        self.fire_ns = fire_ns
+        self.created_ns = created_ns
+        self.owner = owner or None
+        self.lease_until_ns = lease_until_ns
+
+    FIELDS = ("uuid", "kind", "key", "payload", "priority", "run", "fire_ns", "created_ns",
+              "owner", "lease_until_ns")  # fmt: skip
+
+    def as_tuple(self) -> tuple:
+        """The fields in FIELDS order (the column order of the SQL stores)."""
+        return tuple(getattr(self, f) for f in self.FIELDS)
+
+    @property
+    def fire_at(self) -> datetime:
+        """The next run's tick, an aware UTC datetime."""
+        return ns_to_datetime(self.fire_ns)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecurrenceRecord) and self.as_tuple() == other.as_tuple()
+
+    def __repr__(self) -> str:
+        return (
+            f"RecurrenceRecord({self.uuid}, {self.kind!r}, run {self.run} at "
+            f"{self.fire_at.isoformat()}, owner {self.owner!r})"
+        )

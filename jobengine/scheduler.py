@@ -67,8 +67,8 @@ class Dispatcher:
                 return False
             by_handle = m._by_handle
             instances = [by_handle[h] for h in handles]
-            if any(i._recurring for i in instances):
-                instances = [i for i in instances if not i._recurring or m._release_fire(i)]
+            if any(i._recurring for i in instances):  # a tick: dispatch a Run for it
+                instances = [r for i in instances if (r := m._fire(i) if i._recurring else i)]
         # Deal the instances out round-robin, least-loaded worker first: the best
         # ones start first, wherever a worker is free.
         slots = sorted(workers, key=_load)

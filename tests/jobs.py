@@ -159,3 +159,11 @@ def counter():
     """Returns 1, 2, 3... per worker process (a fresh worker restarts at 1)."""
     _calls["n"] += 1
     return _calls["n"]
+
+
+def hold_until(path, value=None, limit=30.0):
+    """Run until the file at `path` exists (a gate the test opens), then return value."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return value

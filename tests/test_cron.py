@@ -8,7 +8,7 @@ import jobs
 import pytest
 from conftest import all_workers_up, wait_for
 
-from jobengine import Job, JobTimeout, LogLevel, Manager, State
+from jobengine import Job, JobTimeout, LogLevel, Manager, ManagerStateError, Query, State
 from jobengine.clock import VirtualClock
 
 UTC = timezone.utc
@@ -171,7 +171,10 @@ def test_wait_and_stop_with_wait_do_not_wait_for_a_recurrence_to_end(vclock):
         ji = m.schedule_job(Job("forever", jobs.noop, crontab="* * * * *", timezone="UTC"))
         one = m.submit(jobs.add, 1, 1)
         assert m.wait(timeout=10) and one.result() == 2
-    assert ji.state is State.CANCELED  # stop ends the recurrence
+    # stop suspends the recurrence: its next run stays SCHEDULED in the store
+    assert ji.state is State.SCHEDULED and ji.done()
+    assert isinstance(ji.exception(), ManagerStateError)
+    assert State.CANCELED not in [r.state for r in m.lookup_instance_history(ji)]
 
 
 def test_real_clock_seconds_field_fires_every_second():
@@ -187,3 +190,69 @@ def test_real_clock_seconds_field_fires_every_second():
         starts = [r.time_ns for r in history if r.state is State.PROCESSING]
         for fire, start in zip(fires, starts, strict=False):
             assert 0 <= start - fire.timestamp() * 1e9 < 0.5e9  # started within 0.5 s of its tick
+
+
+def open_runs_over_time(history):
+    """The most runs of one instance PROCESSING at once, read from its history."""
+    open_runs, most = set(), 0
+    for r in history:
+        if r.state is State.PROCESSING:
+            open_runs.add(r.run)
+        elif r.state & State.FINAL:
+            open_runs.discard(r.run)
+        most = max(most, len(open_runs))
+    return most
+
+
+def test_max_overlap_lets_that_many_runs_of_one_instance_overlap(vclock, tmp_path):
+    gate = tmp_path / "gate"
+    with Manager(num_workers=3, clock=vclock) as m:
+        wait_for(all_workers_up(m))
+        ji = m.schedule_job(Job("overlap", jobs.hold_until, crontab="* * * * *", timezone="UTC",
+                                max_overlap=2), args=(str(gate), "done"))  # fmt: skip
+        vclock.advance(60)
+        wait_for(ji.running)
+        assert ji.run == 2 and ji.scheduled_at == T0 + timedelta(minutes=2)  # armed at once
+        vclock.advance(60)
+        wait_for(lambda: len([w for w in m.workers if w.current == ji.uuid_str]) == 2)
+        assert ji.state is State.PROCESSING and not ji.cancel()  # runs in flight
+        vclock.advance(60)  # a third tick while two runs hold: it waits, never a third run
+        time.sleep(0.3)
+        assert len([w for w in m.workers if w.current == ji.uuid_str]) == 2
+        gate.touch()
+        wait_for(lambda: ji.run == 4 and ji.state is State.SCHEDULED)
+        assert ji.result() == "done"
+        history = m.lookup_instance_history(ji)
+    assert open_runs_over_time(history) == 2
+    for run in (1, 2, 3):  # each run's own records are a legal life
+        assert [r.state for r in history if r.run == run and r.state is not State.CREATED] == [
+            State.SCHEDULED, State.PROCESSING, State.COMPLETED]  # fmt: skip
+    first_done = next(i for i, r in enumerate(history) if r.state is State.COMPLETED)
+    third_start = next(i for i, r in enumerate(history)
+                       if r.state is State.PROCESSING and r.run == 3)  # fmt: skip
+    assert third_start > first_done  # the third run waited for a slot
+    workers = {r.worker for r in history if r.state is State.PROCESSING and r.run in (1, 2)}
+    assert len(workers) == 2
+
+
+def test_cancel_instances_ends_an_overlapping_recurrence_and_its_runs(vclock, tmp_path):
+    with Manager(num_workers=2, clock=vclock) as m:
+        wait_for(all_workers_up(m))
+        ji = m.schedule_job(Job("overlap-cancel", jobs.hold_until, crontab="* * * * *",
+                                timezone="UTC", max_overlap=3),
+                            args=(str(tmp_path / "never"),))  # fmt: skip
+        vclock.advance(60)
+        wait_for(ji.running)
+        vclock.advance(60)
+        wait_for(lambda: len([w for w in m.workers if w.current == ji.uuid_str]) == 2)
+        assert m.cancel_instances(Query(uuid=ji.uuid)) == [ji]
+        wait_for(ji.done)
+        assert ji.cancelled() and ji.state is State.CANCELED
+        history = m.lookup_instance_history(ji)
+        # both running runs and the armed third tick end CANCELED; nothing runs after
+        assert {(r.run, r.state) for r in history if r.state is State.CANCELED} == {
+            (1, State.CANCELED), (2, State.CANCELED), (3, State.CANCELED)}  # fmt: skip
+        vclock.advance(600)
+        time.sleep(0.2)
+        assert m.lookup_instance_history(ji) == history
+        assert m.wait(timeout=5)

@@ -307,8 +307,8 @@ def test_sigint_stops_gracefully_then_raises_keyboard_interrupt(tmp_path):
         queued = m.submit(jobs.noop)
         while not running.running():
             time.sleep(0.01)
-        print("READY", flush=True)
-        try:
+        try:  # READY inside the try: the signal may land the moment it is written
+            print("READY", flush=True)
             running.result()
         except KeyboardInterrupt:
             m.stop()

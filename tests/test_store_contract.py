@@ -15,6 +15,7 @@ from jobengine import (
     MemoryStore,
     PostgresStore,
     Query,
+    RecurrenceRecord,
     RedisStore,
     SQLiteStore,
     State,
@@ -220,3 +221,70 @@ def test_open_store_builds_external_stores_from_urls():
             pytest.skip(str(e))
         assert isinstance(s, cls)
         s.close()
+
+
+def rec(uuid, key=None, kind="cron", run=1, fire=100, created=1, owner=None, lease=0):
+    return RecurrenceRecord(uuid, kind, key or f"key-{uuid}", b"\x80\x05payload", 3, run, fire,
+                            created, owner, lease)  # fmt: skip
+
+
+def test_a_schedule_key_is_stored_once(make_store):
+    s = make_store()
+    first = rec("a", key="k1", owner="m1", lease=50)
+    assert s.add_recurrence(first) == first
+    # the same schedule again (another uuid, another manager): the stored one comes back
+    assert s.add_recurrence(rec("b", key="k1", owner="m2", lease=60)) == first
+    assert s.lookup_recurrences() == [first]
+    assert s.lookup_recurrences()[0].payload == b"\x80\x05payload"
+
+
+def test_save_only_by_its_owner(make_store):
+    s = make_store()
+    s.add_recurrence(rec("a", owner="m1", lease=50))
+    assert s.save_recurrence(rec("a", run=2, fire=200, owner="m1", lease=70))
+    assert not s.save_recurrence(rec("a", run=9, fire=900, owner="m2", lease=90))
+    assert not s.save_recurrence(rec("zzz", owner="m1"))
+    (r,) = s.lookup_recurrences()
+    assert (r.run, r.fire_ns, r.owner, r.lease_until_ns) == (2, 200, "m1", 70)
+
+
+def test_claim_takes_unowned_and_lapsed_of_the_kinds_asked(make_store):
+    s = make_store()
+    s.add_recurrence(rec("free", created=1))
+    s.add_recurrence(rec("lapsed", created=2, owner="dead", lease=100))
+    s.add_recurrence(rec("held", created=3, owner="alive", lease=10_000))
+    s.add_recurrence(rec("other-kind", kind="other", created=4))
+    got = s.claim_recurrences("me", ["cron"], now_ns=500, lease_until_ns=900)
+    assert [r.uuid for r in got] == ["free", "lapsed"]
+    assert all(r.owner == "me" and r.lease_until_ns == 900 for r in got)
+    # claimed: nobody else gets them now
+    assert s.claim_recurrences("you", ["cron", "other"], 600, 1000)[0].uuid == "other-kind"
+    assert s.claim_recurrences("you", ["cron"], 600, 1000) == []
+    assert s.claim_recurrences("you", [], 600, 1000) == []
+
+
+def test_renew_release_delete(make_store):
+    s = make_store()
+    s.add_recurrence(rec("a", created=1, owner="me", lease=10))
+    s.add_recurrence(rec("b", created=2, owner="me", lease=10))
+    s.add_recurrence(rec("c", created=3, owner="you", lease=10))
+    assert s.renew_recurrences("me", 99) == {"a", "b"}
+    assert [r.lease_until_ns for r in s.lookup_recurrences()] == [99, 99, 10]
+    assert s.release_recurrences("me") == 2
+    assert [r.owner for r in s.lookup_recurrences()] == [None, None, "you"]
+    assert s.renew_recurrences("me", 120) == set()
+    s.delete_recurrence("a")
+    s.delete_recurrence("never-was")
+    assert [r.uuid for r in s.lookup_recurrences()] == ["b", "c"]
+    assert [r.uuid for r in s.lookup_recurrences(kind="cron")] == ["b", "c"]
+    # its key is free again
+    assert s.add_recurrence(rec("a2", key="key-a")).uuid == "a2"
+
+
+def test_clear_forgets_recurrences_of_its_namespace_only(make_store):
+    mine, theirs = make_store("rmine"), make_store("rtheirs")
+    mine.add_recurrence(rec("a"))
+    theirs.add_recurrence(rec("b"))
+    mine.clear()
+    assert mine.lookup_recurrences() == []
+    assert [r.uuid for r in theirs.lookup_recurrences()] == ["b"]

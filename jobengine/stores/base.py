@@ -8,6 +8,12 @@ three things per instance, keyed by its uuid string:
 - its state history: StateRecords in the order they were appended;
 - its log history: LogRecords in the order they were appended.
 
+It also keeps recurring instances (RecurrenceRecord), so that a crontab schedule
+outlives the manager running it.  A manager owns the recurrences it runs through a
+lease it renews; a lapsed lease (the manager died) or a released one (it stopped) lets
+another manager claim them.  Every verb on recurrences is atomic: two managers on one
+store never both own one.
+
 Every store has a namespace; clear() and the clear_* methods touch only that namespace.
 Implementations document only where they deviate from what is written here.
 """
@@ -18,7 +24,7 @@ import abc
 from collections.abc import Sequence
 
 from ..query import Query
-from ..records import InstanceRecord, LogRecord, StateRecord
+from ..records import InstanceRecord, LogRecord, RecurrenceRecord, StateRecord
 
 
 class Store(abc.ABC):
@@ -57,6 +63,41 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def lookup_logs(self, uuid: str) -> list[LogRecord]:
         """The log history of `uuid` (empty if unknown)."""
+
+    # -- recurrences (atomic) ---------------------------------------------------------
+    @abc.abstractmethod
+    def add_recurrence(self, rec: RecurrenceRecord) -> RecurrenceRecord:
+        """Insert `rec` unless a recurrence with its key exists; return the stored one
+        (rec itself, or the existing recurrence, whoever owns it)."""
+
+    @abc.abstractmethod
+    def save_recurrence(self, rec: RecurrenceRecord) -> bool:
+        """Store rec's run, fire_ns and lease_until_ns if rec.owner still owns it;
+        False (and no change) if it does not, or it is gone."""
+
+    @abc.abstractmethod
+    def claim_recurrences(
+        self, owner: str, kinds: Sequence[str], now_ns: int, lease_until_ns: int
+    ) -> list[RecurrenceRecord]:
+        """Take every recurrence of one of `kinds` that has no owner or whose lease
+        ended before now_ns: make `owner` its owner until lease_until_ns and return them."""
+
+    @abc.abstractmethod
+    def renew_recurrences(self, owner: str, lease_until_ns: int) -> set[str]:
+        """Extend the lease of every recurrence `owner` owns; return their uuids."""
+
+    @abc.abstractmethod
+    def release_recurrences(self, owner: str) -> int:
+        """Give up every recurrence `owner` owns (another manager may claim them at
+        once); return how many."""
+
+    @abc.abstractmethod
+    def delete_recurrence(self, uuid: str) -> None:
+        """Forget the recurrence `uuid` (it ended); no error if unknown."""
+
+    @abc.abstractmethod
+    def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
+        """Every recurrence (of `kind`, if given), oldest first."""
 
     # -- deletes -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from ..query import Query
-from ..records import InstanceRecord, LogLevel, LogRecord, StateRecord
+from ..records import InstanceRecord, LogLevel, LogRecord, RecurrenceRecord, StateRecord
 from ..state import State
 from .base import Store
 
@@ -42,6 +42,7 @@ class MemoryStore(Store):
         self._rows: dict[str, list] = {}  # uuid -> header + flattened history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
+        self._recurrences: dict[str, tuple] = {}  # uuid -> RecurrenceRecord fields
 
     def _row(self, uuid: str, kind: str) -> list:
         row = self._rows.get(uuid)
@@ -124,6 +125,59 @@ class MemoryStore(Store):
             rows = list(self._logs.get(uuid, ()))
         return [LogRecord(uuid, k, _LEVEL[lv], t, m, a) for k, lv, t, m, a in rows]
 
+    # -- recurrences: tuples in, fresh records out, so no caller shares a mutable one ----
+    def add_recurrence(self, rec: RecurrenceRecord) -> RecurrenceRecord:
+        with self._lock:
+            for fields in self._recurrences.values():
+                if fields[2] == rec.key:
+                    return RecurrenceRecord(*fields)
+            self._recurrences[rec.uuid] = rec.as_tuple()
+        return rec
+
+    def save_recurrence(self, rec: RecurrenceRecord) -> bool:
+        with self._lock:
+            old = self._recurrences.get(rec.uuid)
+            if old is None or old[8] != rec.owner:
+                return False
+            self._recurrences[rec.uuid] = (*old[:5], rec.run, rec.fire_ns, old[7], old[8],
+                                           rec.lease_until_ns)  # fmt: skip
+            return True
+
+    def claim_recurrences(
+        self, owner: str, kinds: Sequence[str], now_ns: int, lease_until_ns: int
+    ) -> list[RecurrenceRecord]:
+        out = []
+        with self._lock:
+            for uuid, f in self._recurrences.items():
+                if f[1] in kinds and (f[8] is None or f[9] < now_ns):
+                    f = self._recurrences[uuid] = (*f[:8], owner, lease_until_ns)
+                    out.append(RecurrenceRecord(*f))
+        return out
+
+    def renew_recurrences(self, owner: str, lease_until_ns: int) -> set[str]:
+        with self._lock:
+            mine = [u for u, f in self._recurrences.items() if f[8] == owner]
+            for u in mine:
+                self._recurrences[u] = (*self._recurrences[u][:9], lease_until_ns)
+        return set(mine)
+
+    def release_recurrences(self, owner: str) -> int:
+        with self._lock:
+            mine = [u for u, f in self._recurrences.items() if f[8] == owner]
+            for u in mine:
+                self._recurrences[u] = (*self._recurrences[u][:8], None, 0)
+        return len(mine)
+
+    def delete_recurrence(self, uuid: str) -> None:
+        with self._lock:
+            self._recurrences.pop(uuid, None)
+
+    def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
+        with self._lock:
+            rows = list(self._recurrences.values())
+        rows.sort(key=lambda f: f[7])
+        return [RecurrenceRecord(*f) for f in rows if kind is None or f[1] == kind]
+
     # -- deletes -----------------------------------------------------------------------
     def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
         n = 0
@@ -160,3 +214,4 @@ class MemoryStore(Store):
         with self._lock:
             self._rows.clear()
             self._logs.clear()
+            self._recurrences.clear()

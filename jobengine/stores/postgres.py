@@ -1,10 +1,10 @@
 """PostgresStore: the Store contract on PostgreSQL (psycopg 3).
 
-Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, `<ns>_logs`),
-so namespaces share a database and clear() deletes only its own rows.  One connection
-guarded by a lock; each batch is one transaction.  The SQL itself is shared with
-SQLiteStore (sql.py).  The distributed queue verbs (claim, lease, ...) are not here yet:
-they arrive with the distributed-store issue."""
+Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, `<ns>_logs`,
+`<ns>_recurrences`), so namespaces share a database and clear() deletes only its own
+rows.  One connection guarded by a lock; each batch is one transaction.  The SQL itself is shared with
+SQLiteStore (sql.py).  The distributed queue verbs for one-off jobs (enqueue, claim, ...)
+are not here yet: they arrive with the distributed-store issue."""
 
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ class PostgresStore(SQLStore):
                         id BIGSERIAL PRIMARY KEY, uuid TEXT, kind TEXT, level INTEGER,
                         time_ns BIGINT, message TEXT, attempt INTEGER)""")
                 self._db.execute(f"CREATE INDEX IF NOT EXISTS {ns}_logs_uuid ON {ns}_logs(uuid)")
+                self._db.execute(f"""
+                    CREATE TABLE IF NOT EXISTS {ns}_recurrences (
+                        uuid TEXT PRIMARY KEY, kind TEXT, key TEXT UNIQUE, payload BYTEA,
+                        priority INTEGER, run INTEGER, fire_ns BIGINT, created_ns BIGINT,
+                        owner TEXT, lease_until_ns BIGINT)""")
         except psycopg.Error as e:
             raise StoreError(f"cannot open PostgreSQL store {dsn!r}: {e}") from e
 

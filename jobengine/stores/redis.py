@@ -7,8 +7,12 @@ Keys, all under the namespace prefix `<ns>:` (clear() deletes only those):
   <ns>:s:<uuid>         list: state records (orjson)
   <ns>:l:<uuid>         list: log records (orjson)
   <ns>:st / <ns>:lt     sorted sets: "<uuid> <n>" members scored by time, for clear_*
-Every batch is one pipeline (one round trip).  The distributed queue verbs (claim,
-lease, ...) are not here yet: they arrive with the distributed-store issue."""
+  <ns>:r:<uuid>         hash: a RecurrenceRecord (one field per attribute)
+  <ns>:rk               hash: schedule key -> uuid;  <ns>:rs  set of recurrence uuids
+Every batch is one pipeline (one round trip).  Each recurrence verb is one Lua script,
+which Redis runs atomically: two managers claiming at once never both win.  The
+distributed queue verbs for one-off jobs (enqueue, claim, ...) are not here yet: they
+arrive with the distributed-store issue."""
 
 from __future__ import annotations
 
@@ -18,13 +22,54 @@ import orjson
 
 from ..errors import StoreError
 from ..query import Query
-from ..records import InstanceRecord, LogRecord, StateRecord
+from ..records import InstanceRecord, LogRecord, RecurrenceRecord, StateRecord
 from .base import Store
 
 try:
     import redis as _redis
 except ImportError:  # pragma: no cover - exercised only without the extra
     _redis = None
+
+
+# KEYS: the key index, the uuid set; ARGV[1] the prefix of recurrence hashes.  Lua
+# builds those hashes' names itself: fine on one server (not Redis Cluster).
+_ADD = """
+local found = redis.call('HGET', KEYS[1], ARGV[2])
+if found then return found end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('HSET', ARGV[1] .. ARGV[3], unpack(ARGV, 4))
+return ARGV[3]
+"""
+_SAVE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'run', ARGV[2], 'fire_ns', ARGV[3], 'lease_until_ns', ARGV[4])
+return 1
+"""
+_CLAIM = """
+local kinds = {}
+for i = 5, #ARGV do kinds[ARGV[i]] = true end
+local out = {}
+for _, u in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local f = redis.call('HMGET', ARGV[1] .. u, 'kind', 'owner', 'lease_until_ns')
+  if kinds[f[1]] and (f[2] == '' or tonumber(f[3]) < tonumber(ARGV[2])) then
+    redis.call('HSET', ARGV[1] .. u, 'owner', ARGV[3], 'lease_until_ns', ARGV[4])
+    table.insert(out, u)
+  end
+end
+return out
+"""
+# Renew (ARGV[3] = the owner again) or release (ARGV[3] = '') what ARGV[2] owns.
+_MINE = """
+local out = {}
+for _, u in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('HGET', ARGV[1] .. u, 'owner') == ARGV[2] then
+    redis.call('HSET', ARGV[1] .. u, 'owner', ARGV[3], 'lease_until_ns', ARGV[4])
+    table.insert(out, u)
+  end
+end
+return out
+"""
 
 
 class RedisStore(Store):
@@ -125,6 +170,99 @@ class RedisStore(Store):
     def lookup_logs(self, uuid: str) -> list[LogRecord]:
         rows = self._run(lambda: self._r.lrange(self._k("l", uuid), 0, -1))
         return [LogRecord.from_dict(orjson.loads(x)) for x in rows if x != b"-"]
+
+    # -- recurrences -------------------------------------------------------------------
+    def _script(self, name: str, src: str):
+        scripts = self.__dict__.setdefault("_scripts", {})
+        if name not in scripts:
+            scripts[name] = self._r.register_script(src)
+        return scripts[name]
+
+    def _recurrence(self, uuid: str) -> RecurrenceRecord | None:
+        raw = self._r.hgetall(self._k("r", uuid))
+        if not raw:
+            return None
+        f = {k.decode(): v for k, v in raw.items()}
+        return RecurrenceRecord(
+            f["uuid"].decode(), f["kind"].decode(), f["key"].decode(), f["payload"],
+            int(f["priority"]), int(f["run"]), int(f["fire_ns"]), int(f["created_ns"]),
+            f["owner"].decode() or None, int(f["lease_until_ns"]),
+        )  # fmt: skip
+
+    def _rkeys(self) -> list[str]:
+        return [self._k("rk"), self._k("rs")]
+
+    def add_recurrence(self, rec: RecurrenceRecord) -> RecurrenceRecord:
+        fields = []
+        for name, value in zip(RecurrenceRecord.FIELDS, rec.as_tuple(), strict=True):
+            fields += [name, "" if value is None else value]
+
+        def go():
+            uuid = self._script("add", _ADD)(
+                keys=self._rkeys(), args=[self._p + "r:", rec.key, rec.uuid, *fields]
+            ).decode()
+            return rec if uuid == rec.uuid else self._recurrence(uuid)
+
+        return self._run(go)
+
+    def save_recurrence(self, rec: RecurrenceRecord) -> bool:
+        return bool(
+            self._run(
+                lambda: self._script("save", _SAVE)(
+                    keys=[self._k("r", rec.uuid)],
+                    args=[rec.owner or "", rec.run, rec.fire_ns, rec.lease_until_ns],
+                )
+            )
+        )
+
+    def claim_recurrences(
+        self, owner: str, kinds: Sequence[str], now_ns: int, lease_until_ns: int
+    ) -> list[RecurrenceRecord]:
+        if not kinds:
+            return []
+
+        def go():
+            uuids = self._script("claim", _CLAIM)(
+                keys=self._rkeys(),
+                args=[self._p + "r:", now_ns, owner, lease_until_ns, *kinds],
+            )
+            recs = [self._recurrence(u.decode()) for u in uuids]
+            return sorted((r for r in recs if r is not None), key=lambda r: r.created_ns)
+
+        return self._run(go)
+
+    def _mine(self, owner: str, new_owner: str, lease_until_ns: int) -> list[bytes]:
+        return self._run(
+            lambda: self._script("mine", _MINE)(
+                keys=self._rkeys(), args=[self._p + "r:", owner, new_owner, lease_until_ns]
+            )
+        )
+
+    def renew_recurrences(self, owner: str, lease_until_ns: int) -> set[str]:
+        return {u.decode() for u in self._mine(owner, owner, lease_until_ns)}
+
+    def release_recurrences(self, owner: str) -> int:
+        return len(self._mine(owner, "", 0))
+
+    def delete_recurrence(self, uuid: str) -> None:
+        def go():
+            key = self._r.hget(self._k("r", uuid), "key")
+            pipe = self._r.pipeline(transaction=True)
+            if key is not None:
+                pipe.hdel(self._k("rk"), key)
+            pipe.srem(self._k("rs"), uuid)
+            pipe.delete(self._k("r", uuid))
+            pipe.execute()
+
+        self._run(go)
+
+    def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
+        def go():
+            uuids = self._r.smembers(self._k("rs"))
+            recs = [self._recurrence(u.decode()) for u in uuids]
+            return [r for r in recs if r is not None and (kind is None or r.kind == kind)]
+
+        return sorted(self._run(go), key=lambda r: r.created_ns)
 
     # -- deletes -----------------------------------------------------------------------
     def _clear(self, kind: str, timeline: str, before_ns, after_ns) -> int:

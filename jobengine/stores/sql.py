@@ -3,7 +3,10 @@
 A driver subclass (sqlite.py, postgres.py) opens the connection, creates the tables and
 provides `_batch` (executemany in one transaction), `_query` (fetchall) and `_execute`
 (returns rowcount), plus `_ph`, its parameter placeholder, and `_order`, the column that
-keeps instances in creation order.  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`."""
+keeps instances in creation order.  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`,
+`<ns>_recurrences`.  Each recurrence verb is one statement, so the database makes it
+atomic (PostgreSQL re-checks an UPDATE's WHERE on a row another transaction just
+changed: two managers claiming at once never both win)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ import threading
 from collections.abc import Sequence
 
 from ..query import Query
-from ..records import InstanceRecord, LogLevel, LogRecord, StateRecord
+from ..records import InstanceRecord, LogLevel, LogRecord, RecurrenceRecord, StateRecord
 from ..state import State
 from .base import Store
 
+RECURRENCE_COLUMNS = ", ".join(RecurrenceRecord.FIELDS)
 INSTANCE_COLUMNS = (
     "uuid, kind, state, priority, attempts, created_ns, scheduled_ns, processed_ns, completed_ns"
 )
@@ -28,7 +32,7 @@ class SQLStore(Store):
         self.namespace = namespace
         self._lock = threading.Lock()
         self._t = {"i": f"{namespace}_instances", "s": f"{namespace}_states",
-                   "l": f"{namespace}_logs"}  # fmt: skip
+                   "l": f"{namespace}_logs", "r": f"{namespace}_recurrences"}  # fmt: skip
 
     # -- driver hooks ------------------------------------------------------------------
     def _batch(self, sql: str, rows: list[tuple]) -> None:
@@ -119,6 +123,67 @@ class SQLStore(Store):
             (uuid,),
         )
         return [LogRecord(u, k, LogLevel(lv), t, m, a) for u, k, lv, t, m, a in rows]
+
+    # -- recurrences -------------------------------------------------------------------
+    def add_recurrence(self, rec: RecurrenceRecord) -> RecurrenceRecord:
+        t, ph = self._t["r"], self._ph
+        self._execute(
+            f"INSERT INTO {t} ({RECURRENCE_COLUMNS}) VALUES ({self._marks(10)})"
+            " ON CONFLICT DO NOTHING",
+            rec.as_tuple(),
+        )
+        rows = self._query(f"SELECT {RECURRENCE_COLUMNS} FROM {t} WHERE key = {ph}", (rec.key,))
+        return RecurrenceRecord(*rows[0])
+
+    def save_recurrence(self, rec: RecurrenceRecord) -> bool:
+        ph = self._ph
+        return bool(
+            self._execute(
+                f"UPDATE {self._t['r']} SET run = {ph}, fire_ns = {ph}, lease_until_ns = {ph}"
+                f" WHERE uuid = {ph} AND owner = {ph}",
+                (rec.run, rec.fire_ns, rec.lease_until_ns, rec.uuid, rec.owner),
+            )
+        )
+
+    def claim_recurrences(
+        self, owner: str, kinds: Sequence[str], now_ns: int, lease_until_ns: int
+    ) -> list[RecurrenceRecord]:
+        if not kinds:
+            return []
+        ph = self._ph
+        rows = self._query(
+            f"UPDATE {self._t['r']} SET owner = {ph}, lease_until_ns = {ph}"
+            f" WHERE kind IN ({self._marks(len(kinds))})"
+            f" AND (owner IS NULL OR lease_until_ns < {ph}) RETURNING {RECURRENCE_COLUMNS}",
+            (owner, lease_until_ns, *kinds, now_ns),
+        )
+        return sorted((RecurrenceRecord(*r) for r in rows), key=lambda r: r.created_ns)
+
+    def renew_recurrences(self, owner: str, lease_until_ns: int) -> set[str]:
+        ph = self._ph
+        rows = self._query(
+            f"UPDATE {self._t['r']} SET lease_until_ns = {ph} WHERE owner = {ph} RETURNING uuid",
+            (lease_until_ns, owner),
+        )
+        return {r[0] for r in rows}
+
+    def release_recurrences(self, owner: str) -> int:
+        return self._execute(
+            f"UPDATE {self._t['r']} SET owner = NULL, lease_until_ns = 0 WHERE owner = {self._ph}",
+            (owner,),
+        )
+
+    def delete_recurrence(self, uuid: str) -> None:
+        self._execute(f"DELETE FROM {self._t['r']} WHERE uuid = {self._ph}", (uuid,))
+
+    def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
+        sql = f"SELECT {RECURRENCE_COLUMNS} FROM {self._t['r']}"
+        args: tuple = ()
+        if kind is not None:
+            sql += f" WHERE kind = {self._ph}"
+            args = (kind,)
+        rows = self._query(sql + " ORDER BY created_ns", args)
+        return [RecurrenceRecord(*r) for r in rows]
 
     # -- deletes -----------------------------------------------------------------------
     def _delete(self, table: str, before_ns: int | None, after_ns: int | None) -> int:

@@ -1,6 +1,6 @@
 """SQLiteStore: a durable store in one SQLite file (stdlib sqlite3, WAL mode).
 
-Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, `<ns>_logs`), so
+Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, ...), so
 several namespaces share a file and clear() drops only its own rows.  One connection,
 guarded by a lock (the engine writes in batches from one thread; lookups come from any);
 each batch is one transaction.  The SQL itself is shared with PostgresStore (sql.py)."""
@@ -51,6 +51,10 @@ class SQLiteStore(SQLStore):
                     id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT, kind TEXT,
                     level INTEGER, time_ns INTEGER, message TEXT, attempt INTEGER);
                 CREATE INDEX IF NOT EXISTS {ns}_logs_uuid ON {ns}_logs(uuid);
+                CREATE TABLE IF NOT EXISTS {ns}_recurrences (
+                    uuid TEXT PRIMARY KEY, kind TEXT, key TEXT UNIQUE, payload BLOB,
+                    priority INTEGER, run INTEGER, fire_ns INTEGER, created_ns INTEGER,
+                    owner TEXT, lease_until_ns INTEGER);
             """)  # fmt: skip
 
     def _fail(self, e: Exception) -> StoreError:
