@@ -2,9 +2,9 @@
 
 Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, `<ns>_logs`,
 `<ns>_recurrences`), so namespaces share a database and clear() deletes only its own
-rows.  One connection guarded by a lock; each batch is one transaction.  The SQL itself is shared with
-SQLiteStore (sql.py).  The distributed queue verbs for one-off jobs (enqueue, claim, ...)
-are not here yet: they arrive with the distributed-store issue."""
+rows.  One connection guarded by a lock; each batch is one transaction.  The SQL itself
+is shared with SQLiteStore (sql.py).  The distributed queue verbs for one-off jobs
+(enqueue, claim, ...) are not here yet: they arrive with the distributed-store issue."""
 
 from __future__ import annotations
 
