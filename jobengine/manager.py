@@ -399,10 +399,14 @@ class Manager(Executor):
             self._known[stored.uuid] = weakref.ref(standby)
         return standby
 
-    def _recurrence_instance(self, rec: RecurrenceRecord, job: Job) -> Instance:
-        args, kwargs = pickle.loads(rec.payload)[:2]
-        inst = Instance(self, job, _uuid.UUID(rec.uuid).int, args, kwargs, rec.priority,
-                        rec.created_ns)  # fmt: skip
+    def _recurrence_instance(
+        self, rec: RecurrenceRecord, job: Job, inst: Instance | None = None
+    ) -> Instance:
+        """An Instance for a stored recurrence (or `inst`, a stand-in, brought up to date)."""
+        if inst is None:
+            args, kwargs = pickle.loads(rec.payload)[:2]
+            inst = Instance(self, job, _uuid.UUID(rec.uuid).int, args, kwargs, rec.priority,
+                            rec.created_ns)  # fmt: skip
         inst._payload = rec.payload
         inst._recurring = True
         inst._counted = False
@@ -435,10 +439,8 @@ class Manager(Executor):
         job = self._jobs.get(rec.kind)
         if job is None or job.crontab is None:
             return False
-        inst = self._standby.pop(rec.uuid, None)
         try:
-            if inst is None:
-                inst = self._recurrence_instance(rec, job)
+            inst = self._recurrence_instance(rec, job, self._standby.pop(rec.uuid, None))
             since = rec.fire_at - timedelta(microseconds=1)  # its tick is the first
             inst._fires = fire_times(
                 job.crontab, job._tz, since, nonexistent=job.nonexistent, ambiguous=job.ambiguous
