@@ -65,6 +65,7 @@ class Instance(LogMethods, Future):
     _ending = False  # canceled or stopping: ends when its last run ends
     _suspended = False  # ended by stop(), not canceled: the store may resume it
     _closed = False  # ended: its handle is freed
+    _ran_to_end = False  # its latest ended run was not canceled
     _rec = None  # its RecurrenceRecord while this manager owns it in the store
     fire_log: list = ()  # (run, fire time, jitter seconds) per run, for recurring ones
     _started_mono = 0

@@ -159,6 +159,7 @@ class Manager(Executor):
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid7_int() & 0xFFFFFFFF:08x}"
         self._recurrences: dict[str, Instance] = {}  # uuid -> a recurrence it runs
         self._standby: dict[str, Instance] = {}  # uuid -> one another manager runs
+        self._claim_lock = threading.Lock()  # one claim at a time: each resumes once
         self._next_renew = 0.0
         self._handle_signals = handle_signals
         self._stop_deadline: float | None = None
@@ -425,13 +426,14 @@ class Manager(Executor):
                 kinds = [k for k, j in self._jobs.items() if j.crontab is not None]
         if not kinds:
             return 0
-        now = time.time_ns()
-        recs = self.store.claim_recurrences(self.node, kinds, now, now + self._lease_ns)
-        n = 0
-        for rec in recs:
-            if rec.uuid not in self._recurrences:
-                n += self._resume(rec)
-        return n
+        with self._claim_lock:
+            now = time.time_ns()
+            recs = self.store.claim_recurrences(self.node, kinds, now, now + self._lease_ns)
+            n = 0
+            for rec in recs:
+                if rec.uuid not in self._recurrences:  # else its own, lease renewed early
+                    n += self._resume(rec)
+            return n
 
     def _resume(self, rec: RecurrenceRecord) -> bool:
         """Run a recurrence claimed from the store: same uuid, its next run number; its
@@ -497,7 +499,8 @@ class Manager(Executor):
         run).  The next tick is armed at once while fewer than max_overlap runs are in
         flight; otherwise it waits (parked) until a run ends."""
         if inst._cancel_requested or self._state != "running":
-            self._end_recurrence(inst, "canceled", suspend=not inst._cancel_requested)
+            cause = "canceled" if inst._cancel_requested else "manager stopped"
+            self._end_recurrence(inst, cause, suspend=not inst._cancel_requested)
             return None
         if not self._release_fire(inst):
             return None
@@ -525,11 +528,13 @@ class Manager(Executor):
         on (arm a parked tick) or, when the recurrence is ending, end it with its last run."""
         inst = run._parent
         self._finished.append(run)
+        inst._ran_to_end = run.state is not _CANCELED
         inst._completed_ns = run._completed_ns
         with self._lock:
             inst._runs.remove(run)
             if inst._cancel_requested or inst._ending or self._state != "running":
-                self._end_recurrence(inst, "canceled", suspend=not inst._cancel_requested)
+                cause = "canceled" if inst._cancel_requested else "manager stopped"
+                self._end_recurrence(inst, cause, suspend=not inst._cancel_requested)
             elif inst._parked:
                 inst._parked = False
                 self._arm_next(inst)
@@ -538,9 +543,9 @@ class Manager(Executor):
     def _end_recurrence(self, inst: Instance, cause: str, suspend: bool) -> None:
         """End a recurring instance (engine thread, _lock held): disarm its tick and
         cancel its runs not yet handed to a worker; the instance ends when its last
-        run in flight does.  suspend (the manager stops): the armed tick keeps its
-        SCHEDULED record, open, for a manager started on the same store to resume;
-        otherwise (canceled) it is recorded CANCELED."""
+        run in flight does.  suspend (the manager stops): the next run keeps its
+        SCHEDULED record, open, and the store keeps the recurrence for a manager
+        started on it later; otherwise (canceled) both end, recorded CANCELED."""
         now = self._clock.time_ns()
         rec = self._recorder
         if not inst._ending:
@@ -548,13 +553,17 @@ class Manager(Executor):
             inst._suspended = suspend
             if not suspend and inst._rec is not None:  # canceled: gone from the store too
                 rec.store_op(self.store.delete_recurrence, inst.uuid_str)
-            inst._rec = None
-            if inst._handle >= 0 and self._core.cancel(inst._handle) and not suspend:
+                inst._rec = None
+            if inst._handle >= 0:
+                self._core.cancel(inst._handle)
+            # Unless parked (its tick not armed yet), the next run has an open SCHEDULED
+            # record, armed or firing right now.
+            if not inst._parked and not suspend:
                 rec.next_run(inst, _CANCELED, now, cause)
             for run in [r for r in inst._runs if r.worker is None]:
                 if self._core.cancel(run._handle):
                     run._completed_ns = now
-                    rec.transition(run, _CANCELED, now, "manager stopped" if suspend else cause)
+                    rec.transition(run, _CANCELED, now, cause)
                     inst._runs.remove(run)
                     self._finished.append(run)
         if inst._runs or inst._closed:
@@ -563,8 +572,16 @@ class Manager(Executor):
         self._recurrences.pop(inst.uuid_str, None)
         self._finished.append(inst)  # frees its handle this turn
         if inst._suspended:
+            if inst._parked and inst._rec is not None and inst._ran_to_end:
+                # Its latest run ended on its own: the store must resume at the tick
+                # after it, or the next manager would run that tick again.
+                inst._parked = False
+                inst.run += 1
+                rec.next_run(inst, _SCHEDULED, now)
+                self._arm_fire(inst, self._next_fire(inst))
+            inst._rec = None
             inst.state = _SCHEDULED
-            rec.log(inst, LogLevel.INFO, now, "suspended: the manager stopped")
+            rec.log(inst, LogLevel.INFO, now, f"suspended: {cause}", 0)
             rec.defer(_settle_suspended, inst)
         else:
             inst.state = _CANCELED

@@ -179,3 +179,33 @@ def test_two_managers_on_one_store_run_a_schedule_once_and_take_over_on_stop(tmp
         for s in made:
             s.clear()
             s.close()
+
+
+def test_a_run_finishing_during_stop_is_not_run_again_by_the_next_manager(tmp_path):
+    db = str(tmp_path / "jobs.db")
+    clock = VirtualClock(T0)
+    job = lambda: Job("slow-nightly", jobs.slow_value, crontab="*/10 * * * *",  # noqa: E731
+                      timezone="UTC")  # fmt: skip
+    m1 = Manager(num_workers=1, store=SQLiteStore(db), clock=clock).start()
+    ji = m1.schedule_job(job(), args=(0.5, "v"))
+    clock.advance(600)
+    wait_for(ji.running)
+    m1.stop()  # run 1 finishes during the stop: the store moves on to run 2 at 23:20
+    assert ji.result() == "v"
+    (r,) = SQLiteStore(db).lookup_recurrences()
+    assert (r.run, r.fire_at, r.owner) == (2, T0 + timedelta(minutes=20), None)
+    m2 = Manager(num_workers=1, store=SQLiteStore(db), clock=clock)
+    m2.register_job(job())
+    m2.start()
+    try:
+        wait_for(lambda: [i for i in m2.lookup_instances() if isinstance(i, Instance)])
+        time.sleep(0.3)
+        (ji2,) = m2.lookup_instances()
+        assert ji2.run == 2 and ji2.state is State.SCHEDULED
+        history = m2.lookup_instance_history(ji2)
+        assert [r.run for r in history if r.state is State.PROCESSING] == [1]  # once
+        clock.advance(600)
+        wait_for(lambda: ji2.run == 3)
+        assert ji2.result(timeout=5) == "v"
+    finally:
+        m2.stop()
