@@ -715,7 +715,7 @@ class Manager(Executor):
                 if inst._rec is not None:
                     self._recorder.store_op(self.store.delete_recurrence, inst.uuid_str)
                     inst._rec = None
-            if self._active == 0 and not any(i.state is not _CANCELED for i, _ in self._inbox):
+            if self._active == 0 and not any(_pending(i) for i, _ in self._inbox):
                 self._idle.notify_all()
         self._recorder.flush()
         _future_cancel(inst)
@@ -861,7 +861,7 @@ class Manager(Executor):
         it did, False on timeout."""
         with self._idle:
             return self._idle.wait_for(
-                lambda: self._active == 0 and all(i.state is _CANCELED for i, _ in self._inbox),
+                lambda: self._active == 0 and not any(_pending(i) for i, _ in self._inbox),
                 timeout,
             )
 
@@ -1347,6 +1347,11 @@ def _resolve_run(inst: Instance, result: Any, exc: BaseException | None) -> None
         inst.set_result(result)
     else:
         inst.set_exception(exc)
+
+
+def _pending(inst: Instance) -> bool:
+    """An instance in the inbox that wait() waits for (a recurrence never ends by itself)."""
+    return inst._counted and inst.state is not _CANCELED
 
 
 def _dumps(obj: Any) -> bytes:

@@ -256,3 +256,12 @@ def test_cancel_instances_ends_an_overlapping_recurrence_and_its_runs(vclock, tm
         time.sleep(0.2)
         assert m.lookup_instance_history(ji) == history
         assert m.wait(timeout=5)
+
+
+def test_wait_returns_at_once_with_only_a_recurrence_scheduled(vclock):
+    m = Manager(num_workers=1, clock=vclock)
+    m.schedule_job(Job("only-cron", jobs.noop, crontab="@daily", timezone="UTC"))
+    assert m.wait(timeout=0.1)  # before start: it sits in the inbox, uncounted
+    m.start()
+    assert m.wait(timeout=5)
+    m.stop_with_wait()
