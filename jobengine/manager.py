@@ -452,13 +452,13 @@ class Manager(Executor):
             log.exception("jobengine: cannot resume recurrence %s of %r", rec.uuid, rec.kind)
             return False
         now = self._clock.time_ns()
-        rec_ = self._recorder
+        recorder = self._recorder
         snap = self.store.get_instance(rec.uuid)
         if snap is not None and snap.state is _PROCESSING:
-            rec_.next_run(inst, _TERMINATED, now, "the manager running it was lost")
-            rec_.next_run(inst, _SCHEDULED, now)
-        rec_.log(inst, LogLevel.INFO, now, f"resumed by manager {self.node}", 0)
-        rec_.touch(inst)
+            recorder.next_run(inst, _TERMINATED, now, "the manager running it was lost")
+            recorder.next_run(inst, _SCHEDULED, now)
+        recorder.log(inst, LogLevel.INFO, now, f"resumed by manager {self.node}", 0)
+        recorder.touch(inst)
         due = self._arm_fire(inst, first)
         inst._rec = rec
         self._recurrences[rec.uuid] = inst
