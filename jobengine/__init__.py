@@ -5,6 +5,7 @@ The public surface, and nothing else (see README.md for a tour)."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -55,14 +56,25 @@ from .records import (  # noqa: E402
 )
 from .retry import exponential_backoff  # noqa: E402
 from .state import State  # noqa: E402
-from .stores import (  # noqa: E402
-    MemoryStore,
-    PostgresStore,
-    RedisStore,
-    SQLiteStore,
-    Store,
-    open_store,
-)
+from .stores import MemoryStore, SQLiteStore, Store, open_store  # noqa: E402
+
+if TYPE_CHECKING:
+    from .stores.postgres import PostgresStore
+    from .stores.redis import RedisStore
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore and PostgresStore load on first use (see jobengine.stores).
+    if name in ("RedisStore", "PostgresStore"):
+        from . import stores
+
+        return getattr(stores, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"RedisStore", "PostgresStore"})
+
 
 __all__ = [
     "ArgumentBindingError",
