@@ -505,6 +505,17 @@ class Manager(Executor):
         if not self._release_fire(inst):
             return None
         run_no, fire, _ = inst.fire_log[-1]
+        rec = inst._rec
+        if rec is not None and not self.store.claim_tick(rec.key, datetime_to_ns(fire)):
+            # Another manager ran this tick (it took the recurrence over while this one
+            # was paused past its lease): never twice.  Move on to the next tick.
+            self._recorder.log(inst, LogLevel.WARN, self._clock.time_ns(),
+                               f"the tick at {fire.isoformat()} was run by another manager; "
+                               "skipped", 0)  # fmt: skip
+            inst.fire_log.pop()
+            self._core.add(inst._handle, self._arm_fire(inst, self._next_fire(inst)),
+                           inst.priority)  # fmt: skip
+            return None
         run = Run(inst, run_no, fire)
         self._new_handle(run)
         inst._runs.append(run)

@@ -209,3 +209,20 @@ def test_a_run_finishing_during_stop_is_not_run_again_by_the_next_manager(tmp_pa
         assert ji2.result(timeout=5) == "v"
     finally:
         m2.stop()
+
+
+def test_a_tick_another_manager_claimed_is_not_run_again(tmp_path):
+    clock = VirtualClock(T0)
+    with Manager(num_workers=1, store=SQLiteStore(str(tmp_path / "jobs.db")), clock=clock) as m:
+        ji = m.schedule_job(nightly())
+        (r,) = m.store.lookup_recurrences()
+        # as if another manager (which took the recurrence over while this one was
+        # paused past its lease) had already run the 23:10 tick
+        assert m.store.claim_tick(r.key, int((T0 + timedelta(minutes=10)).timestamp() * 1e9))
+        clock.advance(600)
+        wait_for(lambda: logs(m, ji, LogLevel.WARN))
+        assert "23:10:00+00:00 was run by another manager; skipped" in logs(m, ji, LogLevel.WARN)[0]
+        assert ji.run == 1 and ji.scheduled_at == T0 + timedelta(minutes=20)
+        clock.advance(600)  # the 23:20 tick is this manager's to run
+        wait_for(lambda: ji.run == 2)
+        assert [r.run for r in m.lookup_instance_history(ji) if r.state is State.COMPLETED] == [1]

@@ -288,3 +288,17 @@ def test_clear_forgets_recurrences_of_its_namespace_only(make_store):
     mine.clear()
     assert mine.lookup_recurrences() == []
     assert [r.uuid for r in theirs.lookup_recurrences()] == ["b"]
+
+
+def test_claim_tick_once_per_tick_and_only_forward(make_store):
+    s = make_store()
+    s.add_recurrence(rec("a", key="sched"))
+    sec = 1_000_000_000
+    t = 1_700_000_000 * sec
+    assert s.claim_tick("sched", t)
+    assert not s.claim_tick("sched", t)  # the same tick: the second manager loses
+    assert not s.claim_tick("sched", t - sec)  # an older one: long done
+    assert s.claim_tick("sched", t + sec)
+    assert s.claim_tick("other", t)  # schedules are independent
+    s.delete_recurrence("a")  # its ticks go with it
+    assert s.claim_tick("sched", t)

@@ -93,7 +93,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_recurrence(self, uuid: str) -> None:
-        """Forget the recurrence `uuid` (it ended); no error if unknown."""
+        """Forget the recurrence `uuid` (it ended) and its claimed ticks; no error if
+        unknown."""
+
+    @abc.abstractmethod
+    def claim_tick(self, schedule_key: str, fire_ns: int) -> bool:
+        """Claim the tick at fire_ns of the schedule `schedule_key` (a RecurrenceRecord
+        key): True for the first claim of a tick later than every tick claimed before,
+        False otherwise.  Managers claim each tick before running it, so a tick runs
+        once across every manager on the store, even if two believe they own the
+        recurrence (one paused past its lease while another took over)."""
 
     @abc.abstractmethod
     def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:

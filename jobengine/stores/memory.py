@@ -43,6 +43,7 @@ class MemoryStore(Store):
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
         self._recurrences: dict[str, tuple] = {}  # uuid -> RecurrenceRecord fields
+        self._ticks: dict[str, int] = {}  # schedule key -> its latest claimed tick
 
     def _row(self, uuid: str, kind: str) -> list:
         row = self._rows.get(uuid)
@@ -170,7 +171,16 @@ class MemoryStore(Store):
 
     def delete_recurrence(self, uuid: str) -> None:
         with self._lock:
-            self._recurrences.pop(uuid, None)
+            fields = self._recurrences.pop(uuid, None)
+            if fields is not None:
+                self._ticks.pop(fields[2], None)
+
+    def claim_tick(self, schedule_key: str, fire_ns: int) -> bool:
+        with self._lock:
+            if self._ticks.get(schedule_key, -1) >= fire_ns:
+                return False
+            self._ticks[schedule_key] = fire_ns
+            return True
 
     def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
         with self._lock:
@@ -215,3 +225,4 @@ class MemoryStore(Store):
             self._rows.clear()
             self._logs.clear()
             self._recurrences.clear()
+            self._ticks.clear()

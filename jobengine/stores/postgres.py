@@ -1,7 +1,7 @@
 """PostgresStore: the Store contract on PostgreSQL (psycopg 3).
 
 Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, `<ns>_logs`,
-`<ns>_recurrences`), so namespaces share a database and clear() deletes only its own
+`<ns>_recurrences`, `<ns>_ticks`), so namespaces share a database and clear() deletes only its own
 rows.  One connection guarded by a lock; each batch is one transaction.  The SQL itself
 is shared with SQLiteStore (sql.py).  The distributed queue verbs for one-off jobs
 (enqueue, claim, ...) are not here yet: they arrive with the distributed-store issue."""
@@ -65,6 +65,9 @@ class PostgresStore(SQLStore):
                         uuid TEXT PRIMARY KEY, kind TEXT, key TEXT UNIQUE, payload BYTEA,
                         priority INTEGER, run INTEGER, fire_ns BIGINT, created_ns BIGINT,
                         owner TEXT, lease_until_ns BIGINT)""")
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {ns}_ticks (key TEXT PRIMARY KEY, fire_ns BIGINT)"
+                )
         except psycopg.Error as e:
             raise StoreError(f"cannot open PostgreSQL store {dsn!r}: {e}") from e
 

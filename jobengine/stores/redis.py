@@ -9,6 +9,7 @@ Keys, all under the namespace prefix `<ns>:` (clear() deletes only those):
   <ns>:st / <ns>:lt     sorted sets: "<uuid> <n>" members scored by time, for clear_*
   <ns>:r:<uuid>         hash: a RecurrenceRecord (one field per attribute)
   <ns>:rk               hash: schedule key -> uuid;  <ns>:rs  set of recurrence uuids
+  <ns>:tick             hash: schedule key -> its latest claimed tick (ns)
 Every batch is one pipeline (one round trip).  Each recurrence verb is one Lua script,
 which Redis runs atomically: two managers claiming at once never both win.  The
 distributed queue verbs for one-off jobs (enqueue, claim, ...) are not here yet: they
@@ -58,6 +59,12 @@ for _, u in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 return out
+"""
+_TICK = """
+local last = redis.call('HGET', KEYS[1], ARGV[1])
+if last and tonumber(last) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 # Renew (ARGV[3] = the owner again) or release (ARGV[3] = '') what ARGV[2] owns.
 _MINE = """
@@ -250,11 +257,22 @@ class RedisStore(Store):
             pipe = self._r.pipeline(transaction=True)
             if key is not None:
                 pipe.hdel(self._k("rk"), key)
+                pipe.hdel(self._k("tick"), key)
             pipe.srem(self._k("rs"), uuid)
             pipe.delete(self._k("r", uuid))
             pipe.execute()
 
         self._run(go)
+
+    def claim_tick(self, schedule_key: str, fire_ns: int) -> bool:
+        # Lua compares as doubles: ns ticks a second or more apart stay distinct.
+        return bool(
+            self._run(
+                lambda: self._script("tick", _TICK)(
+                    keys=[self._k("tick")], args=[schedule_key, fire_ns]
+                )
+            )
+        )
 
     def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
         def go():

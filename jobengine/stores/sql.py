@@ -4,7 +4,7 @@ A driver subclass (sqlite.py, postgres.py) opens the connection, creates the tab
 provides `_batch` (executemany in one transaction), `_query` (fetchall) and `_execute`
 (returns rowcount), plus `_ph`, its parameter placeholder, and `_order`, the column that
 keeps instances in creation order.  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`,
-`<ns>_recurrences`.  Each recurrence verb is one statement, so the database makes it
+`<ns>_recurrences`, `<ns>_ticks`.  Each recurrence verb is one statement, so the database makes it
 atomic (PostgreSQL re-checks an UPDATE's WHERE on a row another transaction just
 changed: two managers claiming at once never both win)."""
 
@@ -32,7 +32,8 @@ class SQLStore(Store):
         self.namespace = namespace
         self._lock = threading.Lock()
         self._t = {"i": f"{namespace}_instances", "s": f"{namespace}_states",
-                   "l": f"{namespace}_logs", "r": f"{namespace}_recurrences"}  # fmt: skip
+                   "l": f"{namespace}_logs", "r": f"{namespace}_recurrences",
+                   "t": f"{namespace}_ticks"}  # fmt: skip
 
     # -- driver hooks ------------------------------------------------------------------
     def _batch(self, sql: str, rows: list[tuple]) -> None:
@@ -174,7 +175,25 @@ class SQLStore(Store):
         )
 
     def delete_recurrence(self, uuid: str) -> None:
-        self._execute(f"DELETE FROM {self._t['r']} WHERE uuid = {self._ph}", (uuid,))
+        t, ph = self._t, self._ph
+        self._execute(
+            f"DELETE FROM {t['t']} WHERE key IN (SELECT key FROM {t['r']} WHERE uuid = {ph})",
+            (uuid,),
+        )
+        self._execute(f"DELETE FROM {t['r']} WHERE uuid = {ph}", (uuid,))
+
+    def claim_tick(self, schedule_key: str, fire_ns: int) -> bool:
+        # One statement: insert the key's first tick, or move it forward; a tick at or
+        # before the stored one changes nothing (rowcount 0).
+        ph = self._ph
+        return bool(
+            self._execute(
+                f"INSERT INTO {self._t['t']} (key, fire_ns) VALUES ({ph}, {ph})"
+                f" ON CONFLICT (key) DO UPDATE SET fire_ns = excluded.fire_ns"
+                f" WHERE {self._t['t']}.fire_ns < excluded.fire_ns",
+                (schedule_key, fire_ns),
+            )
+        )
 
     def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
         sql = f"SELECT {RECURRENCE_COLUMNS} FROM {self._t['r']}"

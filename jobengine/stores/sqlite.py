@@ -55,6 +55,7 @@ class SQLiteStore(SQLStore):
                     uuid TEXT PRIMARY KEY, kind TEXT, key TEXT UNIQUE, payload BLOB,
                     priority INTEGER, run INTEGER, fire_ns INTEGER, created_ns INTEGER,
                     owner TEXT, lease_until_ns INTEGER);
+                CREATE TABLE IF NOT EXISTS {ns}_ticks (key TEXT PRIMARY KEY, fire_ns INTEGER);
             """)  # fmt: skip
 
     def _fail(self, e: Exception) -> StoreError:
