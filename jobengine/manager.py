@@ -52,6 +52,7 @@ from .errors import (
     MemoryLimitExceeded,
     RemoteError,
     SerializationError,
+    StoreError,
     UnknownJobError,
     WorkerCrashed,
 )
@@ -475,6 +476,14 @@ class Manager(Executor):
         if time.monotonic() < self._next_renew:
             return
         self._next_renew = time.monotonic() + self._lease_ns / 3e9
+        try:
+            self._renew_and_claim()
+        except StoreError:
+            # The store is unreachable: try again next period.  Meanwhile the lease
+            # may lapse and another manager take over; claim_tick keeps ticks single.
+            log.warning("jobengine: cannot renew recurrence leases", exc_info=True)
+
+    def _renew_and_claim(self) -> None:
         if self._recurrences:
             mine = self.store.renew_recurrences(self.node, time.time_ns() + self._lease_ns)
             for uuid, inst in list(self._recurrences.items()):
@@ -506,7 +515,7 @@ class Manager(Executor):
             return None
         run_no, fire, _ = inst.fire_log[-1]
         rec = inst._rec
-        if rec is not None and not self.store.claim_tick(rec.key, datetime_to_ns(fire)):
+        if rec is not None and not self._claim_tick(rec, fire):
             # Another manager ran this tick (it took the recurrence over while this one
             # was paused past its lease): never twice.  Move on to the next tick.
             self._recorder.log(inst, LogLevel.WARN, self._clock.time_ns(),
@@ -524,6 +533,14 @@ class Manager(Executor):
         else:
             inst._parked = True
         return run
+
+    def _claim_tick(self, rec: RecurrenceRecord, fire: datetime) -> bool:
+        try:
+            return self.store.claim_tick(rec.key, datetime_to_ns(fire))
+        except StoreError:
+            # At least once: with the store unreachable, run the tick rather than lose it.
+            log.warning("jobengine: cannot claim a tick; running it", exc_info=True)
+            return True
 
     def _arm_next(self, inst: Instance) -> None:
         """Arm the next tick of a recurring instance as its next run (_lock held); the
@@ -879,10 +896,13 @@ class Manager(Executor):
     def stop(self, wait: bool = False, grace: float | None = None) -> None:
         """Stop: cancel instances still queued, let running ones finish (within `grace`
         seconds, if given: then their workers are killed and they become CANCELED), then
-        shut the pool down.  With wait=True (stop_with_wait), run everything first."""
+        shut the pool down.  With wait=True (stop_with_wait), run everything first.
+        Recurring instances are suspended, not canceled: they stay in the store for the
+        next manager."""
         grace = check_seconds(grace, "grace")
         if self._state == "new":
             self._state = "stopped"
+            self._release_recurrences()  # scheduled, never started: free for others now
             return
         if self._state == "stopped":
             return
@@ -1051,12 +1071,21 @@ class Manager(Executor):
         self._clock.unsubscribe(self._wake)
         try:
             self._recorder.run_deferred()
-            # Suspended recurrences wait in the store for the next manager.
-            self.store.release_recurrences(self.node)
-        except Exception:
-            log.exception("jobengine: cannot release this manager's recurrences")
+            self._release_recurrences()
         finally:
             self._pool.close()
+
+    def _release_recurrences(self) -> None:
+        """Stopping: hand this manager's recurrences back to the store (the next manager
+        resumes them) and settle the futures of stand-ins it will never run."""
+        self._recorder.flush()
+        try:
+            self.store.release_recurrences(self.node)
+        except StoreError:
+            log.exception("jobengine: cannot release this manager's recurrences")
+        for inst in list(self._standby.values()) + list(self._recurrences.values()):
+            _settle_suspended(inst)
+        self._standby.clear()
 
     def _virtual_timeouts(self) -> None:
         """Under a virtual clock the engine, not the supervisor, notices timeouts."""

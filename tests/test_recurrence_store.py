@@ -15,7 +15,18 @@ import pytest
 from conftest import wait_for
 from test_store_contract import STORES, _external
 
-from jobengine import Instance, Job, LogLevel, Manager, Query, SQLiteStore, State
+from jobengine import (
+    Instance,
+    Job,
+    LogLevel,
+    Manager,
+    ManagerStateError,
+    MemoryStore,
+    Query,
+    SQLiteStore,
+    State,
+    StoreError,
+)
 from jobengine.clock import VirtualClock
 
 UTC = timezone.utc
@@ -226,3 +237,51 @@ def test_a_tick_another_manager_claimed_is_not_run_again(tmp_path):
         clock.advance(600)  # the 23:20 tick is this manager's to run
         wait_for(lambda: ji.run == 2)
         assert [r.run for r in m.lookup_instance_history(ji) if r.state is State.COMPLETED] == [1]
+
+
+def test_stop_before_start_frees_the_recurrence_and_settles_stand_ins(tmp_path):
+    db = str(tmp_path / "jobs.db")
+    owner = Manager(num_workers=1, store=SQLiteStore(db))
+    ji = owner.schedule_job(nightly())
+    other = Manager(num_workers=1, store=SQLiteStore(db))
+    standby = other.schedule_job(nightly())  # owner holds the lease: a stand-in
+    assert standby.uuid_str == ji.uuid_str and standby is not ji
+    other.stop()
+    assert isinstance(standby.exception(timeout=1), ManagerStateError)
+    owner.stop()  # never started: the recurrence is free for the next manager at once
+    assert isinstance(ji.exception(timeout=1), ManagerStateError)
+    assert ji.state is State.SCHEDULED
+    (r,) = SQLiteStore(db).lookup_recurrences()
+    assert r.owner is None and r.uuid == ji.uuid_str
+
+
+class UnreachableStore(MemoryStore):
+    """A store whose lease and tick verbs fail while `down` is set (a store outage)."""
+
+    down = False
+
+    def renew_recurrences(self, owner, lease_until_ns):
+        if self.down:
+            raise StoreError("store unreachable")
+        return super().renew_recurrences(owner, lease_until_ns)
+
+    def claim_tick(self, schedule_key, fire_ns):
+        if self.down:
+            raise StoreError("store unreachable")
+        return super().claim_tick(schedule_key, fire_ns)
+
+
+def test_a_store_outage_neither_stops_the_engine_nor_loses_ticks():
+    store = UnreachableStore()
+    clock = VirtualClock(T0)
+    with Manager(num_workers=1, store=store, clock=clock, lease=0.3) as m:
+        ji = m.schedule_job(nightly())
+        store.down = True
+        time.sleep(0.3)  # renewals fail meanwhile
+        clock.advance(600)  # the tick cannot be claimed: it runs anyway (at least once)
+        wait_for(lambda: ji.run == 2)
+        store.down = False
+        wait_for(lambda: store.lookup_recurrences()[0].lease_until_ns > time.time_ns())
+        clock.advance(600)
+        wait_for(lambda: ji.run == 3)
+        assert m.submit(jobs.add, 1, 2).result(timeout=10) == 3  # the engine lives
