@@ -89,6 +89,7 @@ log = logging.getLogger("jobengine")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
+MAX_COUNTED_MISSES = 1000  # past this, missed ticks are skipped over, not counted
 SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
 SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
 IDLE_PARK_S = 0.5
@@ -193,6 +194,7 @@ class Manager(Executor):
         self._free_handles: list[int] = []
         self._active = 0
         self._finished: list[Instance] = []  # settled this turn; released in one batch
+        self._preload: set[Job] = set()  # jobs due later whose executors workers lack
         self._kill_requests: deque[Instance] = deque()  # running instances to cancel
         self._state = "new"  # new -> running -> stopping -> stopped
         self._thread: threading.Thread | None = None
@@ -628,12 +630,19 @@ class Manager(Executor):
         now = clock.time_ns()
         run_no, fire, jitter = inst.fire_log[-1]
         past = [fire]
+        more = ""  # "+" when there were too many missed ticks to count them all
         while True:
             nxt = self._next_fire(inst)
             if datetime_to_ns(nxt) > now:
                 inst._lookahead = nxt
                 break
             past.append(nxt)
+            if len(past) == MAX_COUNTED_MISSES:
+                # Far behind (a per-second crontab after a day's stop is 86,400 ticks):
+                # jump to now rather than walk every tick under the lock.
+                past.append(self._jump_to_now(inst, now, past[-2], past[-1]))
+                more = "+"
+                break
         latest = past[-1]
         late_ns = now - datetime_to_ns(latest) - int(jitter * 1e9)
         on_time = late_ns <= job.misfire_grace * 1e9
@@ -644,7 +653,7 @@ class Manager(Executor):
                     inst,
                     LogLevel.WARN,
                     now,
-                    f"{len(past) - 1} missed tick(s) coalesced into run {run_no} "
+                    f"{len(past) - 1}{more} missed tick(s) coalesced into run {run_no} "
                     f"(misfire={job.misfire}, grace {job.misfire_grace:g} s)",
                     0,
                 )
@@ -653,13 +662,33 @@ class Manager(Executor):
             inst,
             LogLevel.WARN,
             now,
-            f"{len(past)} missed tick(s) skipped (misfire=skip, grace {job.misfire_grace:g} s)",
+            f"{len(past)}{more} missed tick(s) skipped (misfire=skip, "
+            f"grace {job.misfire_grace:g} s)",
             0,
         )
         inst.fire_log.pop()
         due = self._arm_fire(inst, self._next_fire(inst))
         self._core.add(inst._handle, due, inst.priority)
         return False
+
+    def _jump_to_now(self, inst: Instance, now: int, a: datetime, b: datetime) -> datetime:
+        """Restart inst's crontab walk a few tick intervals (b - a) before `now`; return
+        the latest tick at or before now (b if the new walk finds none earlier than
+        now), leaving the first tick after now as the lookahead."""
+        job = inst.job
+        step_us = max(1, (datetime_to_ns(b) - datetime_to_ns(a)) // 1000)
+        since = _EPOCH + timedelta(microseconds=now // 1000 - 4 * step_us)
+        fires = fire_times(
+            job.crontab, job._tz, since, nonexistent=job.nonexistent, ambiguous=job.ambiguous
+        )
+        latest = b
+        for t in fires:
+            if datetime_to_ns(t) > now:
+                inst._lookahead = t
+                break
+            latest = max(latest, t)
+        inst._fires = fires
+        return latest
 
     def _adopt(self, job: Job) -> None:
         """Register a job met for the first time in schedule_job."""
@@ -705,6 +734,8 @@ class Manager(Executor):
             inst._handle = h
             core.add(h, due, inst.priority)
             n += inst._counted  # a recurrence never ends by itself: wait() skips it
+            if due:  # runs later: its executor can travel to the workers now
+                self._preload.add(inst.job)
         self._active += n
         return n
 
@@ -1046,6 +1077,10 @@ class Manager(Executor):
                 else:
                     self._apply_resize()
                 busy |= self._dispatcher.dispatch()
+                if self._preload:
+                    with self._lock:  # _take_inbox (under _lock) adds to it
+                        jobs, self._preload = self._preload, set()
+                    self._dispatcher.preload(jobs)
                 busy |= rec.run_deferred()
                 if not busy:
                     pool.doorbell.wait(pool.rings, self._idle_timeout(), self._spin())

@@ -77,6 +77,15 @@ def _place(wall: datetime, tz, nonexistent: str, ambiguous: str) -> list[datetim
     return [u1]
 
 
+LOOKBACK = timedelta(hours=3)
+
+
+def _offset_changes_near(instant: datetime, tz) -> bool:
+    """Whether `tz` changes its UTC offset within LOOKBACK of `instant` (aware, UTC)."""
+    offset = instant.astimezone(tz).utcoffset()
+    return any((instant + d).astimezone(tz).utcoffset() != offset for d in (-LOOKBACK, LOOKBACK))
+
+
 def fire_times(
     crontab: str,
     timezone: str | None = None,
@@ -100,9 +109,14 @@ def fire_times(
     if start.tzinfo is None:
         start = start.replace(tzinfo=tz)
     start_utc = start.astimezone(UTC)
-    # Walk wall-clock times from a little before `start` (a shifted or doubled time
-    # may land after it), keep instants strictly after start and increasing.
-    wall0 = start.astimezone(tz).replace(tzinfo=None) - timedelta(hours=3)
+    # Walk wall-clock times from `start`, keep instants strictly after it, increasing.
+    # Near an offset change a shifted or doubled wall time earlier than start's may
+    # still fire after it: then walk from a little before (LOOKBACK covers every gap
+    # and fold there is).  Elsewhere start right at it: a per-second crontab would
+    # otherwise take 10,800 croniter steps (~0.5 s) to reach its first tick.
+    wall0 = start.astimezone(tz).replace(tzinfo=None)
+    if _offset_changes_near(start_utc, tz):
+        wall0 -= LOOKBACK
     it = croniter(crontab, wall0)
     last = start_utc
     while True:

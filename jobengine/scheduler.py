@@ -97,6 +97,27 @@ class Dispatcher:
                     m._core.add(inst._handle, 0, inst.priority)
         return True
 
+    def preload(self, jobs: set) -> None:
+        """Ship the executors of `jobs` to every worker now, ahead of their due time:
+        a worker unpickles an executor (importing its module) when it receives it, so
+        a delayed or crontab job's first run does not pay that at its tick."""
+        m = self.m
+        for w in m._pool.workers.values():
+            if w.retiring:
+                continue
+            sent = False
+            for job in jobs:
+                kind_id = m._kind_ids[job]
+                if kind_id not in w.kinds:
+                    if not write_record(
+                        w.channel.tasks, T_DEFINE, kind_id, 0, m._executor_blob(job)
+                    ):
+                        break  # the ring is full: the executor goes with its first task
+                    w.kinds.add(kind_id)
+                    sent = True
+            if sent:
+                w.channel.tasks.publish()
+
     def _send(self, w: WorkerSlot, inst) -> bool:
         m = self.m
         job = inst.job

@@ -179,6 +179,7 @@ def test_wait_and_stop_with_wait_do_not_wait_for_a_recurrence_to_end(vclock):
 
 def test_real_clock_seconds_field_fires_every_second():
     with Manager(num_workers=1) as m:
+        wait_for(all_workers_up(m))  # a worker still starting up would make run 1 late
         ji = m.schedule_job(Job("every-second", jobs.noop, crontab="* * * * * *", timezone="UTC"))
         wait_for(lambda: ji.run >= 3, timeout=10)
         fires = [f for _, f, _ in ji.fire_log]
@@ -220,8 +221,13 @@ def test_max_overlap_lets_that_many_runs_of_one_instance_overlap(vclock, tmp_pat
         time.sleep(0.3)
         assert len([w for w in m.workers if w.current == ji.uuid_str]) == 2
         gate.touch()
-        wait_for(lambda: ji.run == 4 and ji.state is State.SCHEDULED)
-        assert ji.result() == "done"
+
+        def completed():
+            history = m.lookup_instance_history(ji)
+            return {r.run for r in history if r.state is State.COMPLETED}
+
+        wait_for(lambda: completed() == {1, 2, 3})  # the waiting tick ran as run 3
+        assert ji.run == 4 and ji.result() == "done"
         history = m.lookup_instance_history(ji)
     assert open_runs_over_time(history) == 2
     for run in (1, 2, 3):  # each run's own records are a legal life
@@ -265,3 +271,18 @@ def test_wait_returns_at_once_with_only_a_recurrence_scheduled(vclock):
     m.start()
     assert m.wait(timeout=5)
     m.stop_with_wait()
+
+
+def test_a_day_of_missed_per_second_ticks_is_jumped_not_walked(vmgr, vclock):
+    ji = vmgr.schedule_job(Job("per-second", jobs.noop, crontab="* * * * * *", timezone="UTC"))
+    vclock.advance(1)
+    wait_for(lambda: ji.run == 2)
+    t = time.monotonic()
+    vclock.advance(86_400 + 0.5)  # a day of ticks missed: 86,400 of them
+    wait_for(lambda: ji.run == 3)
+    assert time.monotonic() - t < 2.0  # not a croniter walk over every one
+    (warn,) = [r.message for r in vmgr.lookup_instance_logs(ji) if r.level is LogLevel.WARN]
+    assert "1000+ missed tick(s) coalesced into run 2" in warn
+    latest = ji.fire_log[1][1]  # the run is for the latest past tick
+    assert latest == T0 + timedelta(seconds=86_401)
+    assert ji.scheduled_at == T0 + timedelta(seconds=86_402)

@@ -132,3 +132,20 @@ def test_bad_crontab_or_zone_is_refused_at_job_creation():
         Job("cron", print, crontab="* * * * *", timezone="Nowhere/City")
     with pytest.raises(InvalidArgumentError, match="max_overlap"):
         Job("cron", print, crontab="* * * * *", max_overlap=0)
+
+
+@pytest.mark.parametrize("crontab", ["*/15 * * * *", "30 2 * * *", "0 * * * *"])
+@pytest.mark.parametrize("ambiguous", ["first", "second", "both"])
+def test_walk_from_any_start_agrees_with_a_walk_from_long_before(crontab, ambiguous):
+    # fire_times starts its croniter walk at `start` unless an offset change is near;
+    # whatever the start, it must yield exactly the ticks a long walk has after it.
+    utc = timezone.utc
+    for transition in (datetime(2024, 3, 31, 1, tzinfo=utc), datetime(2024, 10, 27, 1, tzinfo=utc)):
+        reference = list(itertools.islice(
+            fire_times(crontab, "Europe/Berlin", transition - timedelta(hours=12),
+                       ambiguous=ambiguous), 400))  # fmt: skip
+        for minutes in range(-6 * 60, 6 * 60, 20):
+            start = transition + timedelta(minutes=minutes)
+            got = list(itertools.islice(
+                fire_times(crontab, "Europe/Berlin", start, ambiguous=ambiguous), 3))  # fmt: skip
+            assert got == [t for t in reference if t > start][:3], (crontab, start)
