@@ -17,20 +17,22 @@ thread would only trade GIL hand-offs for nothing.  The compiled core (Scheduler
 the handle table and the active count are guarded by `_lock`, which the engine takes
 once per turn and user threads only to cancel and to wait; worker tables are touched
 only by the engine thread.
+
+A recurring (crontab) instance is its own timer in the core; each due tick becomes a
+Run (instance.py), dispatched, retried and recorded like an instance, so runs of one
+instance may overlap up to Job.max_overlap.  Which manager runs a recurrence, and how
+it outlives this one in the store, is recurrences.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
 import pickle
 import signal
-import socket
 import threading
 import time
-import uuid as _uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +54,6 @@ from .errors import (
     MemoryLimitExceeded,
     RemoteError,
     SerializationError,
-    StoreError,
     UnknownJobError,
     WorkerCrashed,
 )
@@ -67,10 +68,10 @@ from .records import (
     InstanceRecord,
     LogLevel,
     LogRecord,
-    RecurrenceRecord,
     StateRecord,
     datetime_to_ns,
 )
+from .recurrences import Recurrences, settle_suspended
 from .schedule import fire_times
 from .scheduler import Dispatcher
 from .state import State
@@ -155,19 +156,14 @@ class Manager(Executor):
         self._max_jobs = max_jobs_per_worker
         self._max_memory = max_memory_per_worker
         self._kill_grace = check_seconds(kill_grace, "kill_grace")
-        # Recurrences live in the store too; this manager owns the ones it runs through
-        # a lease (real time, whatever the clock) that it renews every lease / 3.
-        self._lease_ns = int(check_seconds(lease, "lease", allow_zero=False) * 1e9)
-        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid7_int() & 0xFFFFFFFF:08x}"
-        self._recurrences: dict[str, Instance] = {}  # uuid -> a recurrence it runs
-        self._standby: dict[str, Instance] = {}  # uuid -> one another manager runs
-        self._claim_lock = threading.Lock()  # one claim at a time: each resumes once
-        self._next_renew = 0.0
+        lease = check_seconds(lease, "lease", allow_zero=False)
         self._handle_signals = handle_signals
         self._stop_deadline: float | None = None
         self._num_workers = num_workers
         self.store: Store = store if store is not None else MemoryStore()
         self._recorder = Recorder(self.store)
+        self._recurrences = Recurrences(self, lease)
+        self.node = self._recurrences.node
         self._dispatcher = Dispatcher(self)
         self._pool: Pool | None = None
         # Jobs: read without a lock on the hot path, changed under _jobs_lock.
@@ -211,7 +207,7 @@ class Manager(Executor):
             self._kind_ids.setdefault(job, next(self._kind_seq))
             self._jobs[job.kind] = job
         if job.crontab is not None and self._state == "running":
-            self._claim([job.kind])  # resume its recurrences waiting in the store
+            self._recurrences.claim([job.kind])  # resume those waiting in the store
         return job
 
     def unregister_job(self, kind: str) -> Job:
@@ -320,20 +316,14 @@ class Manager(Executor):
                 raise InvalidArgumentError(f"crontab {job.crontab!r} never fires") from None
             # Into the store first: the same schedule (kind, crontab, zone, arguments)
             # there already, here or in another manager, is returned, not doubled.
-            rec = RecurrenceRecord(
-                inst.uuid_str, job.kind, hashlib.blake2b(key_material, digest_size=16).hexdigest(),
-                inst._payload, prio, 1, datetime_to_ns(first), wall, self.node,
-                time.time_ns() + self._lease_ns,
-            )  # fmt: skip
-            stored = self.store.add_recurrence(rec)
-            if stored.uuid != rec.uuid:
-                return self._existing_recurrence(stored, job)
+            rec, existing = self._recurrences.add(inst, key_material, first)
+            if existing is not None:
+                return existing
         # Records first: once the engine has it, it may run at once.
         self._recorder.created(inst, wall)
         if job.crontab is not None:
             due = self._arm_fire(inst, first)
-            inst._rec = rec
-            self._recurrences[inst.uuid_str] = inst
+            self._recurrences.own(inst, rec)
         known = self._known
         known[inst.uuid_str] = weakref.ref(inst)
         if len(known) > self._known_limit:
@@ -379,123 +369,9 @@ class Manager(Executor):
             + (f" + jitter {jitter:.3f} s" if jitter else ""),
             0,
         )
-        rec = inst._rec
-        if rec is not None:  # the store learns the next run with the next batch
-            rec.run, rec.fire_ns = inst.run, fire_ns
-            rec.lease_until_ns = time.time_ns() + self._lease_ns
-            self._recorder.store_op(self.store.save_recurrence, RecurrenceRecord(*rec.as_tuple()))
+        if inst._rec is not None:
+            self._recurrences.save(inst, fire_ns)
         return clock.monotonic_ns() + max(0, at_ns - clock.time_ns())
-
-    # -- recurrences in the store --------------------------------------------------------
-    def _existing_recurrence(self, stored: RecurrenceRecord, job: Job) -> Instance:
-        """schedule_job met a schedule the store has already: return its instance."""
-        live = self._recurrences.get(stored.uuid)
-        if live is None and (stored.owner is None or stored.lease_until_ns < time.time_ns()):
-            self._claim([job.kind])  # nobody runs it: from now on, this manager does
-            live = self._recurrences.get(stored.uuid)
-        if live is not None:
-            return live
-        # Another manager runs it: a stand-in, which becomes live here if this manager
-        # ever takes the recurrence over (its owner stops or dies).
-        standby = self._standby.get(stored.uuid)
-        if standby is None:
-            standby = self._standby[stored.uuid] = self._recurrence_instance(stored, job)
-            self._known[stored.uuid] = weakref.ref(standby)
-        return standby
-
-    def _recurrence_instance(
-        self, rec: RecurrenceRecord, job: Job, inst: Instance | None = None
-    ) -> Instance:
-        """An Instance for a stored recurrence (or `inst`, a stand-in, brought up to date)."""
-        if inst is None:
-            args, kwargs = pickle.loads(rec.payload)[:2]
-            inst = Instance(self, job, _uuid.UUID(rec.uuid).int, args, kwargs, rec.priority,
-                            rec.created_ns)  # fmt: skip
-        inst._payload = rec.payload
-        inst._recurring = True
-        inst._counted = False
-        inst._runs = []
-        inst.fire_log = []
-        inst.run = rec.run
-        inst.state = _SCHEDULED
-        inst._scheduled_ns = rec.fire_ns
-        return inst
-
-    def _claim(self, kinds: list[str] | None = None) -> int:
-        """Take over the store's recurrences of `kinds` (default: every crontab job
-        registered here) that no manager owns or whose owner's lease lapsed."""
-        if kinds is None:
-            with self._jobs_lock:
-                kinds = [k for k, j in self._jobs.items() if j.crontab is not None]
-        if not kinds:
-            return 0
-        with self._claim_lock:
-            now = time.time_ns()
-            recs = self.store.claim_recurrences(self.node, kinds, now, now + self._lease_ns)
-            n = 0
-            for rec in recs:
-                if rec.uuid not in self._recurrences:  # else its own, lease renewed early
-                    n += self._resume(rec)
-            return n
-
-    def _resume(self, rec: RecurrenceRecord) -> bool:
-        """Run a recurrence claimed from the store: same uuid, its next run number; its
-        tick, if past, goes through the misfire policy like any late tick."""
-        job = self._jobs.get(rec.kind)
-        if job is None or job.crontab is None:
-            return False
-        try:
-            inst = self._recurrence_instance(rec, job, self._standby.pop(rec.uuid, None))
-            since = rec.fire_at - timedelta(microseconds=1)  # its tick is the first
-            inst._fires = fire_times(
-                job.crontab, job._tz, since, nonexistent=job.nonexistent, ambiguous=job.ambiguous
-            )
-            first = next(inst._fires)
-        except Exception:
-            log.exception("jobengine: cannot resume recurrence %s of %r", rec.uuid, rec.kind)
-            return False
-        now = self._clock.time_ns()
-        recorder = self._recorder
-        snap = self.store.get_instance(rec.uuid)
-        if snap is not None and snap.state is _PROCESSING:
-            recorder.next_run(inst, _TERMINATED, now, "the manager running it was lost")
-            recorder.next_run(inst, _SCHEDULED, now)
-        recorder.log(inst, LogLevel.INFO, now, f"resumed by manager {self.node}", 0)
-        recorder.touch(inst)
-        due = self._arm_fire(inst, first)
-        inst._rec = rec
-        self._recurrences[rec.uuid] = inst
-        self._known[rec.uuid] = weakref.ref(inst)
-        self._inbox.append((inst, due))
-        if self._pool is not None:
-            self._pool.doorbell.ring()
-        return True
-
-    def _renew(self) -> None:
-        """Engine thread, every lease / 3: renew this manager's lease on its recurrences
-        (dropping any it lost: its lease lapsed and another manager took it), and take
-        over the orphans of managers that died."""
-        if time.monotonic() < self._next_renew:
-            return
-        self._next_renew = time.monotonic() + self._lease_ns / 3e9
-        try:
-            self._renew_and_claim()
-        except StoreError:
-            # The store is unreachable: try again next period.  Meanwhile the lease
-            # may lapse and another manager take over; claim_tick keeps ticks single.
-            log.warning("jobengine: cannot renew recurrence leases", exc_info=True)
-
-    def _renew_and_claim(self) -> None:
-        if self._recurrences:
-            mine = self.store.renew_recurrences(self.node, time.time_ns() + self._lease_ns)
-            for uuid, inst in list(self._recurrences.items()):
-                if uuid not in mine:
-                    self._recorder.log(inst, LogLevel.WARN, self._clock.time_ns(),
-                                       "another manager took this recurrence over", 0)  # fmt: skip
-                    inst._rec = None
-                    with self._lock:
-                        self._end_recurrence(inst, "taken over", suspend=True)
-        self._claim()
 
     def _next_fire(self, inst: Instance) -> datetime:
         fire = inst._lookahead
@@ -517,7 +393,7 @@ class Manager(Executor):
             return None
         run_no, fire, _ = inst.fire_log[-1]
         rec = inst._rec
-        if rec is not None and not self._claim_tick(rec, fire):
+        if rec is not None and not self._recurrences.claim_tick(rec, fire):
             # Another manager ran this tick (it took the recurrence over while this one
             # was paused past its lease): never twice.  Move on to the next tick.
             self._recorder.log(inst, LogLevel.WARN, self._clock.time_ns(),
@@ -535,14 +411,6 @@ class Manager(Executor):
         else:
             inst._parked = True
         return run
-
-    def _claim_tick(self, rec: RecurrenceRecord, fire: datetime) -> bool:
-        try:
-            return self.store.claim_tick(rec.key, datetime_to_ns(fire))
-        except StoreError:
-            # At least once: with the store unreachable, run the tick rather than lose it.
-            log.warning("jobengine: cannot claim a tick; running it", exc_info=True)
-            return True
 
     def _arm_next(self, inst: Instance) -> None:
         """Arm the next tick of a recurring instance as its next run (_lock held); the
@@ -581,9 +449,8 @@ class Manager(Executor):
         if not inst._ending:
             inst._ending = True
             inst._suspended = suspend
-            if not suspend and inst._rec is not None:  # canceled: gone from the store too
-                rec.store_op(self.store.delete_recurrence, inst.uuid_str)
-                inst._rec = None
+            if not suspend:  # canceled: gone from the store too
+                self._recurrences.forget(inst)
             if inst._handle >= 0:
                 self._core.cancel(inst._handle)
             # Unless parked (its tick not armed yet), the next run has an open SCHEDULED
@@ -599,7 +466,7 @@ class Manager(Executor):
         if inst._runs or inst._closed:
             return
         inst._closed = True
-        self._recurrences.pop(inst.uuid_str, None)
+        self._recurrences.live.pop(inst.uuid_str, None)
         self._finished.append(inst)  # frees its handle this turn
         if inst._suspended:
             if inst._parked and inst._rec is not None and inst._ran_to_end:
@@ -612,7 +479,7 @@ class Manager(Executor):
             inst._rec = None
             inst.state = _SCHEDULED
             rec.log(inst, LogLevel.INFO, now, f"suspended: {cause}", 0)
-            rec.defer(_settle_suspended, inst)
+            rec.defer(settle_suspended, inst)
         else:
             inst.state = _CANCELED
             inst._completed_ns = now
@@ -756,7 +623,7 @@ class Manager(Executor):
         with self._lock:
             if inst.state is not _SCHEDULED or inst._ending:
                 return inst.state is _CANCELED
-            if inst._runs or inst in self._standby.values():
+            if inst._runs or self._recurrences.is_standby(inst):
                 return False  # a run is in flight, or another manager runs it
             if inst._handle >= 0:
                 if not self._core.cancel(inst._handle):
@@ -770,10 +637,7 @@ class Manager(Executor):
             self._recorder.transition(inst, _CANCELED, now)
             if inst._recurring:
                 inst._closed = True
-                self._recurrences.pop(inst.uuid_str, None)
-                if inst._rec is not None:
-                    self._recorder.store_op(self.store.delete_recurrence, inst.uuid_str)
-                    inst._rec = None
+                self._recurrences.forget(inst)
             if self._active == 0 and not any(_pending(i) for i, _ in self._inbox):
                 self._idle.notify_all()
         self._recorder.flush()
@@ -903,7 +767,7 @@ class Manager(Executor):
         """Start the supervisor, the workers and the engine thread."""
         if self._state != "new":
             raise ManagerStateError(f"start() on a manager that is {self._state}")
-        self._claim()  # resume recurrences waiting in the store
+        self._recurrences.claim()  # resume recurrences waiting in the store
         self._pool = Pool()
         self._pool.start({"max_memory": self._max_memory, "term_grace": self._kill_grace})
         self._wake = self._pool.doorbell.ring
@@ -933,7 +797,7 @@ class Manager(Executor):
         grace = check_seconds(grace, "grace")
         if self._state == "new":
             self._state = "stopped"
-            self._release_recurrences()  # scheduled, never started: free for others now
+            self._recurrences.release()  # scheduled, never started: free for others now
             return
         if self._state == "stopped":
             return
@@ -1070,7 +934,7 @@ class Manager(Executor):
                 if self._clock.virtual:
                     self._virtual_timeouts()
                 if self._state == "running":
-                    self._renew()
+                    self._recurrences.renew()
                 if self._state == "stopping":
                     if self._stop_step():
                         break
@@ -1106,21 +970,9 @@ class Manager(Executor):
         self._clock.unsubscribe(self._wake)
         try:
             self._recorder.run_deferred()
-            self._release_recurrences()
+            self._recurrences.release()
         finally:
             self._pool.close()
-
-    def _release_recurrences(self) -> None:
-        """Stopping: hand this manager's recurrences back to the store (the next manager
-        resumes them) and settle the futures of stand-ins it will never run."""
-        self._recorder.flush()
-        try:
-            self.store.release_recurrences(self.node)
-        except StoreError:
-            log.exception("jobengine: cannot release this manager's recurrences")
-        for inst in list(self._standby.values()) + list(self._recurrences.values()):
-            _settle_suspended(inst)
-        self._standby.clear()
 
     def _virtual_timeouts(self) -> None:
         """Under a virtual clock the engine, not the supervisor, notices timeouts."""
@@ -1142,7 +994,7 @@ class Manager(Executor):
     def _idle_timeout(self) -> float:
         if self._stop_deadline is not None:
             return max(0.0, min(IDLE_PARK_S, self._stop_deadline - time.monotonic()))
-        park = min(IDLE_PARK_S, max(0.0, self._next_renew - time.monotonic()))
+        park = min(IDLE_PARK_S, max(0.0, self._recurrences.next_renew - time.monotonic()))
         with self._lock:
             nxt = self._core.next_due_ns()
             ready = self._core.ready_len
@@ -1443,16 +1295,6 @@ def _sync_state(inst: Instance) -> None:
     if not inst._ending:
         running = any(r.state is _PROCESSING for r in inst._runs)
         inst.state = _PROCESSING if running else _SCHEDULED
-
-
-def _settle_suspended(inst: Instance) -> None:
-    if not inst.done():
-        inst.set_exception(
-            ManagerStateError(
-                f"the manager stopped before a run of {inst.kind!r} finished; the recurrence "
-                "is suspended in the store and resumes when a manager starts on it"
-            )
-        )
 
 
 def _future_cancel(inst: Instance) -> None:
