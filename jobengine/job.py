@@ -89,7 +89,14 @@ class Job:
     timezone, jitter, misfire, misfire_grace, nonexistent, ambiguous, max_overlap,
     max_retries, backoff, timeout, response_handler, error_handler,
     state_change_handler).  See DESIGN.md §1; every option is checked here and a bad one
-    raises InvalidJobError / InvalidArgumentError / InvalidArgumentTypeError naming it."""
+    raises InvalidJobError / InvalidArgumentError / InvalidArgumentTypeError naming it.
+
+    Recurring jobs (crontab=...; README "Scheduling"): timezone is an IANA name (default
+    local); nonexistent="shift"|"skip" and ambiguous="first"|"second"|"both" say how a
+    local time skipped or repeated by daylight saving fires; jitter (seconds, or a
+    callable returning them) is drawn once per fire; misfire="coalesce"|"skip" says what
+    a tick later than misfire_grace seconds does (run once now, or wait for the next);
+    max_overlap is how many runs of one recurring instance may run at once."""
 
     __slots__ = (
         "_arity",
