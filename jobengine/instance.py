@@ -243,6 +243,7 @@ class Run:
         "_started_mono",
         "_timeout_sent",
         "attempts",
+        "due_ns",
         "fire",
         "job",
         "priority",
@@ -253,11 +254,12 @@ class Run:
     _recurring = False
     _counted = False
 
-    def __init__(self, parent: Instance, run: int, fire: datetime):
+    def __init__(self, parent: Instance, run: int, fire: datetime, due_ns: int):
         self._parent = parent
         self.job = parent.job
         self.run = run
-        self.fire = fire
+        self.fire = fire  # its tick
+        self.due_ns = due_ns  # the tick plus its jitter, ns since the epoch
         self.priority = parent.priority
         self.state = State.SCHEDULED
         self.attempts = 0

@@ -391,7 +391,7 @@ class Manager(Executor):
             return None
         if not self._release_fire(inst):
             return None
-        run_no, fire, _ = inst.fire_log[-1]
+        run_no, fire, jitter = inst.fire_log[-1]
         rec = inst._rec
         if rec is not None and not self._recurrences.claim_tick(rec, fire):
             # Another manager ran this tick (it took the recurrence over while this one
@@ -403,7 +403,7 @@ class Manager(Executor):
             self._core.add(inst._handle, self._arm_fire(inst, self._next_fire(inst)),
                            inst.priority)  # fmt: skip
             return None
-        run = Run(inst, run_no, fire)
+        run = Run(inst, run_no, fire, datetime_to_ns(fire) + int(jitter * 1e9))
         self._new_handle(run)
         inst._runs.append(run)
         if len(inst._runs) < inst.job.max_overlap:
@@ -411,6 +411,28 @@ class Manager(Executor):
         else:
             inst._parked = True
         return run
+
+    def _too_late(self, run: Run) -> bool:
+        """Under misfire="skip", whether a run that waited for a worker (the pool was
+        saturated) would now start later than misfire_grace after its tick."""
+        job = run.job
+        if job.misfire != "skip" or run.attempts:  # a retry is late by design
+            return False
+        return self._clock.time_ns() - run.due_ns > job.misfire_grace * 1e9
+
+    def _skip_late_run(self, run: Run) -> None:
+        """Engine thread: a run too late to start under misfire="skip" ends unrun."""
+        now = self._clock.time_ns()
+        job = run.job
+        late = (now - run.due_ns) / 1e9
+        cause = (
+            f"missed: a worker was free only {late:.3f} s after its tick "
+            f"(misfire=skip, grace {job.misfire_grace:g} s)"
+        )
+        self._recorder.log(run._parent, LogLevel.WARN, now, f"run {run.run} {cause}", 0)
+        run._completed_ns = now
+        self._recorder.transition(run, _CANCELED, now, cause)
+        self._run_ended(run)
 
     def _arm_next(self, inst: Instance) -> None:
         """Arm the next tick of a recurring instance as its next run (_lock held); the
@@ -514,7 +536,7 @@ class Manager(Executor):
         late_ns = now - datetime_to_ns(latest) - int(jitter * 1e9)
         on_time = late_ns <= job.misfire_grace * 1e9
         if on_time or job.misfire == "coalesce":
-            if len(past) > 1 or not on_time:
+            if len(past) > 1:
                 inst.fire_log[-1] = (run_no, latest, jitter)
                 self._recorder.log(
                     inst,
@@ -522,6 +544,15 @@ class Manager(Executor):
                     now,
                     f"{len(past) - 1}{more} missed tick(s) coalesced into run {run_no} "
                     f"(misfire={job.misfire}, grace {job.misfire_grace:g} s)",
+                    0,
+                )
+            elif not on_time:  # late (no worker was free, or the manager was behind)
+                self._recorder.log(
+                    inst,
+                    LogLevel.WARN,
+                    now,
+                    f"run {run_no} starts {late_ns / 1e9:.3f} s after its tick "
+                    f"(misfire=coalesce, grace {job.misfire_grace:g} s)",
                     0,
                 )
             return True

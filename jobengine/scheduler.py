@@ -67,8 +67,15 @@ class Dispatcher:
                 return False
             by_handle = m._by_handle
             instances = [by_handle[h] for h in handles]
-            if any(i._recurring for i in instances):  # a tick: dispatch a Run for it
+            late = []
+            if any(i._recurring or i._parent is not None for i in instances):
+                # a tick: dispatch a Run for it; a run that waited too long: skip it
                 instances = [r for i in instances if (r := m._fire(i) if i._recurring else i)]
+                late = [i for i in instances if i._parent is not None and m._too_late(i)]
+                if late:
+                    instances = [i for i in instances if i not in late]
+        for run in late:
+            m._skip_late_run(run)
         # Deal the instances out round-robin, least-loaded worker first: the best
         # ones start first, wherever a worker is free.
         slots = sorted(workers, key=_load)

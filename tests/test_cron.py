@@ -1,6 +1,8 @@
 """Recurring (crontab) instances, misfires, jitter and the virtual clock, end to end."""
 
 import itertools
+import os
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -286,3 +288,57 @@ def test_a_day_of_missed_per_second_ticks_is_jumped_not_walked(vmgr, vclock):
     latest = ji.fire_log[1][1]  # the run is for the latest past tick
     assert latest == T0 + timedelta(seconds=86_401)
     assert ji.scheduled_at == T0 + timedelta(seconds=86_402)
+
+
+@pytest.mark.parametrize("policy", ["skip", "coalesce"])
+def test_a_tick_kept_waiting_by_a_saturated_pool_follows_the_misfire_policy(
+    vmgr, vclock, tmp_path, policy
+):
+    gate = tmp_path / "gate"
+    busy = vmgr.submit(jobs.hold_until, str(gate))  # the only worker, taken
+    wait_for(busy.running)
+    ji = vmgr.schedule_job(Job(f"starved-{policy}", jobs.noop, crontab="*/10 * * * *",
+                               timezone="UTC", misfire=policy, misfire_grace=30))  # fmt: skip
+    vclock.advance(600)  # 23:10: the tick is due, but no worker is free
+    time.sleep(0.2)
+    vclock.advance(60)  # a worker frees up only 60 s after the tick (grace: 30 s)
+    gate.touch()
+    busy.result(timeout=10)
+    if policy == "skip":
+        wait_for(lambda: any(r.level is LogLevel.WARN for r in vmgr.lookup_instance_logs(ji)))
+        time.sleep(0.2)
+        assert ji.run == 1 and ji.state is State.SCHEDULED  # 23:10 did not run
+        history = vmgr.lookup_instance_history(ji)
+        assert State.PROCESSING not in [r.state for r in history]
+        warn = [r.message for r in vmgr.lookup_instance_logs(ji) if r.level is LogLevel.WARN]
+        assert "1 missed tick(s) skipped" in warn[0]
+    else:
+        wait_for(lambda: ji.run == 2)  # it ran, late
+        (start,) = [r for r in vmgr.lookup_instance_history(ji) if r.state is State.PROCESSING]
+        assert start.timestamp == T0 + timedelta(minutes=11)
+        warn = [r.message for r in vmgr.lookup_instance_logs(ji) if r.level is LogLevel.WARN]
+        assert "run 1 starts 60.000 s after its tick" in warn[0]
+    assert ji.scheduled_at == T0 + timedelta(minutes=20)
+
+
+def test_a_run_requeued_after_its_worker_died_is_skipped_when_too_late(vmgr, vclock, tmp_path):
+    for _ in range(40):  # tiny jobs: the dispatcher gives each worker a second credit
+        vmgr.submit(jobs.noop).result(timeout=10)
+    wait_for(lambda: vmgr._dispatcher.credits >= 2)
+    busy = vmgr.submit(jobs.hold_until, str(tmp_path / "never"))
+    wait_for(busy.running)
+    (worker,) = vmgr.workers
+    ji = vmgr.schedule_job(Job("requeued", jobs.noop, crontab="*/10 * * * *", timezone="UTC",
+                               misfire="skip", misfire_grace=30))  # fmt: skip
+    vclock.advance(600)  # on time: run 1 goes to the busy worker's ring, behind busy
+    time.sleep(0.3)
+    assert ji.state is State.SCHEDULED  # handed over, not started
+    vclock.advance(60)
+    os.kill(worker.pid, signal.SIGKILL)  # run 1 goes back to the queue, unstarted
+    wait_for(lambda: any(r.run == 1 and r.state is State.CANCELED
+                         for r in vmgr.lookup_instance_history(ji)))  # fmt: skip
+    (end,) = [r for r in vmgr.lookup_instance_history(ji) if r.run == 1 and r.state & State.FINAL]
+    assert "missed: a worker was free only 60." in end.cause
+    assert State.PROCESSING not in [r.state for r in vmgr.lookup_instance_history(ji)]
+    wait_for(lambda: ji.run == 2)  # the recurrence goes on at the next tick
+    assert ji.scheduled_at == T0 + timedelta(minutes=20)
