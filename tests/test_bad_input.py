@@ -18,6 +18,7 @@ from jobengine import (
     Manager,
     ManagerStateError,
     Query,
+    SerializationError,
     UnknownJobError,
 )
 
@@ -67,6 +68,15 @@ ROWS = [
      InvalidJobError, "Moon/Base", ValueError),
     ("bad misfire policy", lambda m: Job("t", jobs.add, crontab="* * * * *", misfire="later"),
      InvalidArgumentError, "'later'", ValueError),
+    ("max_overlap as str", lambda m: Job("t", jobs.add, crontab="* * * * *", max_overlap="2"),
+     InvalidArgumentTypeError, "'2'", TypeError),
+    ("zero max_overlap", lambda m: Job("t", jobs.add, crontab="* * * * *", max_overlap=0),
+     InvalidArgumentError, "0", ValueError),
+    ("crontab job, unpicklable arg", lambda m: m.schedule_job(
+        Job("cron-arg", jobs.echo, crontab="* * * * *"), args=(lambda: 1,)),
+     SerializationError, "cron-arg", ValueError),
+    ("zero lease", lambda m: Manager(lease=0), InvalidArgumentError, "lease", ValueError),
+    ("lease as str", lambda m: Manager(lease="30"), InvalidArgumentTypeError, "'30'", TypeError),
     ("zero workers", lambda m: Manager(num_workers=0), InvalidArgumentError, "0", ValueError),
     ("workers as str", lambda m: Manager(num_workers="2"), InvalidArgumentTypeError, "'2'",
      TypeError),
@@ -91,12 +101,14 @@ def manager():
 def test_bad_input_table(manager, row):
     _, call, exc, text, builtin = row
     before = manager.lookup_instances()
+    recurrences = manager.store.lookup_recurrences()
     with pytest.raises(exc) as info:
         call(manager)
     err = info.value
     assert isinstance(err, JobEngineError) and isinstance(err, builtin)
     assert text in str(err), str(err)
     assert manager.lookup_instances() == before  # nothing half-created
+    assert manager.store.lookup_recurrences() == recurrences
 
 
 def test_schedule_at_in_the_past_runs_now():
