@@ -288,7 +288,7 @@ class Manager(Executor):
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
             inst._payload = _dumps(payload)
             if job.crontab is not None:
-                key_material = _dumps((job.kind, job.crontab, job.timezone, args, kwargs))
+                key_material = _dumps((job.kind, args, kwargs))
         except Exception as e:
             raise SerializationError(
                 f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
@@ -314,7 +314,7 @@ class Manager(Executor):
                 first = next(inst._fires)
             except StopIteration:
                 raise InvalidArgumentError(f"crontab {job.crontab!r} never fires") from None
-            # Into the store first: the same schedule (kind, crontab, zone, arguments)
+            # Into the store first: the same schedule (kind and arguments)
             # there already, here or in another manager, is returned, not doubled.
             rec, existing = self._recurrences.add(inst, key_material, first)
             if existing is not None:

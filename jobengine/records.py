@@ -284,8 +284,9 @@ class RecurrenceRecord:
     the owner's lease lapses) resumes it under the same uuid and run numbers, and the
     job's misfire policy decides what happens to the ticks missed meanwhile.
 
-    key identifies the schedule (kind, crontab, time zone and arguments): scheduling
-    the same one again returns the live instance rather than a second recurrence.
+    key identifies the schedule (its kind and arguments; the crontab and zone are the
+    registered job's, so editing them in code moves the recurrence, not doubles it):
+    scheduling the same one again returns the live instance, not a second recurrence.
     payload is the pickled (args, kwargs) the worker receives; run and fire_ns are the
     next run's number and its tick (ns, before jitter); owner and lease_until_ns say
     which manager runs it and until when its claim holds without renewal."""

@@ -3,10 +3,11 @@
 The engine runs a recurrence (manager.py: its tick in the core, a Run per fire); this
 module keeps it in the store and decides who runs it:
 
-- schedule: the recurrence goes into the store under its schedule key (kind, crontab,
-  zone, arguments); the same schedule there already is returned instead, live if this
-  manager runs it, else as a stand-in Instance that becomes live if this manager ever
-  takes it over;
+- schedule: the recurrence goes into the store under its schedule key (kind and
+  arguments: the crontab is the registered job's, so an edited crontab moves the
+  recurrence rather than doubling it); the same schedule there already is returned
+  instead, live if this manager runs it, else as a stand-in Instance that becomes live
+  if this manager ever takes it over;
 - own: the manager that runs a recurrence owns it through a lease (real time, whatever
   the manager's clock), renewed every lease / 3 from the engine thread; each armed tick
   is saved (run number, tick) with the next batch of records;

@@ -285,3 +285,20 @@ def test_a_store_outage_neither_stops_the_engine_nor_loses_ticks():
         clock.advance(600)
         wait_for(lambda: ji.run == 3)
         assert m.submit(jobs.add, 1, 2).result(timeout=10) == 3  # the engine lives
+
+
+def test_an_edited_crontab_moves_the_recurrence_instead_of_doubling_it(tmp_path):
+    db = str(tmp_path / "jobs.db")
+    clock = VirtualClock(T0)
+    with Manager(num_workers=1, store=SQLiteStore(db), clock=clock) as m1:
+        ji = m1.schedule_job(nightly())  # */10
+        assert ji.scheduled_at == T0 + timedelta(minutes=10)
+    hourly = Job("nightly", jobs.noop, crontab="0 * * * *", timezone="UTC")  # edited, redeployed
+    with Manager(num_workers=1, store=SQLiteStore(db), clock=clock) as m2:
+        again = m2.schedule_job(hourly)
+        assert again.uuid == ji.uuid and len(m2.store.lookup_recurrences()) == 1
+        # the stored tick (23:10) is where the walk resumes: the new crontab's next is 00:00
+        assert again.scheduled_at == T0 + timedelta(hours=1)
+        clock.advance(3600)
+        wait_for(lambda: again.run == 2)
+        assert again.fire_log[0][1] == T0 + timedelta(hours=1)
