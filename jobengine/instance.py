@@ -215,6 +215,13 @@ class Instance(LogMethods, Future):
             return super().cancel()
         return self._manager._cancel_queued(self)
 
+    def _make_recurring(self) -> None:
+        """Make this a recurring instance: its own timer, never counted by wait()."""
+        self._recurring = True
+        self._counted = False
+        self._runs = []
+        self.fire_log = []
+
     def running(self) -> bool:
         """True while an attempt is PROCESSING in a worker."""
         return self.state is _PROCESSING
@@ -244,7 +251,6 @@ class Run:
         "_timeout_sent",
         "attempts",
         "due_ns",
-        "fire",
         "job",
         "priority",
         "run",
@@ -254,12 +260,11 @@ class Run:
     _recurring = False
     _counted = False
 
-    def __init__(self, parent: Instance, run: int, fire: datetime, due_ns: int):
+    def __init__(self, parent: Instance, run: int, due_ns: int):
         self._parent = parent
         self.job = parent.job
         self.run = run
-        self.fire = fire  # its tick
-        self.due_ns = due_ns  # the tick plus its jitter, ns since the epoch
+        self.due_ns = due_ns  # its tick plus its jitter, ns since the epoch
         self.priority = parent.priority
         self.state = State.SCHEDULED
         self.attempts = 0

@@ -303,10 +303,7 @@ class Manager(Executor):
             # (built from whole microseconds: a float of ns would round past the tick)
             explicit = at is not None or after is not None
             start = _EPOCH + timedelta(microseconds=inst._scheduled_ns // 1000 - explicit)
-            inst._recurring = True
-            inst._counted = False
-            inst._runs = []
-            inst.fire_log = []
+            inst._make_recurring()
             inst._fires = fire_times(
                 job.crontab, job._tz, start, nonexistent=job.nonexistent, ambiguous=job.ambiguous
             )
@@ -403,7 +400,7 @@ class Manager(Executor):
             self._core.add(inst._handle, self._arm_fire(inst, self._next_fire(inst)),
                            inst.priority)  # fmt: skip
             return None
-        run = Run(inst, run_no, fire, datetime_to_ns(fire) + int(jitter * 1e9))
+        run = Run(inst, run_no, datetime_to_ns(fire) + int(jitter * 1e9))
         self._new_handle(run)
         inst._runs.append(run)
         if len(inst._runs) < inst.job.max_overlap:

@@ -120,10 +120,7 @@ class Recurrences:
             inst = Instance(self.m, job, _uuid.UUID(rec.uuid).int, args, kwargs, rec.priority,
                             rec.created_ns)  # fmt: skip
         inst._payload = rec.payload
-        inst._recurring = True
-        inst._counted = False
-        inst._runs = []
-        inst.fire_log = []
+        inst._make_recurring()
         inst.run = rec.run
         inst.state = _SCHEDULED
         inst._scheduled_ns = rec.fire_ns

@@ -228,6 +228,13 @@ def _script(tmp_path: Path, body: str) -> Path:
     return path
 
 
+def _start_ready(app: Path) -> subprocess.Popen:
+    """Run the script; return once it has printed READY."""
+    proc = subprocess.Popen([sys.executable, str(app)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    return proc
+
+
 def _pids_of(proc_pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(proc_pid).children(recursive=True)]
 
@@ -253,16 +260,15 @@ def test_sigterm_to_the_manager_process_stops_it_gracefully(tmp_path):
         ji = m.schedule_job(Job("long", jobs.hang_in_c), args=(60,))
         while not ji.running():
             time.sleep(0.01)
-        print("READY", flush=True)
-        try:
+        try:  # READY inside the try: the signal may land the moment it is written
+            print("READY", flush=True)
             ji.result()
         finally:
             m.stop()
             print("STATE", ji.state.name, flush=True)
         """,
     )
-    proc = subprocess.Popen([sys.executable, str(app)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "READY"
+    proc = _start_ready(app)
     children = _pids_of(proc.pid)
     assert len(children) >= 3  # supervisor + 2 workers
     proc.send_signal(signal.SIGTERM)
@@ -286,8 +292,7 @@ def test_sigkill_of_the_manager_process_takes_every_child_within_2s(tmp_path):
         time.sleep(60)
         """,
     )
-    proc = subprocess.Popen([sys.executable, str(app)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "READY"
+    proc = _start_ready(app)
     children = _pids_of(proc.pid)
     assert len(children) >= 3
     proc.kill()
@@ -315,8 +320,7 @@ def test_sigint_stops_gracefully_then_raises_keyboard_interrupt(tmp_path):
             print("INTERRUPTED", running.state.name, queued.state.name, flush=True)
         """,
     )
-    proc = subprocess.Popen([sys.executable, str(app)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "READY"
+    proc = _start_ready(app)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0

@@ -26,6 +26,7 @@ class PostgresStore(SQLStore):
 
     _ph = "%s"
     _order = "seq"
+    _driver_error = psycopg.Error if psycopg is not None else Exception
 
     def __init__(
         self, dsn: str = "postgresql://postgres@127.0.0.1:5432/test", namespace: str = "jobengine"
@@ -83,21 +84,3 @@ class PostgresStore(SQLStore):
                     cur.executemany(sql, rows)
             except psycopg.Error as e:
                 raise self._fail(e) from e
-
-    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except psycopg.Error as e:
-                raise self._fail(e) from e
-
-    def _execute(self, sql: str, args: tuple = ()) -> int:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).rowcount
-            except psycopg.Error as e:
-                raise self._fail(e) from e
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -1,9 +1,10 @@
 """What the SQL stores share: the Store contract written once as SQL.
 
 A driver subclass (sqlite.py, postgres.py) opens the connection, creates the tables and
-provides `_batch` (executemany in one transaction), `_query` (fetchall) and `_execute`
-(returns rowcount), plus `_ph`, its parameter placeholder, and `_order`, the column that
-keeps instances in creation order.  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`,
+provides `_batch` (executemany in one transaction) and `_fail` (a StoreError naming the
+store), plus `_db` (a DB-API connection in autocommit mode), `_driver_error`, `_ph`
+(its parameter placeholder) and `_order` (the column that keeps instances in creation
+order).  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`,
 `<ns>_recurrences`, `<ns>_ticks`.  Each recurrence verb is one statement, so the database makes it
 atomic (PostgreSQL re-checks an UPDATE's WHERE on a row another transaction just
 changed: two managers claiming at once never both win)."""
@@ -13,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from ..errors import StoreError
 from ..query import Query
 from ..records import InstanceRecord, LogLevel, LogRecord, RecurrenceRecord, StateRecord
 from ..state import State
@@ -27,6 +29,7 @@ INSTANCE_COLUMNS = (
 class SQLStore(Store):
     _ph = "?"
     _order = "rowid"
+    _driver_error: type[Exception] = Exception
 
     def _init_tables(self, namespace: str) -> None:
         self.namespace = namespace
@@ -35,15 +38,31 @@ class SQLStore(Store):
                    "l": f"{namespace}_logs", "r": f"{namespace}_recurrences",
                    "t": f"{namespace}_ticks"}  # fmt: skip
 
-    # -- driver hooks ------------------------------------------------------------------
+    # -- driver hooks, and the statements every driver runs the same way -------------
     def _batch(self, sql: str, rows: list[tuple]) -> None:
         raise NotImplementedError
 
-    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _fail(self, e: Exception) -> StoreError:
         raise NotImplementedError
 
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except self._driver_error as e:
+                raise self._fail(e) from e
+
     def _execute(self, sql: str, args: tuple = ()) -> int:
-        raise NotImplementedError
+        """Run one statement; return its rowcount."""
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).rowcount
+            except self._driver_error as e:
+                raise self._fail(e) from e
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def _marks(self, n: int) -> str:
         return ",".join([self._ph] * n)

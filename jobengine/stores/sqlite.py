@@ -21,6 +21,7 @@ class SQLiteStore(SQLStore):
 
     _ph = "?"
     _order = "rowid"
+    _driver_error = sqlite3.Error
 
     def __init__(self, path: str, namespace: str = "jobengine"):
         if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
@@ -72,21 +73,3 @@ class SQLiteStore(SQLStore):
             except sqlite3.Error as e:
                 self._db.execute("ROLLBACK")
                 raise self._fail(e) from e
-
-    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as e:
-                raise self._fail(e) from e
-
-    def _execute(self, sql: str, args: tuple = ()) -> int:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).rowcount
-            except sqlite3.Error as e:
-                raise self._fail(e) from e
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
