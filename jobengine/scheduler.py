@@ -68,7 +68,7 @@ class Dispatcher:
             by_handle = m._by_handle
             instances = [by_handle[h] for h in handles]
             late = []
-            if any(i._recurring or i._parent is not None for i in instances):
+            if not all(i._counted for i in instances):  # recurring instances and Runs
                 # a tick: dispatch a Run for it; a run that waited too long: skip it
                 instances = [r for i in instances if (r := m._fire(i) if i._recurring else i)]
                 late = [i for i in instances if i._parent is not None and m._too_late(i)]
