@@ -117,7 +117,7 @@ def jobengine_latency(m: Manager, n: int, gap: float = 0.002) -> list[int]:
         t = time.time_ns()
         ji = m.submit(noop)
         ji.result()
-        out.append(ji._processed_ns - t)
+        out.append(ji.processed_ns - t)
     return out
 
 
@@ -129,17 +129,17 @@ def jobengine_delayed_lateness(m: Manager, n: int, delay: float = 0.02) -> list[
         t = time.time_ns()
         ji = m.schedule_job(_delayed_job(m), schedule_after=delay)
         ji.result()
-        out.append(ji._processed_ns - (t + int(delay * 1e9)))
+        out.append(ji.processed_ns - (t + int(delay * 1e9)))
     return out
 
 
 def _delayed_job(m: Manager):
     from jobengine import Job
 
-    job = getattr(m, "_bench_delayed_job", None)
-    if job is None:
-        job = m._bench_delayed_job = m.register_job(Job("bench-delayed", noop))
-    return job
+    try:
+        return m.lookup_job("bench-delayed")
+    except KeyError:
+        return m.register_job(Job("bench-delayed", noop))
 
 
 def ppe_latency(ex: cf.ProcessPoolExecutor, n: int, gap: float = 0.002) -> list[int]:

@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from jobengine import Manager
+from jobengine import Job, Manager
 from jobengine.stores.memory import MemoryStore
 
 
@@ -34,7 +34,7 @@ def noop():
 
 def measure(n: int, store) -> tuple[float, float, float]:
     m = Manager(num_workers=2, store=store)
-    job = m._job_for(noop)
+    job = m.register_job(Job("noop", noop))
     proc = psutil.Process()
     gc.collect()
     before = proc.memory_info().rss
@@ -42,7 +42,7 @@ def measure(n: int, store) -> tuple[float, float, float]:
     for _ in range(n):
         m.schedule_job(job)
     sched = time.perf_counter() - t
-    m._recorder.flush()
+    m.lookup_instance_history("")  # flushes what waits for the store
     gc.collect()
     per = (proc.memory_info().rss - before) / n
     m.start()

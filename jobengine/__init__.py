@@ -1,6 +1,8 @@
 """jobengine: register jobs, schedule them, run them on a pool of worker processes.
 
-The public surface, and nothing else (see README.md for a tour)."""
+The public surface, and nothing else (see README.md for a tour).
+
+Owns: the public surface, nothing else.  Never does: start anything on import."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""python -m jobengine demo [--jobs N] [--workers N]"""
+"""python -m jobengine demo [--jobs N] [--workers N]
+
+Owns: the command line.  Never does: anything the public API does not offer."""
 
 from __future__ import annotations
 

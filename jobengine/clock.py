@@ -4,7 +4,10 @@ The manager reads wall time (records, schedule_at, crontab ticks) and monotonic 
 (the scheduler core's due times, backoff, timeouts) through one Clock.  SystemClock is
 the default.  VirtualClock is for tests: time moves only when the test calls advance(),
 so a week of crontab ticks, a DST transition or a backoff runs in milliseconds, with
-exact fire times to assert on."""
+exact fire times to assert on.
+
+Owns: the Clock interface and its two implementations.  Never does: sleep (the engine
+waits on its doorbell)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 Shows the engine doing its job: jobs of three priorities (high ones finish first), a
 flaky kind that succeeds on retry, one that always fails, and a live progress line.
 Ends with a table: throughput, speedup over running the same jobs serially in one
-process (measured on a sample, here, in this run), and the count per final state."""
+process (measured on a sample, here, in this run), and the count per final state.
+
+Owns: the demo's jobs and its report.  Never does: anything a user's program could not
+do with the public API."""
 
 from __future__ import annotations
 

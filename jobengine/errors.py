@@ -1,7 +1,10 @@
 """One error hierarchy, rooted at JobEngineError; each failure mode its own type.
 
 Errors about bad input also derive from the builtin a caller would expect (ValueError,
-TypeError, KeyError), so `except ValueError` keeps working around jobengine calls."""
+TypeError, KeyError), so `except ValueError` keeps working around jobengine calls.
+
+Owns: every exception type jobengine raises.  Never does: import another jobengine
+module."""
 
 from __future__ import annotations
 

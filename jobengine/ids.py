@@ -3,7 +3,10 @@
 uuid.uuid4() costs ~1.6 us here; this builds the 128-bit integer directly and makes the
 uuid.UUID object only when asked.  Layout: 48-bit Unix milliseconds, version 7, a 12-bit
 counter (rand_a, method 1 of RFC 9562 §6.2: monotonic within a millisecond in one
-process), variant 10, 62 random bits."""
+process), variant 10, 62 random bits.
+
+Owns: the per-process counter behind uuid7_int.  Never does: hand out a smaller id than
+before in one process."""
 
 from __future__ import annotations
 

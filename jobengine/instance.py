@@ -1,7 +1,10 @@
 """Instance: one execution of a job, and a concurrent.futures.Future of its result.
 
-The manager owns every field; users read them.  Timestamps are kept in nanoseconds and
-shown as aware UTC datetimes.  (Future has no __slots__, so neither can this class.)"""
+Owns: the Future's outcome and the fields a user reads (uuid, kind, state, args,
+attempts, timestamps).  The engine (engine.py) is the only writer of the engine-owned
+fields listed in Instance's docstring, always from its own thread or under its lock;
+users read them.  Timestamps are kept in nanoseconds and shown as aware UTC datetimes.
+Also here: Run, one fire of a recurring instance.  Never does: scheduling, I/O."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import uuid as _uuid
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .errors import ManagerStateError
 from .records import LogLevel, LogMethods, ns_to_datetime
 from .state import State
 
@@ -22,9 +26,18 @@ if TYPE_CHECKING:
 # Enum attribute access costs ~0.1 us (metaclass lookup); the hot paths use these.
 _CREATED = State.CREATED
 _PROCESSING = State.PROCESSING
+_SCHEDULED = State.SCHEDULED
 
 _cond_lock = threading.Lock()
 _DONE = (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
+
+
+class Owner(Protocol):
+    """What an Instance asks of the engine that owns it."""
+
+    def cancel_queued(self, inst: Instance) -> bool: ...
+
+    def append_log(self, inst: Instance, level: LogLevel, message: str) -> None: ...
 
 
 class Instance(LogMethods, Future):
@@ -33,6 +46,13 @@ class Instance(LogMethods, Future):
 
     cancel() stops an instance that no worker has taken yet (it becomes CANCELED); a
     running one is not interrupted and cancel() returns False.
+
+    Engine-owned fields (written by the engine only; read them, do not set them):
+    handle (its slot in the engine, -1 outside it), payload (the pickled arguments a
+    worker receives), created_ns / scheduled_ns / processed_ns / completed_ns (Unix ns,
+    as in InstanceRecord), cancel_requested, parent (None; a Run's recurring instance),
+    counted (whether wait() waits for it), recurrence (the engine's state of a
+    recurring instance, or None), started_mono, timeout_sent, replaced_exc.
 
     Speed: Future.__init__ builds a threading.Condition (~1 us) and two lists that most
     instances never need (nobody waits on most of a batch's futures), and every such
@@ -45,53 +65,57 @@ class Instance(LogMethods, Future):
 
     # Defaults live on the class: an instance stores only what differs, which keeps
     # a million queued instances small (see the load figures in the README).
-    _cancel_requested = False  # set by cancel_instances() on a running instance
-    _parent = None  # a Run's recurring instance; None for an Instance
-    _counted = True  # counts toward wait(); a recurrence never ends by itself
+    cancel_requested = False  # set by cancel_instances() on a running instance
+    parent = None  # a Run's recurring instance; None for an Instance
+    counted = True  # counts toward wait(); a recurrence never ends by itself
+    recurrence = None  # the engine's state of a recurring instance (ticks.Recurrence)
     _result = None
     _exception = None
     _uuid_str: str | None = None
-    _handle = -1
-    _processed_ns: int | None = None
-    _completed_ns: int | None = None
+    handle = -1
+    processed_ns: int | None = None
+    completed_ns: int | None = None
     attempts = 0
     run = 1
     worker: int | None = None
-    # recurring (crontab) instances
-    _recurring = False
-    _lookahead = None  # a fire time pulled from the crontab walk, not used yet
-    _runs: list = ()  # its Runs handed to the engine and not yet ended
-    _parked = False  # the next tick waits: max_overlap runs are in flight
-    _ending = False  # canceled or stopping: ends when its last run ends
-    _suspended = False  # ended by stop(), not canceled: the store may resume it
-    _closed = False  # ended: its handle is freed
-    _ran_to_end = False  # its latest ended run was not canceled
-    _rec = None  # its RecurrenceRecord while this manager owns it in the store
-    fire_log: list = ()  # (run, fire time, jitter seconds) per run, for recurring ones
-    _started_mono = 0
-    _timeout_sent = False
+    started_mono = 0
+    timeout_sent = False
+    replaced_exc: BaseException | None = None  # what an error_handler returned instead
 
     def __init__(
-        self, manager, job: Job, uid: int, args: tuple, kwargs: dict, priority: int, created_ns: int
+        self,
+        owner: Owner | None,
+        job: Job,
+        uid: int,
+        args: tuple,
+        kwargs: dict,
+        priority: int,
+        created_ns: int,
     ):
         # Future.__init__ minus the Condition and lists (see _condition below).
         self._state = PENDING
-        self._manager = manager
+        self._owner = owner
         self.job = job
         self._uid = uid
         self.args = args
         self._kwargs = kwargs or None
         self.priority = priority
         self.state = _CREATED
-        self._payload = b""
-        self._created_ns = created_ns
-        self._scheduled_ns: int | None = None
+        self.payload = b""
+        self.created_ns = created_ns
+        self.scheduled_ns: int | None = None
 
     @property
     def kwargs(self) -> dict:
         """Keyword arguments of the executor (a new empty dict when there are none)."""
         kw = self._kwargs
         return {} if kw is None else kw
+
+    @property
+    def fire_log(self) -> list:
+        """For a recurring instance: (run, fire time, jitter seconds) per run so far."""
+        rec = self.recurrence
+        return [] if rec is None else rec.fire_log
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -117,22 +141,22 @@ class Instance(LogMethods, Future):
     @property
     def created_at(self) -> datetime:
         """When it was scheduled (CREATED)."""
-        return ns_to_datetime(self._created_ns)
+        return ns_to_datetime(self.created_ns)
 
     @property
     def scheduled_at(self) -> datetime | None:
         """When it is (or was) due to run: its next fire time for a recurring instance."""
-        return ns_to_datetime(self._scheduled_ns)
+        return ns_to_datetime(self.scheduled_ns)
 
     @property
     def processed_at(self) -> datetime | None:
         """When its latest attempt started, or None."""
-        return ns_to_datetime(self._processed_ns)
+        return ns_to_datetime(self.processed_ns)
 
     @property
     def completed_at(self) -> datetime | None:
         """When it reached its final state (or its latest run ended), or None."""
-        return ns_to_datetime(self._completed_ns)
+        return ns_to_datetime(self.completed_ns)
 
     # -- Future overrides ----------------------------------------------------------------
     @property
@@ -211,16 +235,45 @@ class Instance(LogMethods, Future):
 
     def cancel(self) -> bool:
         """Cancel if no worker has taken the instance yet; True if it is now CANCELED."""
-        if self._manager is None:
+        if self._owner is None:
             return super().cancel()
-        return self._manager._cancel_queued(self)
+        return self._owner.cancel_queued(self)
 
-    def _make_recurring(self) -> None:
-        """Make this a recurring instance: its own timer, never counted by wait()."""
-        self._recurring = True
-        self._counted = False
-        self._runs = []
-        self.fire_log = []
+    # -- settling, for the engine ------------------------------------------------------
+    def cancel_future(self) -> None:
+        """Future.cancel, then the notification wait()/as_completed() need (which an
+        executor normally sends from set_running_or_notify_cancel)."""
+        if Future.cancel(self):
+            self.set_running_or_notify_cancel()
+
+    def settle_run(self, result: Any, exc: BaseException | None) -> None:
+        """A run of this recurring instance ended: the first resolves the Future; later
+        ones replace what result() / exception() return (the latest finished run)."""
+        if self._state == FINISHED:
+            self._result, self._exception = result, exc
+        elif exc is None:
+            self.set_result(result)
+        else:
+            self.set_exception(exc)
+
+    def settle_suspended(self) -> None:
+        """The manager stopped: a recurrence's Future that no run resolved gets an error."""
+        if not self.done():
+            self.set_exception(
+                ManagerStateError(
+                    f"the manager stopped before a run of {self.kind!r} finished; the "
+                    "recurrence is suspended in the store and resumes when a manager starts "
+                    "on it"
+                )
+            )
+
+    def sync_state(self) -> None:
+        """A live recurring instance is PROCESSING while any of its runs is, else
+        SCHEDULED."""
+        rec = self.recurrence
+        if not rec.ending:
+            running = any(r.state is _PROCESSING for r in rec.runs)
+            self.state = _PROCESSING if running else _SCHEDULED
 
     def running(self) -> bool:
         """True while an attempt is PROCESSING in a worker."""
@@ -228,7 +281,9 @@ class Instance(LogMethods, Future):
 
     # -- logs ----------------------------------------------------------------------------
     def _log(self, level: LogLevel, msg: Any) -> None:
-        self._manager._append_log(self, level, str(msg))
+        if self._owner is None:
+            raise ManagerStateError(f"{self!r} belongs to no manager: nowhere to log")
+        self._owner.append_log(self, level, str(msg))
 
     def __repr__(self) -> str:
         return f"<Instance {self.kind} {self.uuid_str} {self.state.name}>"
@@ -241,52 +296,53 @@ class Run:
     and handlers are the instance's, and its history records carry the run number."""
 
     __slots__ = (
-        "_completed_ns",
-        "_handle",
-        "_parent",
-        "_payload",
-        "_processed_ns",
-        "_replaced_exc",
-        "_started_mono",
-        "_timeout_sent",
         "attempts",
+        "completed_ns",
         "due_ns",
+        "handle",
         "job",
+        "parent",
+        "payload",
         "priority",
+        "processed_ns",
+        "replaced_exc",
         "run",
+        "started_mono",
         "state",
+        "timeout_sent",
         "worker",
     )
-    _recurring = False
-    _counted = False
+    recurrence = None
+    counted = False
 
     def __init__(self, parent: Instance, run: int, due_ns: int):
-        self._parent = parent
+        self.parent = parent
         self.job = parent.job
         self.run = run
         self.due_ns = due_ns  # its tick plus its jitter, ns since the epoch
         self.priority = parent.priority
-        self.state = State.SCHEDULED
+        self.state = _SCHEDULED
         self.attempts = 0
         self.worker: int | None = None
-        self._handle = -1
-        self._payload = parent._payload
-        self._processed_ns: int | None = None
-        self._completed_ns: int | None = None
-        self._started_mono = 0
-        self._timeout_sent = False
+        self.handle = -1
+        self.payload = parent.payload
+        self.processed_ns: int | None = None
+        self.completed_ns: int | None = None
+        self.started_mono = 0
+        self.timeout_sent = False
+        self.replaced_exc: BaseException | None = None
 
     @property
     def uuid_str(self) -> str:
-        return self._parent.uuid_str
+        return self.parent.uuid_str
 
     @property
     def kind(self) -> str:
         return self.job.kind
 
     @property
-    def _cancel_requested(self) -> bool:
-        return self._parent._cancel_requested
+    def cancel_requested(self) -> bool:
+        return self.parent.cancel_requested
 
     def __repr__(self) -> str:
-        return f"<Run {self.run} of {self._parent!r} {self.state.name}>"
+        return f"<Run {self.run} of {self.parent!r} {self.state.name}>"

@@ -1,4 +1,7 @@
-"""Job: the definition of a kind of work (go-job's NewJob with its options)."""
+"""Job: the definition of a kind of work (go-job's NewJob with its options).
+
+Owns: a Job's options and their checks, and the executor's signature.  Never does:
+schedule (the manager does)."""
 
 from __future__ import annotations
 
@@ -101,7 +104,6 @@ class Job:
     __slots__ = (
         "_arity",
         "_signature",
-        "_tz",
         "ambiguous",
         "backoff",
         "crontab",
@@ -123,6 +125,7 @@ class Job:
         "state_change_handler",
         "timeout",
         "timezone",
+        "tz",
     )
 
     def __init__(
@@ -170,7 +173,7 @@ class Job:
         if timezone is not None and crontab is None:
             raise InvalidJobError(f"Job {kind!r}: timezone {timezone!r} needs a crontab")
         try:
-            self._tz = resolve_timezone(timezone)
+            self.tz = resolve_timezone(timezone)
         except (InvalidArgumentError, InvalidArgumentTypeError) as e:
             raise InvalidJobError(f"Job {kind!r}: {e}") from None
         if jitter is not None and not callable(jitter):

@@ -1,4 +1,6 @@
-"""Query: which instances (or records) a lookup or a cancel touches."""
+"""Query: which instances (or records) a lookup or a cancel touches.
+
+Owns: the Query type and its checks.  Never does: read a store."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The recorder: state transitions, their records, and the batches written to the store.
 
+Owns: the records not yet written (state, log, instance snapshots, store ops) and the
+callbacks (futures, handlers) that must wait until they are.  Never does: decide a
+state (the engine and ticks do; this module only validates and records the move).
+
 Any thread may record (user threads record CREATED/SCHEDULED, the engine thread the
 rest).  Records queue in deques, whose append and popleft are atomic, so recording takes
 no lock; flush() drains them into one batch per kind and writes it to the store (the
@@ -36,10 +40,10 @@ def snapshot(inst: Instance) -> InstanceRecord:
         inst.state,
         inst.priority,
         inst.attempts,
-        inst._created_ns,
-        inst._scheduled_ns,
-        inst._processed_ns,
-        inst._completed_ns,
+        inst.created_ns,
+        inst.scheduled_ns,
+        inst.processed_ns,
+        inst.completed_ns,
     )
 
 
@@ -82,11 +86,11 @@ class Recorder:
                 cause,
             )
         )
-        owner = inst._parent or inst  # a Run's records and handlers are its instance's
+        owner = inst.parent or inst  # a Run's records and handlers are its instance's
         self._touched.append(owner)
         handler = inst.job.state_change_handler
         if handler is not None:
-            self._deferred.append((self._call, (handler, owner, state)))
+            self._deferred.append((self.call_handler, (handler, owner, state)))
 
     def next_run(
         self, inst: Instance, state: State, time_ns: int, cause: str | None = None
@@ -100,7 +104,7 @@ class Recorder:
         self._touched.append(inst)
         handler = inst.job.state_change_handler
         if handler is not None:
-            self._deferred.append((self._call, (handler, inst, state)))
+            self._deferred.append((self.call_handler, (handler, inst, state)))
 
     def store_op(self, fn: Callable, *args: Any) -> None:
         """Call fn(*args) (a store verb) with the next batch, after its records."""
@@ -125,8 +129,8 @@ class Recorder:
             self.flush()
         handler = inst.job.state_change_handler
         if handler is not None:
-            self.defer(self._call, handler, inst, _CREATED)
-            self.defer(self._call, handler, inst, _SCHEDULED)
+            self.defer(self.call_handler, handler, inst, _CREATED)
+            self.defer(self.call_handler, handler, inst, _SCHEDULED)
 
     def log(
         self,
@@ -152,7 +156,8 @@ class Recorder:
         self._deferred.append((fn, args))
 
     @staticmethod
-    def _call(handler: Callable, *args: Any) -> None:
+    def call_handler(handler: Callable, *args: Any) -> None:
+        """Run a user's handler; an exception it raises is logged, never propagated."""
         try:
             handler(*args)
         except Exception:

@@ -2,7 +2,9 @@
 
 Timestamps are kept as integer nanoseconds since the Unix epoch (cheap to make, exact to
 store) and exposed as aware UTC datetimes.  Records encode to and from JSON (orjson)
-for stores that keep text."""
+for stores that keep text.
+
+Owns: the record types and their JSON form.  Never does: I/O."""
 
 from __future__ import annotations
 

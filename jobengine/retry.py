@@ -1,4 +1,6 @@
-"""Backoff policies for Job(backoff=...)."""
+"""Backoff policies for Job(backoff=...).
+
+Owns: the backoff policy helpers.  Never does: sleep (the engine arms a timer)."""
 
 from __future__ import annotations
 

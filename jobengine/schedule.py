@@ -13,6 +13,9 @@ an offset change); each wall time is then placed on the timeline with zoneinfo:
 A shifted time can land on or before the next regular tick (a "*/15" crontab shifted
 by an hour): the walk drops fire times that do not move forward, so each instant fires
 at most once and fire times strictly increase.
+
+Owns: crontab walks and time zone resolution.  Never does: touch an instance or the
+engine.
 """
 
 from __future__ import annotations

@@ -1,22 +1,28 @@
-"""The dispatcher: due timers -> ready heap -> workers with a free credit.
+"""The dispatcher: ready instances -> workers with a free credit -> their task rings.
 
-Priority is decided in one place, the compiled core's ready heap.  Each worker holds at
-most `credits` instances (dispatched, not finished), so none hoards work and a
-high-priority arrival waits at most for the jobs already handed out.  Credits adapt to
-job length (an EWMA of attempt run times): one for long jobs (strict priority), two or
-more for short ones, up to MAX_CREDITS for tiny ones, so a worker finds its next job in
-its ring instead of waiting for a round trip through the manager.
+Owns: the credit policy (how many dispatched-but-unfinished attempts a worker may hold)
+and the dealing of ready instances to workers.  It is handed the pool (worker slots and
+their rings) and the job registry (kind ids, executor blobs); it never touches the
+compiled core, the handle table or the engine's lock.  Never does: decide priority
+(the engine pops what is ready from the core, in one place, and hands it over).  Runs
+on the engine thread.
+
+Each worker holds at most `credits` instances, so none hoards work and a high-priority
+arrival waits at most for the jobs already handed out.  Credits adapt to job length (an
+EWMA of attempt run times): one for long jobs (strict priority), two or more for short
+ones, up to MAX_CREDITS for tiny ones, so a worker finds its next job in its ring
+instead of waiting for a round trip through the manager.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import Any
 
+from .job import Job
 from .pool.channel import T_DEFINE, T_TASK, pack, write_record
-
-if TYPE_CHECKING:
-    from .manager import Manager
-    from .pool.pool import WorkerSlot
+from .pool.pool import Pool, WorkerSlot
+from .registry import JobRegistry
 
 MAX_CREDITS = 32
 # Aim for this much queued work per worker: enough to hide the manager's reaction time,
@@ -29,8 +35,10 @@ LONG_JOB_NS = 20_000_000
 
 
 class Dispatcher:
-    def __init__(self, manager: Manager):
-        self.m = manager
+    def __init__(self, pool: Pool, registry: JobRegistry, max_jobs_per_worker: int | None):
+        self.pool = pool
+        self.registry = registry
+        self.max_jobs = max_jobs_per_worker
         self.credits = 1  # until the first attempt finishes: assume long jobs
         self._avg_ns = float(LONG_JOB_NS)  # EWMA of attempt run time
         self._seen = 0
@@ -50,35 +58,26 @@ class Dispatcher:
             else:
                 self.credits = max(2, min(MAX_CREDITS, int(QUEUED_WORK_NS / (avg + 1.0))))
 
-    def dispatch(self) -> bool:
-        m = self.m
-        workers = [
-            w for w in m._pool.workers.values() if not w.retiring and len(w.inflight) < self.credits
-        ]
-        if not workers:
-            return False
+    def room(self) -> int:
+        """How many more instances the workers can take now (free credits)."""
         credits = self.credits
-        room = sum(credits - len(w.inflight) for w in workers)
-        with m._lock:
-            if m._inbox:
-                m._take_inbox()
-            handles = m._core.pop_ready(m._clock.monotonic_ns(), room)
-            if not handles:
-                return False
-            by_handle = m._by_handle
-            instances = [by_handle[h] for h in handles]
-            late = []
-            if not all(i._counted for i in instances):  # recurring instances and Runs
-                # a tick: dispatch a Run for it; a run that waited too long: skip it
-                instances = [r for i in instances if (r := m._fire(i) if i._recurring else i)]
-                late = [i for i in instances if i._parent is not None and m._too_late(i)]
-                if late:
-                    instances = [i for i in instances if i not in late]
-        for run in late:
-            m._skip_late_run(run)
-        # Deal the instances out round-robin, least-loaded worker first: the best
-        # ones start first, wherever a worker is free.
-        slots = sorted(workers, key=_load)
+        return sum(
+            credits - len(w.inflight)
+            for w in self.pool.workers.values()
+            if not w.retiring and len(w.inflight) < credits
+        )
+
+    def deal(self, instances: list) -> list:
+        """Hand `instances` (best first) to workers with free credits, round-robin,
+        least-loaded worker first, so the best ones start first wherever a worker is
+        free.  Returns those that found no room (their rings were full)."""
+        credits = self.credits
+        slots = sorted(
+            (w for w in self.pool.workers.values() if not w.retiring and len(w.inflight) < credits),
+            key=_load,
+        )
+        if not slots:
+            return list(instances)
         free = [credits - len(w.inflight) for w in slots]
         touched = set()
         requeue = []
@@ -98,26 +97,23 @@ class Dispatcher:
             k = (k + 1) % n
         for w in touched:
             w.channel.tasks.publish()
-        if requeue:
-            with m._lock:
-                for inst in requeue:
-                    m._core.add(inst._handle, 0, inst.priority)
-        return True
+        return requeue
 
-    def preload(self, jobs: set) -> None:
+    def preload(self, jobs: Iterable[Job]) -> None:
         """Ship the executors of `jobs` to every worker now, ahead of their due time:
         a worker unpickles an executor (importing its module) when it receives it, so
         a delayed or crontab job's first run does not pay that at its tick."""
-        m = self.m
-        for w in m._pool.workers.values():
+        registry = self.registry
+        jobs = list(jobs)
+        for w in self.pool.workers.values():
             if w.retiring:
                 continue
             sent = False
             for job in jobs:
-                kind_id = m._kind_ids[job]
+                kind_id = registry.kind_id(job)
                 if kind_id not in w.kinds:
                     if not write_record(
-                        w.channel.tasks, T_DEFINE, kind_id, 0, m._executor_blob(job)
+                        w.channel.tasks, T_DEFINE, kind_id, 0, registry.executor_blob(job)
                     ):
                         break  # the ring is full: the executor goes with its first task
                     w.kinds.add(kind_id)
@@ -125,29 +121,32 @@ class Dispatcher:
             if sent:
                 w.channel.tasks.publish()
 
-    def _send(self, w: WorkerSlot, inst) -> bool:
-        m = self.m
+    def _send(self, w: WorkerSlot, inst: Any) -> bool:
         job = inst.job
-        kind_id = m._kind_ids[job]
+        registry = self.registry
+        kind_id = registry.kind_id(job)
         ring = w.channel.tasks
         if kind_id not in w.kinds:
-            if not write_record(ring, T_DEFINE, kind_id, 0, m._executor_blob(job)):
+            if not write_record(ring, T_DEFINE, kind_id, 0, registry.executor_blob(job)):
                 return False
             w.kinds.add(kind_id)
         attempt = inst.attempts + 1
-        if not write_record(ring, T_TASK, pack(inst._handle, attempt), kind_id, inst._payload):
+        if not write_record(ring, T_TASK, pack(inst.handle, attempt), kind_id, inst.payload):
             return False
         inst.attempts = attempt
         inst.worker = w.index
-        w.inflight[inst._handle] = inst
+        w.inflight[inst.handle] = inst
         w.dispatched += 1
-        limit = m._max_jobs
+        limit = self.max_jobs
         if limit is not None and w.dispatched >= limit:
             # Recycle: it gets nothing more, finishes what it holds, exits; a fresh
-            # worker takes its place (Manager._apply_resize counts only non-retiring).
-            m._pool.retire(w)
+            # worker takes its place (the engine's resize counts only non-retiring).
+            self.pool.retire(w)
         return True
 
 
 def _load(w: WorkerSlot) -> int:
     return len(w.inflight)
+
+
+__all__ = ["Dispatcher"]

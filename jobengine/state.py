@@ -1,4 +1,7 @@
-"""Instance states (go-job's), their groups, and the legal transitions."""
+"""Instance states (go-job's), their groups, and the legal transitions.
+
+Owns: State and the transition table.  Never does: change an instance (the recorder
+does, through check_transition)."""
 
 from __future__ import annotations
 

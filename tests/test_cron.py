@@ -324,7 +324,7 @@ def test_a_tick_kept_waiting_by_a_saturated_pool_follows_the_misfire_policy(
 def test_a_run_requeued_after_its_worker_died_is_skipped_when_too_late(vmgr, vclock, tmp_path):
     for _ in range(40):  # tiny jobs: the dispatcher gives each worker a second credit
         vmgr.submit(jobs.noop).result(timeout=10)
-    wait_for(lambda: vmgr._dispatcher.credits >= 2)
+    wait_for(lambda: vmgr._engine.dispatcher.credits >= 2)
     busy = vmgr.submit(jobs.hold_until, str(tmp_path / "never"))
     wait_for(busy.running)
     (worker,) = vmgr.workers

@@ -296,14 +296,14 @@ def test_no_process_forks_while_it_has_threads(mgr):
         m.submit(jobs.noop).result(timeout=10)
         m.resize_workers(4)
         deadline = time.monotonic() + 10
-        while len(m._pool.fork_thread_counts) < 4 and time.monotonic() < deadline:
+        while len(m._engine.pool.fork_thread_counts) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         m.stop()
     assert forks_here == []  # the manager's process (threaded) never forks
-    assert m._pool is not None
-    assert len(m._pool.fork_thread_counts) >= 4
-    assert set(m._pool.fork_thread_counts) == {1}  # the supervisor, at every fork
+    assert m._engine.pool is not None
+    assert len(m._engine.pool.fork_thread_counts) >= 4
+    assert set(m._engine.pool.fork_thread_counts) == {1}  # the supervisor, at every fork
 
 
 def test_killed_worker_is_replaced_and_its_job_fails_with_worker_crashed(mgr):

@@ -136,7 +136,7 @@ def test_chaos_nothing_lost_nothing_stuck(tmp_path):
         ran = by_key.get(i, [])
         assert len(ran) <= f.attempts
         # nothing ran after the instance reached its final state
-        assert all(t <= f._completed_ns for t in ran)
+        assert all(t <= f.completed_ns for t in ran)
         if f.state is State.COMPLETED:
             assert ran
 

@@ -9,6 +9,9 @@ which forks the worker with it; nothing is ever named in /dev/shm, so nothing le
 a process dies.  Record fields: a = handle | attempt << 32 for per-instance records,
 b = kind id (tasks) or a time.time_ns() timestamp (events).  A payload larger than a
 ring record may carry travels through a spill file (FLAG_LARGE: the payload is its path).
+
+Owns: the record tags, the mapping layout and spill files.  Never does: interpret a
+record's payload.
 """
 
 from __future__ import annotations

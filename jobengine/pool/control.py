@@ -1,6 +1,8 @@
 """The control socket between the manager and the supervisor: pickled messages, and
 file descriptors passed alongside (SCM_RIGHTS) on a SEQPACKET socket, so message
-boundaries hold without framing."""
+boundaries hold without framing.
+
+Owns: the message framing.  Never does: interpret a message."""
 
 from __future__ import annotations
 

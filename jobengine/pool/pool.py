@@ -2,7 +2,11 @@
 
 Owned by the engine thread: every method here runs on it, except `info()` (a snapshot
 for any thread) and `start()`/`close()` (called by the manager before the engine thread
-starts and after it ends)."""
+starts and after it ends).
+
+Owns: the supervisor process handle, the control socket and the worker slots.  Never
+does: decide what a worker runs (scheduler.py) or what a death means for a job
+(engine.py)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ Limits live here, not in the manager, so a manager busy with Python work cannot 
 them: every TICK the supervisor reads each worker's status (channel.read_status: the
 attempt it runs and its deadline) and samples its RSS (psutil).  A worker past its
 deadline or over max_memory gets SIGTERM, then SIGKILL after term_grace seconds.
+
+Owns: the worker processes (fork, limits, kill, reap).  Never does: start a thread, or
+read a job's payload.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Runs in a process forked by the supervisor.  Per job it does: decode the args (p
 publish STARTED, call the executor, pickle the result, publish OK or ERR.  Executors
 arrive once per kind (T_DEFINE, cloudpickle) and are kept by kind id, so a task record
 carries only a small id and the arguments.
+
+Owns: the executors it received and the attempt it runs.  Never does: touch the store or
+another worker's rings.
 """
 
 from __future__ import annotations

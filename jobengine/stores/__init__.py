@@ -2,7 +2,10 @@
 
 RedisStore and PostgresStore load on first use: their drivers (redis-py, psycopg) take
 ~0.2 s to import, which every process importing jobengine (the supervisor included)
-would otherwise pay whether it uses them or not."""
+would otherwise pay whether it uses them or not.
+
+Owns: open_store (a store from a URL) and the lazy loading of the optional drivers.
+Never does: import redis-py or psycopg before they are used."""
 
 from __future__ import annotations
 

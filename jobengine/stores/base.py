@@ -16,6 +16,8 @@ store never both own one.
 
 Every store has a namespace; clear() and the clear_* methods touch only that namespace.
 Implementations document only where they deviate from what is written here.
+
+Owns: the contract (every method documented here).  Never does: any I/O itself.
 """
 
 from __future__ import annotations

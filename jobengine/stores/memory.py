@@ -3,7 +3,9 @@
 Records are kept as plain strings and numbers in flat lists, not as record objects:
 fewer objects for the garbage collector to walk (a history of millions of records would
 otherwise slow every full collection of the process embedding the engine) and less
-memory.  Lookups build the record objects on the way out."""
+memory.  Lookups build the record objects on the way out.
+
+Owns: its dicts, guarded by one lock.  Never does: share a record object with a caller."""
 
 from __future__ import annotations
 

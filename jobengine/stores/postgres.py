@@ -4,7 +4,10 @@ Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, `<ns>_l
 `<ns>_recurrences`, `<ns>_ticks`), so namespaces share a database and clear() deletes only its own
 rows.  One connection guarded by a lock; each batch is one transaction.  The SQL itself
 is shared with SQLiteStore (sql.py).  The distributed queue verbs for one-off jobs
-(enqueue, claim, ...) are not here yet: they arrive with the distributed-store issue."""
+(enqueue, claim, ...) are not here yet: they arrive with the distributed-store issue.
+
+Owns: its connection and tables.  Never does: decide what to write (the contract is
+base.py, the SQL sql.py)."""
 
 from __future__ import annotations
 

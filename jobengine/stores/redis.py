@@ -13,7 +13,10 @@ Keys, all under the namespace prefix `<ns>:` (clear() deletes only those):
 Every batch is one pipeline (one round trip).  Each recurrence verb is one Lua script,
 which Redis runs atomically: two managers claiming at once never both win.  The
 distributed queue verbs for one-off jobs (enqueue, claim, ...) are not here yet: they
-arrive with the distributed-store issue."""
+arrive with the distributed-store issue.
+
+Owns: its connection, its keys and its Lua scripts.  Never does: touch keys outside its
+namespace."""
 
 from __future__ import annotations
 

@@ -7,7 +7,10 @@ store), plus `_db` (a DB-API connection in autocommit mode), `_driver_error`, `_
 order).  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`,
 `<ns>_recurrences`, `<ns>_ticks`.  Each recurrence verb is one statement, so the database makes it
 atomic (PostgreSQL re-checks an UPDATE's WHERE on a row another transaction just
-changed: two managers claiming at once never both win)."""
+changed: two managers claiming at once never both win).
+
+Owns: the SQL every SQL store runs.  Never does: open connections or create tables (the
+drivers do)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 Tables are prefixed with the namespace (`<ns>_instances`, `<ns>_states`, ...), so
 several namespaces share a file and clear() drops only its own rows.  One connection,
 guarded by a lock (the engine writes in batches from one thread; lookups come from any);
-each batch is one transaction.  The SQL itself is shared with PostgresStore (sql.py)."""
+each batch is one transaction.  The SQL itself is shared with PostgresStore (sql.py).
+
+Owns: its connection and tables.  Never does: decide what to write (the contract is
+base.py, the SQL sql.py)."""
 
 from __future__ import annotations
 

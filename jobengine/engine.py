@@ -1,0 +1,713 @@
+"""The engine: where every instance's live state is kept, and the one thread that changes it.
+
+    user threads (Manager)              engine thread (one per manager; this module)
+    schedule_*() / submit()             loop, once per wake-up:
+      Instance, args pickled once         supervisor messages (born / died + cause)
+      records CREATED, SCHEDULED          drain every worker's event ring (rings)
+      inbox.append, no lock  ------->     inbox -> compiled core (timer heap until due,
+      ring the doorbell                      then ready heap by priority, FIFO)
+                                          ticks: a due crontab tick becomes a Run
+                                          dispatcher: ready -> a worker with a free
+                                             credit -> its task ring (shared memory)
+                                          recorder: records -> the store, one batch
+                                          settle: futures, handlers (after the batch)
+                                          park on the doorbell until an event, a
+                                          schedule call or the next due timer
+    supervisor process (beside the pool): forks, limits, kills and reaps workers
+    worker processes: task ring -> executor -> event ring (STARTED, OK/ERR, LOG)
+
+The data path, one way round: schedule -> inbox -> core -> dispatcher -> rings ->
+workers -> rings -> engine -> recorder -> store, and back to the user as a settled
+Future.
+
+Owns: the compiled SchedulerCore, the handle table (handle -> Instance or Run), the
+inbox, the lock, the pool, the engine thread and its loop, and the life of each
+attempt once a worker reports on it (started, finished, failed, retried, its worker
+died).  Verbs for the rest of the package: admit, cancel_queued, request_cancel,
+append_log, wait_idle, resize, begin_stop, join.
+
+Thread rules: `lock` guards the core, the handle table and the active count; the engine
+thread takes it once per turn, user threads only to cancel and to wait.  Worker tables
+(pool.py) are touched only by the engine thread.  One thread both dispatches and
+records: on a two-core machine a second Python thread would only trade GIL hand-offs
+for nothing.  Never does: argument checks (manager.py), dealing to workers
+(scheduler.py), tick and misfire rules (ticks.py), store I/O beyond handing batches to
+the recorder (recorder.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from . import _core
+from .clock import Clock
+from .errors import (
+    JobTimeout,
+    ManagerStateError,
+    MemoryLimitExceeded,
+    RemoteError,
+    SerializationError,
+    WorkerCrashed,
+)
+from .instance import Instance, Run
+from .pool.channel import E_ERR, E_LOG, E_OK, E_STARTED, TAG_MASK, read_payload
+from .pool.pool import RING_CONTROL, Pool, WorkerSlot
+from .query import Query
+from .recorder import Recorder
+from .records import LogLevel
+from .recurrences import StoredRecurrences, new_node_name
+from .registry import JobRegistry
+from .scheduler import Dispatcher
+from .state import State
+from .stores.base import Store
+from .ticks import Ticks
+
+# Enum attribute access costs ~0.1 us (metaclass lookup); the hot paths use these.
+_CANCELED = State.CANCELED
+_COMPLETED = State.COMPLETED
+_PROCESSING = State.PROCESSING
+_SCHEDULED = State.SCHEDULED
+_TERMINATED = State.TERMINATED
+_TIMED_OUT = State.TIMED_OUT
+
+log = logging.getLogger("jobengine")
+
+SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
+SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
+IDLE_PARK_S = 0.5
+
+
+def decode_error(payload: bytes) -> tuple[BaseException, str]:
+    """A worker's E_ERR payload -> (the exception, its formatted traceback)."""
+    raw, type_name, message, tb = pickle.loads(payload)
+    exc: BaseException | None = None
+    if raw is not None:
+        try:
+            exc = pickle.loads(raw)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(type_name, message, tb)
+    return exc, tb
+
+
+def _pending(inst: Instance) -> bool:
+    """An instance in the inbox that wait() waits for (a recurrence never ends by itself)."""
+    return inst.counted and inst.state is not _CANCELED
+
+
+class Engine:
+    """One manager's engine.  Built by Manager; started once, stopped once."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        clock: Clock,
+        num_workers: int,
+        max_jobs_per_worker: int | None,
+        max_memory_per_worker: int | None,
+        kill_grace: float,
+        lease: float,
+    ):
+        self.clock = clock
+        self.registry = registry
+        self.recorder = Recorder(store)
+        self.stored = StoredRecurrences(store, new_node_name(), lease)
+        self.ticks = Ticks(self, self.stored)
+        self.target_workers = num_workers
+        self.max_jobs = max_jobs_per_worker
+        self.max_memory = max_memory_per_worker
+        self.kill_grace = kill_grace
+        # New instances queue here (deque appends are atomic): scheduling takes no lock.
+        self.inbox: deque[tuple[Instance, int]] = deque()
+        self.lock = threading.Lock()
+        self._idle = threading.Condition(self.lock)
+        self.core = _core.SchedulerCore()
+        self._by_handle: list[Instance | Run | None] = []
+        self._free_handles: list[int] = []
+        self._active = 0  # counted instances in the core or in a worker
+        # Every instance a user still holds, live or finished, by uuid: lookups return
+        # these objects rather than bare records.  (uuid -> weak reference; dead entries
+        # are pruned as the table doubles, which costs a fraction of
+        # WeakValueDictionary's per-insert callback machinery.)
+        self._known: dict[str, weakref.ref[Instance]] = {}
+        self._known_limit = 4096
+        self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
+        self._preload: set = set()  # jobs due later whose executors workers lack
+        self._kill_requests: deque[Instance] = deque()  # running instances to cancel
+        self.state = "new"  # new -> running -> stopping -> stopped
+        self.pool: Pool | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self._stop_deadline: float | None = None
+
+    @property
+    def node(self) -> str:
+        """This manager's name in the store."""
+        return self.stored.node
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Resume the store's recurrences, start the supervisor and the engine thread."""
+        self.ticks.claim()
+        self.pool = Pool()
+        self.pool.start({"max_memory": self.max_memory, "term_grace": self.kill_grace})
+        self.dispatcher = Dispatcher(self.pool, self.registry, self.max_jobs)
+        self._wake = self.pool.doorbell.ring
+        self.clock.subscribe(self._wake)
+        self.state = "running"
+        self._thread = threading.Thread(target=self._loop, name="jobengine-engine", daemon=True)
+        self._thread.start()
+
+    def stop_unstarted(self) -> None:
+        """stop() before start(): recurrences scheduled meanwhile are freed for others."""
+        self.state = "stopped"
+        self.ticks.release()
+
+    def begin_stop(self, grace: float | None = None) -> None:
+        """Ask the engine thread to stop: queued instances are canceled, running ones
+        finish (within `grace` seconds if given, then their workers are killed)."""
+        with self.lock:
+            if self.state == "running":
+                self.state = "stopping"
+            if grace is not None:
+                deadline = time.monotonic() + grace
+                if self._stop_deadline is None or deadline < self._stop_deadline:
+                    self._stop_deadline = deadline
+        self.pool.doorbell.ring()
+
+    def join(self) -> None:
+        """Wait for the engine thread to end (unless called from it)."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every counted instance reached a final state; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: self._active == 0 and not any(_pending(i) for i, _ in self.inbox),
+                timeout,
+            )
+
+    def resize(self, n: int) -> None:
+        """Make the pool `n` workers (applied by the engine thread)."""
+        self.target_workers = n
+        if self.pool is not None:
+            self.pool.doorbell.ring()
+
+    # -- admitting instances -------------------------------------------------------------
+    def admit(self, inst: Instance, due: int, *, new: bool = True) -> Instance:
+        """Queue `inst` to run at `due` (monotonic ns; 0: now).  new: record its
+        CREATED and SCHEDULED first (the caller recorded them otherwise)."""
+        if new:
+            # Records first: once the engine has it, it may run at once.
+            self.recorder.created(inst, inst.created_ns)
+            self.remember(inst)
+        self.inbox.append((inst, due))
+        pool = self.pool
+        if pool is not None:
+            pool.doorbell.ring()
+        if self.state == "stopped":  # lost a race with stop(): nothing will run it
+            self.cancel_queued(inst)
+        return inst
+
+    def remember(self, inst: Instance) -> None:
+        """Let lookups find `inst` by uuid while anyone holds it."""
+        known = self._known
+        known[inst.uuid_str] = weakref.ref(inst)
+        if len(known) > self._known_limit:
+            for uuid in [u for u, r in known.items() if r() is None]:
+                known.pop(uuid, None)
+            self._known_limit = max(4096, 2 * len(known))
+
+    def lookup(self, uuid: str) -> Instance | None:
+        """The Instance of `uuid` if this manager made it and someone still holds it."""
+        ref = self._known.get(uuid)
+        return ref() if ref is not None else None
+
+    def new_handle(self, unit: Instance | Run) -> int:
+        """Give `unit` a handle in the table (lock held)."""
+        free = self._free_handles
+        if free:
+            h = free.pop()
+            self._by_handle[h] = unit
+        else:
+            h = len(self._by_handle)
+            self._by_handle.append(unit)
+        unit.handle = h
+        return h
+
+    def finish(self, unit: Instance | Run) -> None:
+        """`unit` reached a final state: its handle is freed at the end of this turn."""
+        self._finished.append(unit)
+
+    def _take_inbox(self) -> int:
+        """Move newly scheduled instances into the core (lock held)."""
+        inbox = self.inbox
+        n = 0
+        core = self.core
+        by_handle = self._by_handle
+        free = self._free_handles
+        while inbox:
+            inst, due = inbox.popleft()
+            if inst.state is _CANCELED:  # canceled while still in the inbox
+                continue
+            if free:  # new_handle, inlined: this loop runs once per scheduled instance
+                h = free.pop()
+                by_handle[h] = inst
+            else:
+                h = len(by_handle)
+                by_handle.append(inst)
+            inst.handle = h
+            core.add(h, due, inst.priority)
+            n += inst.counted  # a recurrence never ends by itself: wait() skips it
+            if due:  # runs later: its executor can travel to the workers now
+                self._preload.add(inst.job)
+        self._active += n
+        return n
+
+    def _release(self, unit: Instance | Run) -> None:
+        """Free unit's handle (lock held)."""
+        h = unit.handle
+        if h >= 0 and self._by_handle[h] is unit:
+            self._by_handle[h] = None
+            self._free_handles.append(h)
+            self._active -= unit.counted
+        unit.handle = -1
+        if self._active == 0 and not self.inbox:
+            self._idle.notify_all()
+
+    # -- cancel --------------------------------------------------------------------------
+    def cancel_queued(self, inst: Instance) -> bool:
+        """Cancel an instance no worker has taken; True if it is now CANCELED."""
+        rec = inst.recurrence
+        with self.lock:
+            if inst.state is not _SCHEDULED or (rec is not None and rec.ending):
+                return inst.state is _CANCELED
+            if (rec is not None and rec.runs) or self.ticks.is_standby(inst):
+                return False  # a run is in flight, or another manager runs it
+            if inst.handle >= 0:
+                if not self.core.cancel(inst.handle):
+                    return False  # handed to a worker already
+                self._release(inst)
+            elif inst.worker is not None:
+                return False
+            # else: still in the inbox; the engine will skip it once it is CANCELED
+            now = self.clock.time_ns()
+            inst.completed_ns = now
+            self.recorder.transition(inst, _CANCELED, now)
+            if rec is not None:
+                self.ticks.canceled_while_queued(inst)
+            if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+                self._idle.notify_all()
+        self.recorder.flush()
+        inst.cancel_future()
+        return True
+
+    def request_cancel(self, inst: Instance) -> bool:
+        """Stop a running instance by killing only its worker (engine thread acts on it);
+        False when it is not running and not queued here."""
+        if inst.state not in (_SCHEDULED, _PROCESSING) or self.pool is None:
+            return False
+        inst.cancel_requested = True
+        self._kill_requests.append(inst)
+        self.pool.doorbell.ring()
+        return True
+
+    def _serve_kill_requests(self) -> None:
+        """Stop the workers running instances whose cancel was asked."""
+        reqs = self._kill_requests
+        pool = self.pool
+        while reqs:
+            inst = reqs.popleft()
+            targets: list[Instance | Run] = [inst]
+            if inst.recurrence is not None:
+                with self.lock:
+                    targets = list(inst.recurrence.runs)
+                    self.ticks.end(inst, "canceled", suspend=False)
+            for t in targets:
+                if t.worker is None or t.state is not _PROCESSING:
+                    continue  # not started yet: killed when its STARTED event arrives
+                w = pool.workers.get(t.worker)
+                if w is not None and t.handle in w.inflight:
+                    pool.kill(w, "cancel", t.handle | t.attempts << 32)
+
+    def live(self) -> list[Instance]:
+        """Instances in the engine (queued, running, or in the inbox)."""
+        with self.lock:
+            live = [i for i in self._by_handle if i is not None and i.parent is None]
+            live += [i for i, _ in self.inbox]
+        return live
+
+    def live_matching(self, query: Query) -> list[Instance]:
+        return [i for i in self.live() if query.matches(i.uuid_str, i.kind, i.state, i.created_ns)]
+
+    # -- logs from the manager's side ----------------------------------------------------
+    def append_log(self, inst: Instance, level: LogLevel, message: str) -> None:
+        self.recorder.log(inst, level, self.clock.time_ns(), message)
+
+    # -- the engine thread ---------------------------------------------------------------
+    def _loop(self) -> None:
+        pool = self.pool
+        rec = self.recorder
+        try:
+            while True:
+                flags = pool.doorbell.take()
+                busy = self._handle_control() if flags & RING_CONTROL else False
+                busy |= self._drain_events()
+                if self._kill_requests:
+                    self._serve_kill_requests()
+                if self.clock.virtual:
+                    self._virtual_timeouts()
+                if self.state == "running":
+                    self.ticks.renew()
+                if self.state == "stopping":
+                    if self._stop_step():
+                        break
+                else:
+                    self._apply_resize()
+                busy |= self._dispatch()
+                if self._preload:
+                    with self.lock:  # _take_inbox (under the lock) adds to it
+                        jobs, self._preload = self._preload, set()
+                    self.dispatcher.preload(jobs)
+                busy |= rec.run_deferred()
+                if not busy:
+                    pool.doorbell.wait(pool.rings, self._idle_timeout(), self._spin())
+        except BaseException as e:  # keep the process alive; report at stop()
+            self.error = e
+            log.exception("jobengine: the engine thread failed; the manager is stopped")
+        finally:
+            self._exit()
+
+    def _exit(self) -> None:
+        with self.lock:
+            self.state = "stopped"
+            self._take_inbox()
+            orphans = [i for i in self._by_handle if i is not None]
+            for inst in orphans:
+                self.core.cancel(inst.handle)
+                self._release(inst)
+        for inst in orphans:  # only after a failure: an orderly stop leaves none
+            if inst.parent is None and not inst.done():
+                inst.set_exception(
+                    ManagerStateError("the manager stopped before this instance ran")
+                )
+        self.clock.unsubscribe(self._wake)
+        try:
+            self.recorder.run_deferred()
+            self.ticks.release()
+        finally:
+            self.pool.close()
+
+    def _dispatch(self) -> bool:
+        """Pop what is ready (as many as there are free credits) and deal it out."""
+        dispatcher = self.dispatcher
+        room = dispatcher.room()
+        if not room:
+            return False
+        ticks = self.ticks
+        with self.lock:
+            if self.inbox:
+                self._take_inbox()
+            handles = self.core.pop_ready(self.clock.monotonic_ns(), room)
+            if not handles:
+                return False
+            by_handle = self._by_handle
+            units = [by_handle[h] for h in handles]
+            late = []
+            if not all(u.counted for u in units):  # recurring instances and Runs
+                # a tick: dispatch a Run for it; a run that waited too long: skip it
+                units = [r for u in units if (r := ticks.fire(u) if u.recurrence else u)]
+                late = [u for u in units if u.parent is not None and ticks.too_late(u)]
+                if late:
+                    units = [u for u in units if u not in late]
+        for run in late:
+            ticks.skip_late_run(run)
+        requeue = dispatcher.deal(units)
+        if requeue:
+            with self.lock:
+                for u in requeue:
+                    self.core.add(u.handle, 0, u.priority)
+        return True
+
+    def _virtual_timeouts(self) -> None:
+        """Under a virtual clock the engine, not the supervisor, notices timeouts."""
+        now = self.clock.monotonic_ns()
+        for w in self.pool.workers.values():
+            unit = w.running
+            timeout = unit.job.timeout if unit is not None else None
+            if timeout and not unit.timeout_sent and now - unit.started_mono >= timeout * 1e9:
+                unit.timeout_sent = True
+                self.pool.kill(w, "timeout", unit.handle | unit.attempts << 32)
+
+    def _spin(self) -> float:
+        # Spinning pays only when the next event is due within the spin window (tiny
+        # jobs in flight); otherwise it burns a core the workers need.
+        if self.dispatcher.avg_ns > SPIN_JOBS_NS:
+            return 0.0
+        return SPIN_S if any(w.inflight for w in self.pool.workers.values()) else 0.0
+
+    def _idle_timeout(self) -> float:
+        if self._stop_deadline is not None:
+            return max(0.0, min(IDLE_PARK_S, self._stop_deadline - time.monotonic()))
+        park = min(IDLE_PARK_S, max(0.0, self.stored.next_renew - time.monotonic()))
+        with self.lock:
+            nxt = self.core.next_due_ns()
+            ready = self.core.ready_len
+        if ready or nxt is None or self.clock.virtual:
+            # Waiting for a credit, for work, or for a virtual clock to move: an event,
+            # a schedule call or clock.advance() rings the doorbell.
+            return park
+        return min(park, max(0.0, (nxt - self.clock.monotonic_ns()) / 1e9))
+
+    def _apply_resize(self) -> None:
+        pool = self.pool
+        live = [w for w in pool.workers.values() if not w.retiring]
+        want = self.target_workers
+        if len(live) < want:
+            for _ in range(want - len(live)):
+                pool.spawn(pool.free_index())
+        elif len(live) > want:
+            for w in sorted(live, key=lambda w: -w.index)[: len(live) - want]:
+                pool.retire(w)
+
+    def _stop_step(self) -> bool:
+        """One step of an orderly stop; True when the pool is gone."""
+        pool = self.pool
+        with self.lock:
+            self._take_inbox()
+            live = [i for i in self._by_handle if i is not None]
+            queued = [i for i in live if i.counted and i.handle in self.core]
+            for inst in live:  # recurrences are suspended, not canceled
+                if inst.recurrence is not None and not inst.recurrence.ending:
+                    self.ticks.end(inst, "manager stopped", suspend=True)
+        for inst in queued:  # stop() cancels what is still queued
+            self.cancel_queued(inst)
+        busy = [w for w in pool.workers.values() if w.inflight]
+        if busy:
+            deadline = self._stop_deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                for w in busy:  # the grace is over: stop what still runs
+                    pool.kill(w, "stop")
+            return False
+        for w in list(pool.workers.values()):
+            pool.retire(w)
+        self._handle_control()
+        return not pool.workers
+
+    # -- what the pool reports -----------------------------------------------------------
+    def _handle_control(self) -> bool:
+        msgs = self.pool.poll()
+        for msg in msgs:
+            if msg[0] == "died":
+                self._worker_died(*msg[1:])
+            elif msg[0] == "lost":
+                raise ManagerStateError("the supervisor process is gone")
+        return bool(msgs)
+
+    def _worker_died(
+        self,
+        index: int,
+        pid: int,
+        exitcode: int | None,
+        sig: int | None,
+        reason: str | None = None,
+        target: int = 0,
+    ) -> None:
+        pool = self.pool
+        w = pool.workers.get(index)
+        if w is None or (w.pid is not None and w.pid != pid):
+            return
+        self._drain_worker(w)  # events it published before dying still count
+        pool.remove(w)
+        how = f"killed by signal {sig}" if sig is not None else f"exit code {exitcode}"
+        death = f"worker {index} (pid {pid}) died: {how}"
+        now = self.clock.time_ns()
+        rec = self.recorder
+        running = w.running
+        for unit in list(w.inflight.values()):
+            del w.inflight[unit.handle]
+            if unit.state is _SCHEDULED:  # handed over but never started
+                unit.attempts -= 1
+                unit.worker = None
+                if unit.cancel_requested:
+                    self._canceled(unit, now, None)
+                else:  # back to the queue, same priority
+                    with self.lock:
+                        self.core.add(unit.handle, 0, unit.priority)
+                continue
+            # The kill's target: the attempt the supervisor named (it reads timeouts from
+            # the worker's status) or, for memory, whatever the worker was running.
+            aimed = (
+                (target == (unit.handle | unit.attempts << 32))
+                if target
+                else (reason == "memory" and unit is running)
+            )
+            if aimed and reason == "timeout":
+                cause = f"timed out after {unit.job.timeout:g} s; {death}"
+                rec.log(unit, LogLevel.ERROR, now, cause)
+                self._attempt_failed(
+                    unit, JobTimeout(f"job {unit.kind!r}: {cause}"), _TIMED_OUT, now, cause
+                )
+            elif aimed and reason == "memory":
+                cause = f"worker over max_memory_per_worker ({self.max_memory} bytes); {death}"
+                rec.log(unit, LogLevel.ERROR, now, cause)
+                err = MemoryLimitExceeded(f"job {unit.kind!r}: {cause}")
+                self._attempt_failed(unit, err, _TERMINATED, now, cause)
+            elif unit.cancel_requested or reason == "stop":
+                cause = "canceled while running" if unit.cancel_requested else "manager stopped"
+                rec.log(unit, LogLevel.WARN, now, f"{cause}; {death}")
+                self._canceled(unit, now, cause)
+            else:
+                cause = death + (f" ({reason})" if reason else "")
+                rec.log(unit, LogLevel.ERROR, now, cause)
+                err = WorkerCrashed(cause, exitcode, sig)
+                self._attempt_failed(unit, err, _TERMINATED, now, cause)
+        w.running = None
+
+    def _drain_events(self) -> bool:
+        busy = False
+        for w in list(self.pool.workers.values()):
+            busy |= self._drain_worker(w)
+        if self._finished:
+            with self.lock:
+                for unit in self._finished:
+                    self._release(unit)
+            self._finished.clear()
+        return busy
+
+    def _drain_worker(self, w: WorkerSlot) -> bool:
+        records = w.channel.events.read_many()
+        if not records:
+            return False
+        rec = self.recorder
+        inflight = w.inflight
+        clock = self.clock
+        virtual = clock.virtual
+        for tag, a, b, payload in records:
+            if virtual:  # every record time on the one (virtual) clock
+                b = clock.time_ns()
+            handle = a & 0xFFFFFFFF
+            unit = inflight.get(handle)
+            if unit is None or unit.attempts != a >> 32:
+                continue  # a stale event (the attempt was already settled)
+            t = tag & TAG_MASK
+            if t == E_STARTED:
+                unit.processed_ns = b
+                unit.started_mono = clock.monotonic_ns()
+                w.running = unit
+                rec.transition(unit, _PROCESSING, b)
+                parent = unit.parent
+                if parent is not None:
+                    parent.state = _PROCESSING
+                    parent.processed_ns = b
+                    parent.attempts = unit.attempts
+                if unit.cancel_requested:
+                    self.pool.kill(w, "cancel", a)
+            elif t == E_OK:
+                del inflight[handle]
+                w.running = None
+                w.jobs += 1
+                self.dispatcher.observe(b - unit.processed_ns)
+                try:
+                    result = pickle.loads(read_payload(tag, payload))
+                except Exception as e:
+                    err = SerializationError(
+                        f"the result of job {unit.kind!r} cannot be unpickled: {e}"
+                    )
+                    self._attempt_failed(unit, err, _TERMINATED, b, str(err))
+                    continue
+                self._succeeded(unit, result, b)
+            elif t == E_ERR:
+                del inflight[handle]
+                w.running = None
+                w.jobs += 1
+                self.dispatcher.observe(b - unit.processed_ns)
+                exc, tb = decode_error(read_payload(tag, payload))
+                cause = f"{type(exc).__name__}: {exc}"
+                rec.log(unit, LogLevel.ERROR, b, tb or cause)
+                self._attempt_failed(unit, exc, _TERMINATED, b, cause)
+            elif t == E_LOG:
+                body = read_payload(tag, payload)
+                rec.log(unit, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
+        return True
+
+    # -- how an attempt ends -------------------------------------------------------------
+    def _succeeded(self, unit: Instance | Run, result: Any, t: int) -> None:
+        rec = self.recorder
+        unit.completed_ns = t
+        rec.transition(unit, _COMPLETED, t)
+        parent = unit.parent
+        if parent is not None:
+            rec.defer(parent.settle_run, result, None)
+            self.ticks.run_ended(unit)
+        else:
+            self._finished.append(unit)
+            rec.defer(unit.set_result, result)
+        handler = unit.job.response_handler
+        if handler is not None:
+            rec.defer(rec.call_handler, handler, parent or unit, result)
+
+    def _attempt_failed(
+        self, unit: Instance | Run, exc: BaseException, state: State, t: int, cause: str
+    ) -> None:
+        rec = self.recorder
+        job = unit.job
+        rec.transition(unit, state, t, cause)
+        if job.error_handler is not None:
+            # At once, not deferred: the handler must see the attempt that failed.
+            self._run_error_handler(unit, exc)
+        if unit.attempts <= job.max_retries:
+            delay = job.backoff_seconds(unit.attempts)
+            unit.worker = None
+            rec.transition(unit, _SCHEDULED, self.clock.time_ns())
+            due = self.clock.monotonic_ns() + int(delay * 1e9) if delay else 0
+            with self.lock:
+                self.core.add(unit.handle, due, unit.priority)
+                if unit.parent is not None:
+                    unit.parent.sync_state()
+            return
+        unit.completed_ns = t
+        err = unit.replaced_exc or exc
+        if unit.parent is not None:
+            rec.defer(unit.parent.settle_run, None, err)
+            self.ticks.run_ended(unit)
+            return
+        self._finished.append(unit)
+        rec.defer(unit.set_exception, err)
+
+    def _run_error_handler(self, unit: Instance | Run, exc: BaseException) -> None:
+        try:
+            replaced = unit.job.error_handler(unit.parent or unit, exc)
+        except Exception:
+            log.exception("jobengine: the error_handler of job %r raised", unit.kind)
+            return
+        if isinstance(replaced, BaseException):
+            unit.replaced_exc = replaced
+
+    def _canceled(self, unit: Instance | Run, now: int, cause: str | None) -> None:
+        """A handed-out attempt was stopped on purpose: CANCELED, never retried."""
+        unit.completed_ns = now
+        self.recorder.transition(unit, _CANCELED, now, cause)
+        if unit.parent is not None:
+            self.ticks.run_ended(unit)
+            return
+        self._finished.append(unit)
+        self.recorder.defer(unit.cancel_future)
+
+
+__all__ = ["Engine", "decode_error"]

@@ -1,0 +1,50 @@
+"""SIGINT / SIGTERM: stop a manager in order, then behave as the signal would have.
+
+Owns: installing and restoring the two handlers for one manager.  Installed only from
+the main thread and only over the default handlers, so an application's own handlers
+win.  Never does: stop anything itself (it calls the stop function it is given).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class SignalStop:
+    """On SIGINT or SIGTERM, call `begin_stop()` (a graceful stop), then raise
+    KeyboardInterrupt (SIGINT) or exit with 128 + the signal number (SIGTERM)."""
+
+    def __init__(self, begin_stop: Callable[[], None]):
+        self._begin_stop = begin_stop
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, default in (
+            (signal.SIGINT, signal.default_int_handler),
+            (signal.SIGTERM, signal.SIG_DFL),
+        ):
+            if signal.getsignal(sig) is default:
+                self._old[sig] = default
+                signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, old in self._old.items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, old)
+        self._old = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._begin_stop()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+
+__all__ = ["SignalStop"]
