@@ -38,6 +38,7 @@ the recorder (recorder.py).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import pickle
 import threading
 import time
@@ -48,15 +49,26 @@ from typing import Any
 from . import _core
 from .clock import Clock
 from .errors import (
+    InitializerError,
     JobTimeout,
     ManagerStateError,
     MemoryLimitExceeded,
     RemoteError,
-    SerializationError,
+    RemoteTraceback,
+    ResultDecodeError,
     WorkerCrashed,
 )
 from .instance import Instance, Run
-from .pool.channel import E_ERR, E_LOG, E_OK, E_STARTED, TAG_MASK, read_payload
+from .pool.channel import (
+    E_ERR,
+    E_INIT_ERR,
+    E_LOG,
+    E_OK,
+    E_STARTED,
+    T_FORGET,
+    TAG_MASK,
+    read_payload,
+)
 from .pool.pool import RING_CONTROL, Pool, WorkerSlot
 from .query import Query
 from .recorder import Recorder
@@ -84,16 +96,19 @@ IDLE_PARK_S = 0.5
 
 
 def decode_error(payload: bytes) -> tuple[BaseException, str]:
-    """A worker's E_ERR payload -> (the exception, its formatted traceback)."""
+    """A worker's E_ERR payload -> (the exception, its formatted traceback).  The
+    exception's __cause__ carries the worker's traceback, as ProcessPoolExecutor's
+    does, so an uncaught one prints the worker's frames."""
     raw, type_name, message, tb = pickle.loads(payload)
     exc: BaseException | None = None
     if raw is not None:
         try:
             exc = pickle.loads(raw)
-        except Exception:
+        except BaseException:
             exc = None
     if exc is None:
         exc = RemoteError(type_name, message, tb)
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
     return exc, tb
 
 
@@ -116,6 +131,8 @@ class Engine:
         max_memory_per_worker: int | None,
         kill_grace: float,
         lease: float,
+        init_blob: bytes | None = None,
+        init_fds: list[int] | None = None,
     ):
         self.clock = clock
         self.registry = registry
@@ -126,6 +143,8 @@ class Engine:
         self.max_jobs = max_jobs_per_worker
         self.max_memory = max_memory_per_worker
         self.kill_grace = kill_grace
+        self.init_blob = init_blob
+        self.init_fds = list(init_fds or ())
         # New instances queue here (deque appends are atomic): scheduling takes no lock.
         self.inbox: deque[tuple[Instance, int]] = deque()
         self.lock = threading.Lock()
@@ -143,12 +162,20 @@ class Engine:
         self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
         self._preload: set = set()  # jobs due later whose executors workers lack
         self._kill_requests: deque[Instance] = deque()  # running instances to cancel
-        self.state = "new"  # new -> running -> stopping -> stopped
+        # new -> running [-> draining] -> stopping -> stopped.  draining: shutdown(wait=
+        # False) or an abandoned manager: no new work; what is queued runs, then stop.
+        self.state = "new"
+        # The initializer failed in a worker: the engine serves nothing more.
+        self.broken: BaseException | None = None
+        self._forget: deque[int] = deque()  # kind ids of dropped jobs, for the workers
         self.pool: Pool | None = None
         self.dispatcher: Dispatcher | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self._stop_deadline: float | None = None
+        self._turns_begun = 0  # engine loop turns begun / completed (for sync())
+        self._turns = 0
+        self._turned = threading.Condition()
 
     @property
     def node(self) -> str:
@@ -157,14 +184,27 @@ class Engine:
 
     @property
     def running(self) -> bool:
-        return self.state == "running"
+        """Whether the engine runs what it has (recurrences keep ticking)."""
+        return self.state in ("running", "draining")
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new instances may be admitted."""
+        return self.state in ("new", "running") and self.broken is None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Resume the store's recurrences, start the supervisor and the engine thread."""
         self.ticks.claim()
-        self.pool = Pool()
-        self.pool.start({"max_memory": self.max_memory, "term_grace": self.kill_grace})
+        self.pool = Pool(self.init_blob)
+        self.pool.start(
+            {
+                "max_memory": self.max_memory,
+                "term_grace": self.kill_grace,
+                "authkey": bytes(multiprocessing.current_process().authkey),
+            },
+            self.init_fds,
+        )
         self.dispatcher = Dispatcher(self.pool, self.registry, self.max_jobs)
         self._wake = self.pool.doorbell.ring
         self.clock.subscribe(self._wake)
@@ -173,15 +213,49 @@ class Engine:
         self._thread.start()
 
     def stop_unstarted(self) -> None:
-        """stop() before start(): recurrences scheduled meanwhile are freed for others."""
+        """stop() before start(): what was scheduled meanwhile is canceled (nothing would
+        ever run it); recurrences are freed for other managers."""
         self.state = "stopped"
+        for inst, _ in list(self.inbox):
+            if inst.counted:
+                self.cancel_queued(inst)
         self.ticks.release()
+
+    def sync(self, timeout: float = 1.0) -> None:
+        """Wait until the engine thread has completed a whole turn begun after this call
+        (it has taken the inbox and dealt what free workers can take)."""
+        if self.state not in ("running", "draining") or self._thread is threading.current_thread():
+            return
+        with self._turned:
+            target = self._turns_begun + 1  # a turn that begins after this call
+            self.pool.doorbell.ring()
+            self._turned.wait_for(lambda: self._turns >= target or not self.running, timeout)
+
+    def has_pending(self) -> bool:
+        """Whether any counted instance is queued, running or in the inbox."""
+        with self.lock:
+            return self._active > 0 or any(_pending(i) for i, _ in self.inbox)
+
+    def cancel_all_queued(self) -> None:
+        """Cancel every counted instance no worker has taken yet (shutdown's
+        cancel_futures)."""
+        for inst in self.live():
+            if inst.counted and inst.worker is None:
+                self.cancel_queued(inst)
+
+    def drain(self) -> None:
+        """Stop taking new work; run what is queued, then stop (nobody waits)."""
+        with self.lock:
+            if self.state == "running":
+                self.state = "draining"
+        if self.pool is not None:
+            self.pool.doorbell.ring()
 
     def begin_stop(self, grace: float | None = None) -> None:
         """Ask the engine thread to stop: queued instances are canceled, running ones
         finish (within `grace` seconds if given, then their workers are killed)."""
         with self.lock:
-            if self.state == "running":
+            if self.state in ("running", "draining"):
                 self.state = "stopping"
             if grace is not None:
                 deadline = time.monotonic() + grace
@@ -286,9 +360,34 @@ class Engine:
             self._by_handle[h] = None
             self._free_handles.append(h)
             self._active -= unit.counted
+            if unit.job.transient:
+                self._job_settled(unit.job)
         unit.handle = -1
         if self._active == 0 and not self.inbox:
             self._idle.notify_all()
+
+    def _job_settled(self, job: Any) -> None:
+        """An instance of a transient job (submit()'s of a lambda, partial, bound
+        method...) settled: when it was the last, the registry drops the job, which
+        lets go of the callable, and the workers drop its executor."""
+        kind_id = self.registry.settled(job)
+        if kind_id is not None:
+            self._forget.append(kind_id)
+
+    def fail_unadmitted(self, inst: Instance, exc: BaseException, cause: str) -> Instance:
+        """inst could not be queued (its arguments cannot be pickled): record it
+        CREATED, SCHEDULED, TERMINATED with the cause, and fail its Future."""
+        now = self.clock.time_ns()
+        self.recorder.created(inst, inst.created_ns)
+        self.remember(inst)
+        inst.completed_ns = now
+        self.recorder.log(inst, LogLevel.ERROR, now, cause)
+        self.recorder.transition(inst, _TERMINATED, now, cause)
+        if inst.job.transient:
+            self._job_settled(inst.job)
+        self.recorder.flush()
+        inst.set_exception(exc)
+        return inst
 
     # -- cancel --------------------------------------------------------------------------
     def cancel_queued(self, inst: Instance) -> bool:
@@ -305,7 +404,9 @@ class Engine:
                 self._release(inst)
             elif inst.worker is not None:
                 return False
-            # else: still in the inbox; the engine will skip it once it is CANCELED
+            elif inst.job.transient:  # still in the inbox: it never got a handle
+                self._job_settled(inst.job)
+            # (in the inbox, the engine skips it once it is CANCELED)
             now = self.clock.time_ns()
             inst.completed_ns = now
             self.recorder.transition(inst, _CANCELED, now)
@@ -365,6 +466,7 @@ class Engine:
         rec = self.recorder
         try:
             while True:
+                self._turns_begun += 1
                 flags = pool.doorbell.take()
                 busy = self._handle_control() if flags & RING_CONTROL else False
                 busy |= self._drain_events()
@@ -374,17 +476,24 @@ class Engine:
                     self._virtual_timeouts()
                 if self.state == "running":
                     self.ticks.renew()
+                elif self.state == "draining" and self._idle_now():
+                    self.begin_stop()
                 if self.state == "stopping":
                     if self._stop_step():
                         break
                 else:
                     self._apply_resize()
                 busy |= self._dispatch()
+                if self._forget:
+                    self._forget_kinds()
                 if self._preload:
                     with self.lock:  # _take_inbox (under the lock) adds to it
                         jobs, self._preload = self._preload, set()
                     self.dispatcher.preload(jobs)
                 busy |= rec.run_deferred()
+                with self._turned:
+                    self._turns += 1
+                    self._turned.notify_all()
                 if not busy:
                     pool.doorbell.wait(pool.rings, self._idle_timeout(), self._spin())
         except BaseException as e:  # keep the process alive; report at stop()
@@ -412,6 +521,19 @@ class Engine:
             self.ticks.release()
         finally:
             self.pool.close()
+
+    def _idle_now(self) -> bool:
+        with self.lock:
+            return self._active == 0 and not any(_pending(i) for i, _ in self.inbox)
+
+    def _forget_kinds(self) -> None:
+        """Tell the workers to drop the executors of jobs the registry dropped."""
+        forget = self._forget
+        while forget:
+            kind_id = forget.popleft()
+            for w in self.pool.workers.values():
+                if kind_id in w.kinds and w.channel.tasks.push(T_FORGET, kind_id, 0):
+                    w.kinds.discard(kind_id)
 
     def _dispatch(self) -> bool:
         """Pop what is ready (as many as there are free credits) and deal it out."""
@@ -464,7 +586,9 @@ class Engine:
     def _idle_timeout(self) -> float:
         if self._stop_deadline is not None:
             return max(0.0, min(IDLE_PARK_S, self._stop_deadline - time.monotonic()))
-        park = min(IDLE_PARK_S, max(0.0, self.stored.next_renew - time.monotonic()))
+        park = IDLE_PARK_S
+        if self.state == "running":  # lease renewals are due only while running
+            park = min(park, max(0.0, self.stored.next_renew - time.monotonic()))
         with self.lock:
             nxt = self.core.next_due_ns()
             ready = self.core.ready_len
@@ -475,14 +599,20 @@ class Engine:
         return min(park, max(0.0, (nxt - self.clock.monotonic_ns()) / 1e9))
 
     def _apply_resize(self) -> None:
+        """Make the pool target_workers strong.  A retiring worker that still holds work
+        counts until it exits, so the pool never runs more than target_workers
+        processes at once (a recycled worker's replacement starts when it is gone)."""
+        if self.broken is not None:
+            return  # every new worker would fail its initializer again
         pool = self.pool
-        live = [w for w in pool.workers.values() if not w.retiring]
+        active = [w for w in pool.workers.values() if not w.retiring]
+        finishing = sum(1 for w in pool.workers.values() if w.retiring and w.inflight)
         want = self.target_workers
-        if len(live) < want:
-            for _ in range(want - len(live)):
+        if len(active) + finishing < want:
+            for _ in range(want - len(active) - finishing):
                 pool.spawn(pool.free_index())
-        elif len(live) > want:
-            for w in sorted(live, key=lambda w: -w.index)[: len(live) - want]:
+        elif len(active) > want:
+            for w in sorted(active, key=lambda w: -w.index)[: len(active) - want]:
                 pool.retire(w)
 
     def _stop_step(self) -> bool:
@@ -546,6 +676,8 @@ class Engine:
                 unit.worker = None
                 if unit.cancel_requested:
                     self._canceled(unit, now, None)
+                elif self.broken is not None:
+                    self._fail_unrun(unit, now)
                 else:  # back to the queue, same priority
                     with self.lock:
                         self.core.add(unit.handle, 0, unit.priority)
@@ -576,6 +708,9 @@ class Engine:
                 cause = death + (f" ({reason})" if reason else "")
                 rec.log(unit, LogLevel.ERROR, now, cause)
                 err = WorkerCrashed(cause, exitcode, sig)
+                err.__cause__ = RemoteTraceback(
+                    f'\n"""\nworker {index} (pid {pid}) terminated abruptly with {how}\n"""'
+                )
                 self._attempt_failed(unit, err, _TERMINATED, now, cause)
         w.running = None
 
@@ -601,6 +736,9 @@ class Engine:
         for tag, a, b, payload in records:
             if virtual:  # every record time on the one (virtual) clock
                 b = clock.time_ns()
+            if tag & TAG_MASK == E_INIT_ERR:
+                self._initializer_failed(w, read_payload(tag, payload))
+                continue
             handle = a & 0xFFFFFFFF
             unit = inflight.get(handle)
             if unit is None or unit.attempts != a >> 32:
@@ -625,9 +763,10 @@ class Engine:
                 self.dispatcher.observe(b - unit.processed_ns)
                 try:
                     result = pickle.loads(read_payload(tag, payload))
-                except Exception as e:
-                    err = SerializationError(
-                        f"the result of job {unit.kind!r} cannot be unpickled: {e}"
+                except BaseException as e:  # SystemExit in a __reduce__ too: the job's
+                    err = ResultDecodeError(
+                        f"the result of job {unit.kind!r} cannot be unpickled in the "
+                        f"manager: {type(e).__name__}: {e}"
                     )
                     self._attempt_failed(unit, err, _TERMINATED, b, str(err))
                     continue
@@ -645,6 +784,48 @@ class Engine:
                 body = read_payload(tag, payload)
                 rec.log(unit, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
         return True
+
+    def _initializer_failed(self, w: WorkerSlot, payload: bytes) -> None:
+        """Manager(initializer=...) raised in worker w: the engine is broken, as a
+        ProcessPoolExecutor is.  Nothing queued can run: it fails; recurrences are
+        suspended (another manager on the store may run them)."""
+        exc, tb = decode_error(payload)
+        if self.broken is not None:
+            return
+        message = (
+            f"the pool is broken: the initializer raised in worker {w.index}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        log.error("jobengine: %s\n%s", message, tb)
+        self.broken = InitializerError(message)
+        self.broken.__cause__ = exc.__cause__
+        now = self.clock.time_ns()
+        with self.lock:
+            self._take_inbox()
+            queued = [u for u in self._by_handle if u is not None and u.handle in self.core]
+            for unit in queued:
+                self.core.cancel(unit.handle)
+                if unit.recurrence is not None and not unit.recurrence.ending:
+                    self.ticks.end(unit, "the pool is broken", suspend=True)
+        for unit in queued:
+            if unit.recurrence is None:
+                self._fail_unrun(unit, now)
+
+    def _fail_unrun(self, unit: Instance | Run, now: int) -> None:
+        """A queued unit that can never run (the pool is broken) ends TERMINATED."""
+        broken = self.broken
+        err = type(broken)(*broken.args)  # one exception per future, as the stdlib
+        err.__cause__ = broken.__cause__
+        cause = str(broken)
+        unit.completed_ns = now
+        self.recorder.log(unit, LogLevel.ERROR, now, cause)
+        self.recorder.transition(unit, _TERMINATED, now, cause)
+        if unit.parent is not None:
+            self.recorder.defer(unit.parent.settle_run, None, err)
+            self.ticks.run_ended(unit)
+            return
+        self._finished.append(unit)
+        self.recorder.defer(unit.set_exception, err)
 
     # -- how an attempt ends -------------------------------------------------------------
     def _succeeded(self, unit: Instance | Run, result: Any, t: int) -> None:

@@ -8,6 +8,20 @@ module."""
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures.process import BrokenProcessPool
+
+try:  # the stdlib's own type, so code that checks for it keeps working
+    from concurrent.futures.process import _RemoteTraceback as RemoteTraceback
+except ImportError:  # pragma: no cover - present in every CPython 3.x
+
+    class RemoteTraceback(Exception):
+        def __init__(self, tb: str):
+            self.tb = tb
+
+        def __str__(self) -> str:
+            return self.tb
+
 
 class JobEngineError(Exception):
     """Base of every error jobengine raises."""
@@ -40,8 +54,9 @@ class ArgumentBindingError(JobEngineError, TypeError):
     """The arguments do not bind to the executor's signature."""
 
 
-class SerializationError(JobEngineError, ValueError):
-    """Arguments or a result could not be pickled (or unpickled)."""
+class SerializationError(JobEngineError, ValueError, pickle.PicklingError):
+    """Arguments or a result could not be pickled (or unpickled).  Also a
+    pickle.PicklingError, as ProcessPoolExecutor's futures raise."""
 
 
 class ManagerStateError(JobEngineError, RuntimeError):
@@ -64,8 +79,11 @@ class RemoteError(JobEngineError):
         self.traceback = traceback
 
 
-class WorkerCrashed(JobEngineError):
-    """The worker process running the job died (exit code or signal in the message)."""
+class WorkerCrashed(JobEngineError, BrokenProcessPool):
+    """The worker process running the job died (exit code or signal in the message).
+
+    Also a concurrent.futures.process.BrokenProcessPool, as ProcessPoolExecutor raises
+    in this case; unlike that pool, the manager replaces the worker and keeps serving."""
 
     def __init__(self, message: str, exitcode: int | None = None, signal: int | None = None):
         super().__init__(message)
@@ -74,6 +92,32 @@ class WorkerCrashed(JobEngineError):
 
     def __reduce__(self):
         return (type(self), (self.args[0], self.exitcode, self.signal))
+
+
+class TaskLoadError(JobEngineError, BrokenProcessPool):
+    """A worker could not load what the job needs to run: its executor (its module
+    cannot be imported there) or its arguments (they cannot be unpickled there).
+    .module names the module when it is known.  A BrokenProcessPool, as the stdlib
+    pool raises when a task cannot be read by a worker."""
+
+    def __init__(self, message: str, module: str | None = None):
+        super().__init__(message)
+        self.module = module
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.module))
+
+
+class ResultDecodeError(SerializationError, BrokenProcessPool):
+    """A job's result reached the manager but could not be unpickled there.  A
+    SerializationError, and a BrokenProcessPool as in ProcessPoolExecutor."""
+
+
+class InitializerError(JobEngineError, BrokenProcessPool):
+    """Manager(initializer=...) raised in a worker.  The manager is broken from then on,
+    as ProcessPoolExecutor is: instances not yet run fail with this error and new
+    submissions raise it (an initializer that fails once fails in every worker, so
+    respawning would loop)."""
 
 
 class JobTimeout(JobEngineError, TimeoutError):

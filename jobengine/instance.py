@@ -13,7 +13,7 @@ import uuid as _uuid
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import ManagerStateError
 from .records import LogLevel, LogMethods, ns_to_datetime
@@ -28,6 +28,8 @@ _CREATED = State.CREATED
 _PROCESSING = State.PROCESSING
 _SCHEDULED = State.SCHEDULED
 
+T = TypeVar("T")
+
 _cond_lock = threading.Lock()
 _DONE = (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
 
@@ -40,9 +42,10 @@ class Owner(Protocol):
     def append_log(self, inst: Instance, level: LogLevel, message: str) -> None: ...
 
 
-class Instance(LogMethods, Future):
-    """One execution of a Job.  Also a Future: result(), exception(), done(), cancel(),
-    add_done_callback() work, and so do concurrent.futures.wait / as_completed.
+class Instance(LogMethods, Future[T]):
+    """One execution of a Job.  Also a Future (generic in its result type, as
+    Future[T]): result(), exception(), done(), cancel(), add_done_callback() work, and
+    so do concurrent.futures.wait / as_completed.
 
     cancel() stops an instance that no worker has taken yet (it becomes CANCELED); a
     running one is not interrupted and cancel() returns False.
@@ -159,25 +162,33 @@ class Instance(LogMethods, Future):
         return ns_to_datetime(self.completed_ns)
 
     # -- Future overrides ----------------------------------------------------------------
-    @property
-    def _condition(self) -> threading.Condition:
-        c = self.__dict__.get("_cond")
-        if c is None:
-            with _cond_lock:
-                c = self.__dict__.get("_cond")
-                if c is None:
-                    c = self.__dict__["_cond"] = threading.Condition()
-        return c
+    if TYPE_CHECKING:
+        # What type checkers see: Future's attributes (as_completed's protocol wants
+        # them as attributes); at run time they are made on first use, below.
+        _condition: threading.Condition
+        _waiters: list[Any]
+        _done_callbacks: list[Any]
+    else:
 
-    # Future touches these two lists only while holding _condition, so making them on
-    # first use cannot race.
-    @property
-    def _waiters(self) -> list:
-        return self.__dict__.setdefault("_waiter_list", [])
+        @property
+        def _condition(self) -> threading.Condition:
+            c = self.__dict__.get("_cond")
+            if c is None:
+                with _cond_lock:
+                    c = self.__dict__.get("_cond")
+                    if c is None:
+                        c = self.__dict__["_cond"] = threading.Condition()
+            return c
 
-    @property
-    def _done_callbacks(self) -> list:
-        return self.__dict__.setdefault("_callback_list", [])
+        # Future touches these two lists only while holding _condition, so making them
+        # on first use cannot race.
+        @property
+        def _waiters(self) -> list:
+            return self.__dict__.setdefault("_waiter_list", [])
+
+        @property
+        def _done_callbacks(self) -> list:
+            return self.__dict__.setdefault("_callback_list", [])
 
     def _settle(self, result: Any, exception: BaseException | None) -> None:
         d = self.__dict__
@@ -207,7 +218,7 @@ class Instance(LogMethods, Future):
 
     # Reading a finished Future needs no lock (FINISHED is final, and the outcome was
     # stored before the state): skip the Condition that Future would make to read it.
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         """Future.result: the return value (recurring: of the latest finished run)."""
         if self._state == FINISHED:
             if self._exception is not None:
@@ -225,7 +236,7 @@ class Instance(LogMethods, Future):
         """Future.done: finished or cancelled."""
         return self._state in _DONE
 
-    def set_result(self, result: Any) -> None:
+    def set_result(self, result: T) -> None:
         """Future.set_result (the engine calls it)."""
         self._settle(result, None)
 

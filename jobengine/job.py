@@ -125,6 +125,7 @@ class Job:
         "state_change_handler",
         "timeout",
         "timezone",
+        "transient",
         "tz",
     )
 
@@ -225,6 +226,10 @@ class Job:
         self.error_handler = error_handler
         self.state_change_handler = state_change_handler
         self.instance_param = instance_parameter(executor)
+        # Made by submit() for a callable with no import path (a lambda, a partial, a
+        # bound method): the registry drops it, and it lets go of the callable, when
+        # its last instance settles.
+        self.transient = False
         try:
             sig = inspect.signature(executor)
             if self.instance_param is not None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import cloudpickle
 
@@ -33,13 +35,65 @@ from .errors import (
 from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds
+from .pool.inherit import dumps_for_workers
 from .pool.pool import WorkerEvent, WorkerInfo
 from .query import Query
 from .records import InstanceRecord, LogRecord, StateRecord, datetime_to_ns
-from .registry import JobRegistry
+from .registry import JobRegistry, importable
 from .signals import SignalStop
 from .stores.base import Store
 from .stores.memory import MemoryStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Managers whose engine may still hold work, for the interpreter-exit hook below.
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_exiting = False  # set once the interpreter has begun to exit
+
+
+def _at_exit() -> None:
+    """Interpreter exit, before non-daemon threads are joined (where the stdlib's
+    executors hook in): refuse new work, and let every manager that was not shut down
+    finish what it holds, as ProcessPoolExecutor does.  A manager never started
+    cancels what was scheduled on it (nothing would ever run it)."""
+    global _exiting
+    _exiting = True
+    for engine in list(_live_engines):
+        if engine.state == "new":
+            engine.stop_unstarted()
+        else:
+            engine.drain()
+            engine.join()
+
+
+def _register_exit_hook() -> None:
+    try:
+        # The hook concurrent.futures uses: it runs before non-daemon threads are
+        # joined and before atexit callbacks, so an atexit callback sees a shut-down
+        # manager, exactly as it would see a shut-down ProcessPoolExecutor.
+        threading._register_atexit(_at_exit)  # noqa: SLF001 - the stdlib's executor hook
+    except AttributeError:  # pragma: no cover - other interpreters
+        import atexit
+
+        atexit.register(_at_exit)
+
+
+_register_exit_hook()
+
+
+def _abandon(engine: Engine) -> None:
+    """A Manager was garbage-collected without shutdown: its engine runs what it holds,
+    then stops its supervisor and workers (nobody waits for it)."""
+    if engine.state == "new":
+        engine.stop_unstarted()
+    else:
+        engine.drain()
+
+
+def _stop_on_signal(engine: Engine) -> None:
+    if engine.running:
+        engine.begin_stop(engine.kill_grace)
 
 
 class Manager(Executor):
@@ -58,8 +112,13 @@ class Manager(Executor):
     def __init__(
         self,
         num_workers: int | None = None,
-        store: Store | None = None,
         *,
+        max_workers: int | None = None,
+        store: Store | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        mp_context: Any = None,
         max_jobs_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
         kill_grace: float = 1.0,
@@ -67,28 +126,59 @@ class Manager(Executor):
         clock: Clock | None = None,
         lease: float = 30.0,
     ):
+        # mp_context is accepted for ProcessPoolExecutor's signature and ignored:
+        # workers are always forked by the manager's supervisor, a fresh interpreter
+        # with a single thread (as safe as "spawn", as fast to start as "fork").
+        del mp_context
+        name = "num_workers"
+        if max_workers is not None:
+            if num_workers is not None:
+                raise InvalidArgumentTypeError("give num_workers or max_workers, not both")
+            num_workers, name = max_workers, "max_workers"
         if num_workers is None:
             num_workers = os.cpu_count() or 1
         if not isinstance(num_workers, int) or isinstance(num_workers, bool):
-            raise InvalidArgumentTypeError(f"num_workers must be an int, got {num_workers!r}")
+            raise InvalidArgumentTypeError(f"{name} must be an int, got {num_workers!r}")
         if num_workers < 1:
-            raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers}")
+            raise InvalidArgumentError(f"{name} must be greater than 0, got {num_workers}")
         if store is not None and not isinstance(store, Store):
             raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
-        for name, v in (
-            ("max_jobs_per_worker", max_jobs_per_worker),
+        if max_tasks_per_child is not None:
+            if max_jobs_per_worker is not None:
+                raise InvalidArgumentTypeError(
+                    "give max_jobs_per_worker or max_tasks_per_child, not both"
+                )
+            max_jobs_per_worker = max_tasks_per_child
+            jobs_name = "max_tasks_per_child"
+        else:
+            jobs_name = "max_jobs_per_worker"
+        for what, v in (
+            (jobs_name, max_jobs_per_worker),
             ("max_memory_per_worker", max_memory_per_worker),
         ):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                raise InvalidArgumentTypeError(f"{name} must be an int or None, got {v!r}")
+                raise InvalidArgumentTypeError(f"{what} must be an int or None, got {v!r}")
             if v is not None and v < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1, got {v}")
+                raise InvalidArgumentError(f"{what} must be >= 1, got {v}")
         if clock is not None and not isinstance(clock, Clock):
             raise InvalidArgumentTypeError(f"clock must be a jobengine Clock, got {clock!r}")
+        init_blob, init_fds = None, []
+        if initializer is not None:
+            if not callable(initializer):
+                raise InvalidArgumentTypeError(f"initializer must be callable, got {initializer!r}")
+            try:
+                init_blob, init_fds = dumps_for_workers((initializer, tuple(initargs)))
+            except Exception as e:
+                raise SerializationError(
+                    f"the initializer or its initargs cannot be sent to the workers: "
+                    f"{type(e).__name__}: {e} (a Queue, Lock or Event made with "
+                    "multiprocessing.get_context('spawn') travels, as to a spawned "
+                    "process; one made in a fork context cannot, nor can any other process)"
+                ) from None
         self._clock: Clock = clock if clock is not None else SYSTEM
         self.store: Store = store if store is not None else MemoryStore()
         self._registry = JobRegistry(real_time_timeouts=not self._clock.virtual)
-        self._engine = Engine(
+        self._engine = engine = Engine(
             store=self.store,
             registry=self._registry,
             clock=self._clock,
@@ -97,9 +187,27 @@ class Manager(Executor):
             max_memory_per_worker=max_memory_per_worker,
             kill_grace=check_seconds(kill_grace, "kill_grace"),
             lease=check_seconds(lease, "lease", allow_zero=False),
+            init_blob=init_blob,
+            init_fds=init_fds,
         )
-        self.node = self._engine.node
-        self._signals = SignalStop(self._stop_on_signal) if handle_signals else None
+        self.node = engine.node
+        self._lifecycle = threading.RLock()  # start() once, even from racing submit()s
+        self._signals = SignalStop(lambda: _stop_on_signal(engine)) if handle_signals else None
+        _live_engines.add(engine)
+        # Collected without shutdown: stop the supervisor and workers (after the work
+        # they hold).  The interpreter-exit hook covers managers alive at exit.
+        weakref.finalize(self, _abandon, engine).atexit = False
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the manager serves nothing more (its initializer failed in a worker, an
+        InitializerError), or None."""
+        return self._engine.broken
+
+    @property
+    def _broken(self) -> BaseException | None:
+        """ProcessPoolExecutor's private name for `broken`, for code that reads it."""
+        return self._engine.broken
 
     # -- jobs ----------------------------------------------------------------------------
     def register_job(self, job: Job) -> Job:
@@ -135,15 +243,50 @@ class Manager(Executor):
         priority: int | None = None,
         schedule_at: datetime | None = None,
         schedule_after: float | timedelta | None = None,
-    ) -> Instance:
+    ) -> Instance[Any]:
         """Schedule one instance of `job` (registering it if its kind is new).
 
         args/kwargs go to the executor (checked against its signature now, pickled
         now: an argument that cannot be pickled raises SerializationError and nothing
-        is recorded).  priority / schedule_at / schedule_after override the job's."""
+        is recorded).  priority / schedule_at / schedule_after override the job's.
+        Before start() the instance waits in the manager until it starts."""
+        self._check_accepting()
+        inst, due, at, after, key_material = self._new_instance(
+            job, args, kwargs, priority, schedule_at, schedule_after
+        )
+        if job.crontab is not None:
+            # A recurring instance: one run per tick, all under this uuid.
+            explicit = at is not None or after is not None
+            return self._engine.ticks.schedule(inst, key_material, explicit)
+        return self._engine.admit(inst, due)
+
+    def _check_accepting(self, error: type[Exception] = ManagerStateError) -> None:
+        """Raise unless new instances may be scheduled: the broken error, or `error`
+        (the Executor methods raise a plain RuntimeError, as concurrent.futures does;
+        the go-job methods ManagerStateError, which is also a RuntimeError)."""
         engine = self._engine
-        if engine.state in ("stopping", "stopped"):
-            raise ManagerStateError("cannot schedule on a manager that is stopping or stopped")
+        if engine.broken is not None:
+            raise type(engine.broken)(*engine.broken.args)
+        if _exiting:
+            raise error("cannot schedule new futures after interpreter shutdown")
+        if not engine.accepting:
+            raise error(
+                f"cannot schedule new futures after shutdown (the manager is {engine.state})"
+            )
+
+    def _new_instance(
+        self,
+        job: Job,
+        args: Iterable[Any],
+        kwargs: dict[str, Any] | None,
+        priority: int | None,
+        schedule_at: datetime | None,
+        schedule_after: float | timedelta | None,
+        pickle_now: bool = True,
+    ) -> tuple[Instance[Any], int, datetime | None, float | None, bytes]:
+        """Check the options, bind the arguments, make the Instance and pickle its
+        payload (SerializationError if it cannot be, unless pickle_now is False: then
+        the error is stored in inst.payload's place and the caller decides)."""
         if not isinstance(job, Job):
             raise InvalidArgumentTypeError(f"schedule_job needs a Job, got {job!r}")
         if type(args) is not tuple:
@@ -163,24 +306,26 @@ class Manager(Executor):
         job.bind(args, kwargs)
         self._registry.adopt(job)
         clock = self._clock
-        inst = Instance(engine, job, uuid7_int(), args, kwargs, prio, clock.time_ns())
+        inst: Instance[Any] = Instance(
+            self._engine, job, uuid7_int(), args, kwargs, prio, clock.time_ns()
+        )
+        key_material = b""
         try:
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
             inst.payload = _dumps(payload)
             if job.crontab is not None:
                 key_material = _dumps((job.kind, args, kwargs))
         except Exception as e:
-            raise SerializationError(
+            err = SerializationError(
                 f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
-            ) from None
+            )
+            if pickle_now:
+                raise err from None
+            inst.payload = err
         due = self._due(at, after)
         wall = inst.created_ns
         inst.scheduled_ns = wall + max(0, due - clock.monotonic_ns()) if due else wall
-        if job.crontab is not None:
-            # A recurring instance: one run per tick, all under this uuid.
-            explicit = at is not None or after is not None
-            return engine.ticks.schedule(inst, key_material, explicit)
-        return engine.admit(inst, due)
+        return inst, due, at, after, key_material
 
     def _due(self, schedule_at: datetime | None, schedule_after: float | None) -> int:
         """Due time on the (monotonic) clock; schedule_at in the past means now."""
@@ -269,11 +414,13 @@ class Manager(Executor):
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Manager:
-        """Start the supervisor, the workers and the engine thread."""
-        state = self._engine.state
-        if state != "new":
-            raise ManagerStateError(f"start() on a manager that is {state}")
-        self._engine.start()
+        """Start the supervisor, the workers and the engine thread.  (submit() and
+        map() start a manager that was never started.)"""
+        with self._lifecycle:
+            state = self._engine.state
+            if state != "new":
+                raise ManagerStateError(f"start() on a manager that is {state}")
+            self._engine.start()
         if self._signals is not None:
             self._signals.install()
         return self
@@ -288,12 +435,15 @@ class Manager(Executor):
         seconds, if given: then their workers are killed and they become CANCELED), then
         shut the pool down.  With wait=True (stop_with_wait), run everything first.
         Recurring instances are suspended, not canceled: they stay in the store for the
-        next manager."""
+        next manager.  A manager never started cancels what was scheduled on it."""
         grace = check_seconds(grace, "grace")
         engine = self._engine
-        if engine.state == "new":
-            engine.stop_unstarted()
-            return
+        with self._lifecycle:
+            if engine.state == "new":
+                if not (wait and engine.has_pending()):
+                    engine.stop_unstarted()
+                    return
+                self.start()  # stop_with_wait() runs what was scheduled before start()
         if engine.state == "stopped" and engine.error is None:
             return
         if wait:
@@ -305,64 +455,121 @@ class Manager(Executor):
         if engine.error is not None:
             raise ManagerStateError(f"the engine thread failed: {engine.error!r}") from engine.error
 
-    def _stop_on_signal(self) -> None:
-        if self._engine.running:
-            self._engine.begin_stop(self._engine.kill_grace)
-
     def stop_with_wait(self) -> None:
         """Run everything scheduled to its end, then stop."""
         self.stop(wait=True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """concurrent.futures.Executor.shutdown."""
-        self.stop(wait=wait and not cancel_futures)
+        """Executor.shutdown.  New submissions raise RuntimeError from now on.
+        cancel_futures: cancel the instances no worker has taken yet.  wait=True: run
+        what is left, then stop (stop_with_wait); wait=False: return at once while the
+        manager runs what is left and then stops by itself.  Recurring instances are
+        suspended in the store, as by stop()."""
+        engine = self._engine
+        if cancel_futures:
+            # What free workers can take right now is handed out first (the stdlib's
+            # call queue does the same); only the rest is canceled.
+            engine.sync()
+            engine.cancel_all_queued()
+        with self._lifecycle:
+            if engine.state == "new":
+                if not engine.has_pending():
+                    engine.stop_unstarted()
+                    return
+                self.start()  # what was scheduled before start() runs, as for a pool
+        if wait:
+            self.stop(wait=True)
+        else:
+            engine.drain()
 
     def __enter__(self) -> Manager:
-        if self._engine.state == "new":
-            self.start()
+        with self._lifecycle:
+            if self._engine.state == "new":
+                self.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop_with_wait()
 
     # -- Executor API ----------------------------------------------------------------
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Instance:
-        """Run fn(*args, **kwargs) on the pool; return its Instance (a Future)."""
-        if self._engine.state in ("stopping", "stopped"):
-            raise ManagerStateError("cannot schedule new futures after shutdown")
-        return self.schedule_job(self._registry.implicit(fn), args=args, kwargs=kwargs)
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Instance[T]:
+        """Executor.submit: run fn(*args, **kwargs) on the pool; return its Instance (a
+        Future).  Starts the manager if it was never started, as ProcessPoolExecutor
+        starts its processes.  As there, an argument that cannot be pickled fails the
+        Future (SerializationError, a pickle.PicklingError), not the call."""
+        self._ensure_started()
+        self._check_accepting(RuntimeError)
+        job = self._registry.implicit(fn)
+        try:
+            inst, due, *_ = self._new_instance(job, args, kwargs, None, None, None, False)
+        except BaseException:
+            if job.transient:
+                self._registry.settled(job)
+            raise
+        if isinstance(inst.payload, SerializationError):
+            err, inst.payload = inst.payload, b""
+            return self._engine.fail_unadmitted(inst, err, str(err))
+        return self._engine.admit(inst, due)
+
+    def _ensure_started(self) -> None:
+        if self._engine.state == "new":
+            with self._lifecycle:
+                if self._engine.state == "new" and not _exiting:
+                    self.start()
 
     def map(
-        self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1
-    ) -> Iterator:
-        """Executor.map: results in order.  chunksize > 1 sends that many calls per job."""
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Executor.map: results in order.  chunksize > 1 sends that many calls per
+        job.  Every call is submitted now; the iterator keeps no result or Future it
+        has already yielded."""
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise InvalidArgumentError(f"chunksize must be an int >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         if chunksize == 1:
             futures = [self.submit(fn, *a) for a in zip(*iterables, strict=False)]
         else:
+            self._ensure_started()
+            self._check_accepting(RuntimeError)
             # One iterable: ship its items as they are (no per-item argument tuples).
             star = len(iterables) != 1
-            runner = self._registry.implicit(_ChunkRunner(fn, star))
+            registry = self._registry
+            # implicit() holds the runner's job for this loop; each chunk holds it too.
+            runner = registry.implicit(_ChunkRunner(fn, star), named=importable(fn))
             it = zip(*iterables, strict=False) if star else iter(iterables[0])
             futures = []
-            while chunk := list(itertools.islice(it, chunksize)):
-                futures.append(self.schedule_job(runner, args=(chunk,)))
-
-        def results() -> Iterator:
             try:
-                for f in futures:
-                    left = None if end is None else end - time.monotonic()
-                    if chunksize == 1:
-                        yield f.result(left)
-                    else:
-                        yield from f.result(left)
+                while chunk := list(itertools.islice(it, chunksize)):
+                    registry.hold(runner)
+                    try:
+                        futures.append(self.schedule_job(runner, args=(chunk,)))
+                    except BaseException:
+                        registry.settled(runner)
+                        raise
             finally:
-                for f in futures:
-                    f.cancel()
+                registry.settled(runner)
+        futures.reverse()  # popped from the end, in order: nothing kept once yielded
+        return _results(futures, end, chunksize > 1)
 
-        return results()
+
+def _results(futures: list[Instance[Any]], end: float | None, chunked: bool) -> Iterator[Any]:
+    try:
+        while futures:
+            left = None if end is None else end - time.monotonic()
+            if not chunked:
+                yield futures.pop().result(left)
+            else:
+                chunk = futures.pop().result(left)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
+    finally:
+        for f in futures:
+            f.cancel()
 
 
 class _ChunkRunner:

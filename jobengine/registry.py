@@ -8,14 +8,14 @@ take one lock.  Never does: scheduling, dispatch, I/O."""
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
 from .errors import DuplicateJobError, InvalidArgumentTypeError, UnknownJobError
 from .job import Job
+from .pool.channel import executor_blob
 
 
 class JobRegistry:
@@ -29,6 +29,8 @@ class JobRegistry:
         self._seq = itertools.count(1)
         self._blobs: dict[Job, bytes] = {}
         self._implicit: dict[Any, Job] = {}  # submit(): callable -> its implicit Job
+        self._refs: dict[Job, int] = {}  # transient job -> its unsettled instances
+        self._keys: dict[Job, Any] = {}  # transient job -> its key in _implicit
         self._real_time_timeouts = real_time_timeouts
 
     # -- registration ------------------------------------------------------------------
@@ -66,26 +68,78 @@ class JobRegistry:
             except KeyError:
                 raise UnknownJobError(f"no job of kind {kind!r} is registered") from None
 
-    def implicit(self, fn: Callable) -> Job:
-        """The Job submit() runs `fn` as: registered on first use under fn's qualified
-        name (made unique with #2, #3, ... if that kind is taken)."""
-        job = self._implicit.get(fn)
-        if job is not None:
+    def implicit(self, fn: Callable, named: bool | None = None) -> Job:
+        """The Job submit() runs `fn` as, registered under fn's qualified name (made
+        unique with #2, #3, ... if that kind is taken).
+
+        A callable reachable by its import path (a module's function or class, a
+        builtin; `named`, by default decided here) keeps its Job for the manager's
+        life: its executor travels to each worker once.  Any other (a lambda, a
+        partial, a bound method, a callable object) gets a transient Job, counted per
+        call: settled() drops it when its last instance settles, so the manager does
+        not keep the callable (or what it holds) alive."""
+        if named is None:
+            named = importable(fn)
+        try:
+            job = self._implicit.get(fn)
+        except TypeError:  # an unhashable callable: never shared between calls
+            with self._lock:
+                job = self._new_implicit(fn, None, transient=True)
+                self._refs[job] = 1
             return job
-        kind = getattr(fn, "__qualname__", None) or getattr(type(fn), "__qualname__", "callable")
+        if job is not None and not job.transient:
+            return job
         with self._lock:
             job = self._implicit.get(fn)
-            if job is not None:
-                return job
-            base, n = kind, 1
-            while kind in self._jobs:
-                n += 1
-                kind = f"{base}#{n}"
-            job = Job(kind, fn)
-            self._ids.setdefault(job, next(self._seq))
-            self._jobs[kind] = job
-            self._implicit[fn] = job
+            if job is None:
+                job = self._new_implicit(fn, fn, transient=not named)
+            if job.transient:
+                self._refs[job] = self._refs.get(job, 0) + 1
         return job
+
+    def _new_implicit(self, fn: Callable, key: Any, transient: bool) -> Job:
+        """A new implicit Job for fn, cached under key unless it is None (lock held)."""
+        kind = getattr(fn, "__qualname__", None) or getattr(type(fn), "__qualname__", "callable")
+        base, n = kind, 1
+        while kind in self._jobs:
+            n += 1
+            kind = f"{base}#{n}"
+        job = Job(kind, fn)
+        job.transient = transient
+        self._ids[job] = next(self._seq)
+        self._jobs[kind] = job
+        if key is not None:
+            self._implicit[key] = job
+            self._keys[job] = key
+        return job
+
+    def hold(self, job: Job) -> None:
+        """One more unsettled instance of `job` (a no-op unless it is transient)."""
+        if job.transient:
+            with self._lock:
+                self._refs[job] = self._refs.get(job, 0) + 1
+
+    def settled(self, job: Job) -> int | None:
+        """An instance of transient `job` settled.  When it was the last, forget the
+        job and let go of its executor; return its kind id (for the workers to drop),
+        else None."""
+        if not job.transient:
+            return None
+        with self._lock:
+            n = self._refs.get(job, 0) - 1
+            if n > 0:
+                self._refs[job] = n
+                return None
+            self._refs.pop(job, None)
+            if self._jobs.get(job.kind) is job:
+                del self._jobs[job.kind]
+            key = self._keys.pop(job, None)
+            if key is not None and self._implicit.get(key) is job:
+                del self._implicit[key]
+            self._blobs.pop(job, None)
+            kind_id = self._ids.pop(job, None)
+        job.executor = None  # the callable, and whatever it holds, can go now
+        return kind_id
 
     # -- lookups -----------------------------------------------------------------------
     def lookup(self, kind: str) -> Job:
@@ -122,10 +176,23 @@ class JobRegistry:
             # Under a virtual clock the engine enforces timeouts in virtual time; the
             # supervisor's real-time deadline would fire at the wrong moment.
             timeout = job.timeout if self._real_time_timeouts else None
-            blob = self._blobs[job] = cloudpickle.dumps(
-                (job.executor, job.instance_param, job.kind, timeout)
+            blob = self._blobs[job] = executor_blob(
+                job.kind, job.executor, job.instance_param, timeout
             )
         return blob
 
 
-__all__ = ["JobRegistry"]
+def importable(fn: Any) -> bool:
+    """Whether `fn` is what its module exposes under its qualified name (a module's
+    function or class, a builtin): then it lives as long as its module anyway."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return False
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
+
+
+__all__ = ["JobRegistry", "importable"]

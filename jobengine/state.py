@@ -37,7 +37,9 @@ class State(enum.IntFlag):
 #: state -> the states it may move to
 TRANSITIONS: dict[State, State] = {
     State.CREATED: State.SCHEDULED | State.CANCELED,
-    State.SCHEDULED: State.PROCESSING | State.CANCELED,
+    # TERMINATED straight from SCHEDULED: it can never run (its arguments cannot be
+    # pickled, or the pool is broken).
+    State.SCHEDULED: State.PROCESSING | State.CANCELED | State.TERMINATED,
     State.PROCESSING: State.COMPLETED | State.TERMINATED | State.TIMED_OUT | State.CANCELED,
     # Retries (after a failure) and recurrences (after any run) go back to SCHEDULED.
     State.COMPLETED: State.SCHEDULED,

@@ -167,3 +167,53 @@ def hold_until(path, value=None, limit=30.0):
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.005)
     return value
+
+
+# -- for the Executor contract tests ---------------------------------------------------
+INIT_STATE = {"value": "uninitialized", "calls": 0}
+
+
+def init_state(value, path=None):
+    INIT_STATE["value"] = value
+    INIT_STATE["calls"] += 1
+    if path is not None:
+        append_line(path, os.getpid())
+
+
+def read_init_state():
+    return INIT_STATE["value"], INIT_STATE["calls"]
+
+
+def init_fails():
+    raise ValueError("error in initializer")
+
+
+def raise_runtime_error():
+    raise RuntimeError(123)  # the line the remote traceback must show
+
+
+def put_and_wait(queue, event, value):
+    queue.put(value)
+    event.wait(30)
+    return value
+
+
+def proc_identity():
+    import multiprocessing
+
+    with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode().strip()
+    return multiprocessing.current_process().name, cmdline
+
+
+class Holder:
+    def method(self):
+        return 1
+
+
+def make_holder(_):
+    return Holder()
+
+
+def init_put(queue, value):
+    queue.put((value, os.getpid()))

@@ -3,6 +3,7 @@
 import concurrent.futures as cf
 import functools
 import os
+import pickle
 import random
 import threading
 import time
@@ -111,11 +112,23 @@ def test_unpicklable_result_is_a_failure(mgr):
     assert "cannot be pickled" in str(exc)
 
 
-def test_unpicklable_argument_is_refused_and_nothing_recorded(mgr):
+def test_unpicklable_argument_is_refused_by_schedule_job_and_nothing_recorded(mgr):
     before = len(mgr.lookup_instances())
     with pytest.raises(SerializationError, match="cannot be pickled"):
-        mgr.submit(jobs.echo, threading.Lock())
+        mgr.schedule_job(Job("echo-lock", jobs.echo), args=(threading.Lock(),))
     assert len(mgr.lookup_instances()) == before
+
+
+def test_unpicklable_argument_fails_the_submitted_future_as_the_stdlib_does(mgr):
+    # ProcessPoolExecutor pickles in the background and fails the Future; so do we,
+    # and the instance is on record as TERMINATED with the cause.
+    f = mgr.submit(jobs.echo, threading.Lock())
+    exc = f.exception(timeout=10)
+    assert isinstance(exc, SerializationError) and isinstance(exc, pickle.PicklingError)
+    assert "cannot be pickled" in str(exc)
+    assert states(mgr, f) == [State.CREATED, State.SCHEDULED, State.TERMINATED]
+    assert "cannot be pickled" in mgr.lookup_instance_history(f)[-1].cause
+    assert mgr.submit(jobs.echo, 5).result(timeout=10) == 5  # and the manager serves on
 
 
 def test_retries_count_attempts_and_end_in_failure(mgr):
@@ -418,10 +431,10 @@ def test_stop_with_wait_finishes_everything_then_refuses_new_work():
     fs = [m.submit(jobs.sleep_then, 0.02, i) for i in range(20)]
     m.stop_with_wait()
     assert [f.result(timeout=0) for f in fs] == list(range(20))
-    with pytest.raises(ManagerStateError):
-        m.submit(jobs.noop)
-    with pytest.raises(RuntimeError):  # Executor.submit contract after shutdown
-        m.submit(jobs.noop)
+    with pytest.raises(ManagerStateError):  # the go-job verbs
+        m.schedule_job(Job("after-stop", jobs.noop))
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        m.submit(jobs.noop)  # exactly what Executor.submit raises after shutdown
 
 
 def test_stop_cancels_queued_and_lets_running_finish():

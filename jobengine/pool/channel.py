@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import struct
 import tempfile
+from typing import Any
+
+import cloudpickle
 
 from .._core import DOORBELL_SIZE, RING_HEADER, Doorbell, Ring
 
@@ -27,11 +31,14 @@ from .._core import DOORBELL_SIZE, RING_HEADER, Doorbell, Ring
 T_DEFINE = 1  # a = kind id; payload = cloudpickle((executor, instance_param, kind))
 T_TASK = 2  # a = handle | attempt << 32; b = kind id; payload = pickled (args, kwargs[, uuid])
 T_STOP = 3  # finish what is queued before this record, then exit 0
+T_INIT = 4  # payload = cloudpickle((initializer, initargs)): run once, before any task
+T_FORGET = 5  # a = kind id: drop that executor (its job is gone)
 # worker -> manager
 E_STARTED = 16  # a = handle | attempt << 32; b = start time
 E_OK = 17  # b = end time; payload = pickled result
 E_ERR = 18  # b = end time; payload = pickled (exception bytes | None, type, message, traceback)
 E_LOG = 19  # b = time; payload = level (1 byte) + utf-8 message
+E_INIT_ERR = 20  # the initializer raised; payload as E_ERR; the worker exits next
 
 # Doorbell flags: why the engine was woken
 # (flag 1, Doorbell.ring's default: new instances, a resize, a clock move)
@@ -144,3 +151,28 @@ def read_payload(tag: int, payload: bytes) -> bytes:
             return f.read()
     finally:
         os.unlink(path)
+
+
+def executor_blob(
+    kind: str, executor: Any, instance_param: str | None, timeout: float | None
+) -> bytes:
+    """How an executor travels to a worker (T_DEFINE): the plain fields outside, so a
+    worker that cannot load the executor itself can still say which job and module."""
+    module = getattr(executor, "__module__", None) or getattr(type(executor), "__module__", None)
+    return pickle.dumps(
+        (kind, module, instance_param, timeout, dumps_by_reference(executor)), protocol=5
+    )
+
+
+def dumps_by_reference(obj: Any) -> bytes:
+    """Pickle obj as the stdlib does (functions and classes by reference: the worker
+    imports their module, so tracebacks show their source lines); only what plain
+    pickle cannot carry (lambdas, closures, the user's script's own functions and
+    classes, which workers cannot import by name) goes by value, with cloudpickle."""
+    try:
+        raw = pickle.dumps(obj, protocol=5)
+    except Exception:
+        return cloudpickle.dumps(obj, protocol=5)
+    if b"__main__" in raw:
+        return cloudpickle.dumps(obj, protocol=5)
+    return raw

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pickle
 import socket
 
+MAX_FDS = 64  # descriptors one message may carry
+
 
 def send(sock: socket.socket, msg: tuple, fds: list[int] | None = None) -> None:
     data = pickle.dumps(msg)
@@ -20,7 +22,7 @@ def send(sock: socket.socket, msg: tuple, fds: list[int] | None = None) -> None:
 
 def recv(sock: socket.socket) -> tuple[tuple, list[int]]:
     """One message; EOFError when the peer closed the socket."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 4)
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS)
     if not data:
         raise EOFError
     return pickle.loads(data), fds

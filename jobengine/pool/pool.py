@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import psutil
 
 from ..instance import Instance
-from .channel import RING_CONTROL, T_STOP, Channel, new_doorbell
+from .channel import RING_CONTROL, T_INIT, T_STOP, Channel, new_doorbell, write_record
 from .control import recv, send
 
 __all__ = ["RING_CONTROL", "Pool", "WorkerEvent", "WorkerInfo", "WorkerSlot"]
@@ -94,7 +94,11 @@ class WorkerSlot:
 
 
 class Pool:
-    def __init__(self):
+    """init_blob: cloudpickled (initializer, initargs), the first record every new
+    worker reads, or None."""
+
+    def __init__(self, init_blob: bytes | None = None):
+        self.init_blob = init_blob
         self.doorbell_fd, self._doorbell_mm, self.doorbell = new_doorbell()
         self.workers: dict[int, WorkerSlot] = {}
         self.target = 0
@@ -105,7 +109,9 @@ class Pool:
         self.events: deque[WorkerEvent] = deque(maxlen=10_000)  # births and deaths
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self, config: dict | None = None) -> None:
+    def start(self, config: dict | None = None, fds: list[int] | None = None) -> None:
+        """Start the supervisor; config and fds (descriptors every worker inherits,
+        pool/inherit.py) go to it first."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         # The workers must import what the manager's process can (executors pickled by
@@ -126,7 +132,7 @@ class Pool:
         )
         theirs.close()
         self._ctl = ours
-        send(ours, ("config", config or {}))
+        send(ours, ("config", config or {}), fds or None)
         ours.setblocking(False)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -153,6 +159,9 @@ class Pool:
     # -- workers ---------------------------------------------------------------------
     def spawn(self, index: int) -> WorkerSlot:
         channel = Channel.create(index, self.doorbell)
+        if self.init_blob is not None:  # before anything else: the ring is empty
+            write_record(channel.tasks, T_INIT, 0, 0, self.init_blob)
+            channel.tasks.publish()
         w = WorkerSlot(index, channel)
         self._ctl.setblocking(True)
         try:

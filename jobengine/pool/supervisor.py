@@ -1,7 +1,8 @@
 """The supervisor: a single-threaded process that forks, watches, limits and reaps workers.
 
     manager ==ctl socket (SEQPACKET, pickled messages, fds by SCM_RIGHTS)==> supervisor
-      ("config", {max_memory, term_grace})  limits to enforce
+      ("config", {max_memory, term_grace, authkey}) + fds: limits to enforce, the
+          manager's multiprocessing authkey, and descriptors every worker inherits
       ("spawn", index) + memfd           fork a worker on that channel
       ("kill", index, pid, reason, a)    stop that worker (reason: "cancel", ...)
       ("exit",)                          kill what is left, reap, exit
@@ -30,14 +31,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import multiprocessing
 import os
 import select
 import signal
 import socket
 import sys
 import time
+import traceback
 
 import psutil
+import setproctitle
 
 from .channel import MAPPING_BYTES, RING_CONTROL, map_fd, read_status
 from .control import recv, send
@@ -82,6 +86,7 @@ class Supervisor:
         self.by_index: dict[int, Child] = {}
         self.max_memory: int | None = None
         self.term_grace = 1.0
+        self.inherited: list[int] = []  # descriptors every worker inherits
 
     def tell(self, msg: tuple) -> None:
         send(self.ctl, msg)
@@ -95,11 +100,14 @@ class Supervisor:
         gc.collect()
         gc.freeze()  # keep the parent's pages shared copy-on-write in the child
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid == 0:  # the worker: its real exit status, never a silent 0
+            status = 70  # EX_SOFTWARE: the worker's own code failed
             try:
-                self._become_worker(index, fd)
+                status = self._become_worker(index, fd)
+            except BaseException:
+                traceback.print_exc()
             finally:
-                os._exit(0)
+                os._exit(status)
         gc.unfreeze()
         mm = map_fd(fd, MAPPING_BYTES)
         os.close(fd)
@@ -110,18 +118,25 @@ class Supervisor:
         self.by_index[index] = child
         self.tell(("born", index, pid, threads))
 
-    def _become_worker(self, index: int, fd: int) -> None:
+    def _become_worker(self, index: int, fd: int) -> int:
         me = os.getppid()
         die_with_parent(me)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.ctl.close()
         for pidfd in self.children:
             os.close(pidfd)
+        name = f"jobengine worker {index}"
+        setproctitle.setproctitle(name)  # what ps and top show
+        multiprocessing.current_process().name = name  # what logging and jobs see
         from .channel import Channel
-        from .worker import Worker
+        from .inherit import set_inherited
+        from .worker import Worker, finish_process
 
+        set_inherited(self.inherited)
         channel = Channel(fd, self.doorbell, "worker")
-        Worker(index, channel, me).run()
+        status = Worker(index, channel, me).run()
+        finish_process()
+        return status
 
     def reap(self, pidfd: int) -> None:
         child = self.children.pop(pidfd)
@@ -179,6 +194,11 @@ class Supervisor:
             cfg = msg[1]
             self.max_memory = cfg.get("max_memory")
             self.term_grace = cfg.get("term_grace", self.term_grace)
+            self.inherited = list(fds)
+            if cfg.get("authkey"):
+                # Workers inherit it: multiprocessing.Manager() proxies made by the
+                # manager's process authenticate from its workers, as from a Pool's.
+                multiprocessing.current_process().authkey = cfg["authkey"]
         elif op == "exit":
             return False
         return True
@@ -213,6 +233,7 @@ class Supervisor:
 def main() -> None:
     ctl_fd, doorbell_fd, parent_pid = (int(x) for x in sys.argv[1:4])
     die_with_parent(parent_pid)
+    setproctitle.setproctitle(f"jobengine supervisor (manager pid {parent_pid})")
     # Ctrl-C goes to the whole process group; the manager decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=ctl_fd)

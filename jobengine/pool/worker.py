@@ -11,22 +11,28 @@ another worker's rings.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
+import sys
 import time
 import traceback
 from typing import Any
 
 import cloudpickle
 
-from ..errors import SerializationError
+from ..errors import SerializationError, TaskLoadError
 from ..records import LogLevel, LogMethods
 from .channel import (
     E_ERR,
+    E_INIT_ERR,
     E_LOG,
     E_OK,
     E_STARTED,
     T_DEFINE,
+    T_FORGET,
+    T_INIT,
     T_STOP,
     T_TASK,
     TAG_MASK,
@@ -77,9 +83,28 @@ def encode_error(exc: BaseException) -> bytes:
     try:
         raw = pickle.dumps(exc, protocol=5)
         pickle.loads(raw)  # exceptions with custom __init__ often pickle but won't load
-    except Exception:
+    except BaseException:
         raw = None
     return pickle.dumps((raw, type(exc).__qualname__, str(exc), tb), protocol=5)
+
+
+class _Unloadable:
+    """Stands for an executor the worker could not load; running it fails the job."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: TaskLoadError):
+        self.error = error
+
+
+def _load_error(what: str, kind: str, exc: BaseException, module: str | None) -> TaskLoadError:
+    module = getattr(exc, "name", None) if isinstance(exc, ImportError) else module
+    where = f" (module {module!r})" if module else ""
+    return TaskLoadError(
+        f"{what} of job {kind!r} cannot be loaded in the worker{where}: "
+        f"{type(exc).__name__}: {exc}",
+        module,
+    )
 
 
 class Worker:
@@ -87,7 +112,7 @@ class Worker:
         self.index = index
         self.channel = channel
         self.parent_pid = parent_pid
-        self.executors: dict[int, tuple[Any, str | None, str, float | None]] = {}
+        self.executors: dict[int, tuple[Any, str | None, str, float | None, str | None]] = {}
         self.mm = channel.mm
 
     def emit(self, tag: int, a: int, b: int, payload: bytes = b"") -> None:
@@ -103,7 +128,8 @@ class Worker:
         if os.getppid() != self.parent_pid:
             os._exit(3)
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve tasks until told to stop; return the exit status."""
         tasks = self.channel.tasks
         while True:
             records = tasks.read_many(64)
@@ -116,27 +142,68 @@ class Worker:
                 if kind == T_TASK:
                     self._run_task(a, b, read_payload(tag, payload))
                 elif kind == T_DEFINE:
-                    self.executors[a] = cloudpickle.loads(read_payload(tag, payload))
+                    self._define(a, read_payload(tag, payload))
+                elif kind == T_FORGET:
+                    self.executors.pop(a, None)
+                elif kind == T_INIT:
+                    if not self._initialize(read_payload(tag, payload)):
+                        return 1
                 elif kind == T_STOP:
-                    return
+                    return 0
+
+    def _initialize(self, blob: bytes) -> bool:
+        """Run Manager(initializer=...) once; False (reported) if it raised."""
+        try:
+            fn, args = cloudpickle.loads(blob)
+            fn(*args)
+        except BaseException as exc:
+            # Where ProcessPoolExecutor's workers report it, for code that listens there.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
+            self.emit(E_INIT_ERR, 0, time.time_ns(), encode_error(exc))
+            return False
+        return True
+
+    def _define(self, kind_id: int, blob: bytes) -> None:
+        kind, module, instance_param, timeout, raw = pickle.loads(blob)
+        try:
+            fn = cloudpickle.loads(raw)
+        except BaseException as exc:  # an import error, or a module that exits
+            fn = _Unloadable(_load_error("the executor", kind, exc, module))
+        self.executors[kind_id] = (fn, instance_param, kind, timeout, module)
 
     def _run_task(self, packed: int, kind_id: int, payload: bytes) -> None:
-        fn, instance_param, kind, timeout = self.executors[kind_id]
+        fn, instance_param, kind, timeout, module = self.executors[kind_id]
         if timeout is not None:
             start = time.monotonic_ns()
             write_status(self.mm, packed, start, start + int(timeout * 1e9))
         try:
-            self._attempt(packed, fn, instance_param, kind, payload)
+            self._attempt(packed, fn, instance_param, kind, module, payload)
         finally:
             if timeout is not None:
                 write_status(self.mm, 0)
 
     def _attempt(
-        self, packed: int, fn: Any, instance_param: str | None, kind: str, payload: bytes
+        self,
+        packed: int,
+        fn: Any,
+        instance_param: str | None,
+        kind: str,
+        module: str | None,
+        payload: bytes,
     ) -> None:
         self.emit(E_STARTED, packed, time.time_ns())
+        if type(fn) is _Unloadable:
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(fn.error))
+            return
         try:
             decoded = pickle.loads(payload)
+        except BaseException as exc:  # a class gone from the worker, or a hostile payload
+            err = _load_error("the arguments", kind, exc, None)
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(err))
+            return
+        try:
             args, kwargs = decoded[0], decoded[1]
             if instance_param is not None:
                 ji = WorkerInstance(self, packed, decoded[2], kind, packed >> 32, args, kwargs)
@@ -145,6 +212,7 @@ class Worker:
         except BaseException as exc:  # a failed job, whatever it raised, is a failure
             self.emit(E_ERR, packed, time.time_ns(), encode_error(exc))
             return
+        del decoded, args, kwargs  # the job's arguments are not kept past the job
         try:
             try:
                 out = pickle.dumps(result, protocol=5)
@@ -153,9 +221,24 @@ class Worker:
                 # script) cannot be pickled by reference here; send them by value.
                 out = cloudpickle.dumps(result, protocol=5)
         except Exception as exc:
-            err = SerializationError(
+            err: BaseException = SerializationError(
                 f"the result of job {kind!r} cannot be pickled: {type(exc).__name__}: {exc}"
             )
             self.emit(E_ERR, packed, time.time_ns(), encode_error(err))
             return
+        except BaseException as exc:  # sys.exit() in a __reduce__: the job's outcome
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc))
+            return
+        del result
         self.emit(E_OK, packed, time.time_ns(), out)
+
+
+def finish_process() -> None:
+    """Run what a multiprocessing child runs at exit (its finalizers: queues the jobs
+    used are flushed, managers' connections closed), when the jobs loaded it."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # What multiprocessing.Process runs in its children before os._exit.
+        with contextlib.suppress(BaseException):
+            mp_util._exit_function()  # noqa: SLF001 - multiprocessing's own exit step
+    logging.shutdown()
