@@ -49,7 +49,11 @@ from typing import Any
 from . import _core
 from .clock import Clock
 from .errors import (
+    EngineFailedError,
     InitializerError,
+    JobCanceled,
+    JobEngineError,
+    JobHandlingError,
     JobTimeout,
     ManagerStateError,
     MemoryLimitExceeded,
@@ -93,6 +97,12 @@ log = logging.getLogger("jobengine")
 SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
 SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
 IDLE_PARK_S = 0.5
+# A worker that dies before it publishes anything is replaced after a delay that
+# doubles per such death, up to this; a worker that works resets it.
+MAX_RESPAWN_DELAY_S = 5.0
+# A unit handed to workers that died this many times before starting it fails
+# (WorkerCrashed) instead of going back to the queue again.
+MAX_UNSTARTED_LOSSES = 3
 
 
 def decode_error(payload: bytes) -> tuple[BaseException, str]:
@@ -173,6 +183,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self._stop_deadline: float | None = None
+        self._respawn_delay = 0.0  # see MAX_RESPAWN_DELAY_S
+        self._respawn_at = 0.0  # time.monotonic() before which no worker is spawned
         self._turns_begun = 0  # engine loop turns begun / completed (for sync())
         self._turns = 0
         self._turned = threading.Condition()
@@ -269,12 +281,23 @@ class Engine:
             self._thread.join()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until every counted instance reached a final state; False on timeout."""
+        """Block until every counted instance reached a final state; False on timeout.
+        Raises EngineFailedError if the engine thread failed."""
         with self._idle:
-            return self._idle.wait_for(
-                lambda: self._active == 0 and not any(_pending(i) for i, _ in self.inbox),
+            done = self._idle.wait_for(
+                lambda: (
+                    self.error is not None
+                    or (self._active == 0 and not any(_pending(i) for i, _ in self.inbox))
+                ),
                 timeout,
             )
+        self.raise_if_failed()
+        return done
+
+    def raise_if_failed(self) -> None:
+        """Raise EngineFailedError if the engine thread failed."""
+        if self.error is not None:
+            raise EngineFailedError(f"the engine thread failed: {self.error!r}") from self.error
 
     def resize(self, n: int) -> None:
         """Make the pool `n` workers (applied by the engine thread)."""
@@ -346,7 +369,14 @@ class Engine:
                 h = len(by_handle)
                 by_handle.append(inst)
             inst.handle = h
-            core.add(h, due, inst.priority)
+            try:
+                core.add(h, due, inst.priority)
+            except Exception as e:  # a due time or priority out of the core's range
+                by_handle[h] = None
+                free.append(h)
+                inst.handle = -1
+                self._fail_unit(inst, e, "it cannot be queued", locked=True)
+                continue
             n += inst.counted  # a recurrence never ends by itself: wait() skips it
             if due:  # runs later: its executor can travel to the workers now
                 self._preload.add(inst.job)
@@ -388,6 +418,49 @@ class Engine:
         self.recorder.flush()
         inst.set_exception(exc)
         return inst
+
+    def _fail_unit(
+        self, unit: Instance | Run, exc: BaseException, what: str, *, locked: bool = False
+    ) -> None:
+        """Handling this one unit went wrong (not its job's own failure: a callable of
+        its Job raised, a value fell out of range, a payload could not be written...):
+        it ends TERMINATED with a JobEngineError naming what failed, and the engine
+        goes on.  locked: the caller holds the lock (never so for a Run)."""
+        if isinstance(exc, JobEngineError):
+            err: BaseException = exc
+        else:
+            err = JobHandlingError(f"job {unit.kind!r}: {what}: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+        cause = str(err)
+        log.error("jobengine: %s", cause, exc_info=exc)
+        now = self.clock.time_ns()
+        rec = self.recorder
+        rec.log(unit, LogLevel.ERROR, now, cause)
+        if unit.recurrence is not None:  # a recurrence's own timer: the recurrence ends
+            if locked:
+                self.ticks.end(unit, cause, suspend=False, error=err)
+            else:
+                with self.lock:
+                    self.ticks.end(unit, cause, suspend=False, error=err)
+            return
+        if unit.state not in (_SCHEDULED, _PROCESSING):
+            return  # it already ended
+        if unit.handle >= 0:
+            if locked:
+                self.core.cancel(unit.handle)
+            else:
+                with self.lock:
+                    self.core.cancel(unit.handle)
+        elif unit.job.transient:
+            self._job_settled(unit.job)
+        unit.completed_ns = now
+        rec.transition(unit, _TERMINATED, now, cause)
+        if unit.parent is not None:
+            rec.defer(unit.parent.settle_run, None, err)
+            self.ticks.run_ended(unit)
+            return
+        self._finished.append(unit)
+        rec.defer(unit.set_exception, err)
 
     # -- cancel --------------------------------------------------------------------------
     def cancel_queued(self, inst: Instance) -> bool:
@@ -475,7 +548,7 @@ class Engine:
                 if self.clock.virtual:
                     self._virtual_timeouts()
                 if self.state == "running":
-                    self.ticks.renew()
+                    self._renew()
                 elif self.state == "draining" and self._idle_now():
                     self.begin_stop()
                 if self.state == "stopping":
@@ -512,15 +585,28 @@ class Engine:
                 self._release(inst)
         for inst in orphans:  # only after a failure: an orderly stop leaves none
             if inst.parent is None and not inst.done():
-                inst.set_exception(
-                    ManagerStateError("the manager stopped before this instance ran")
-                )
+                if self.error is not None:
+                    err: BaseException = EngineFailedError(
+                        f"the engine thread failed before this instance ended: {self.error!r}"
+                    )
+                    err.__cause__ = self.error
+                else:
+                    err = ManagerStateError("the manager stopped before this instance ran")
+                inst.set_exception(err)
+        with self._idle:
+            self._idle.notify_all()  # wait() returns (or raises) now
         self.clock.unsubscribe(self._wake)
         try:
             self.recorder.run_deferred()
             self.ticks.release()
         finally:
             self.pool.close()
+
+    def _renew(self) -> None:
+        try:
+            self.ticks.renew()
+        except Exception:  # never the engine: the next period tries again
+            log.exception("jobengine: renewing recurrence leases failed")
 
     def _idle_now(self) -> bool:
         with self.lock:
@@ -553,18 +639,36 @@ class Engine:
             late = []
             if not all(u.counted for u in units):  # recurring instances and Runs
                 # a tick: dispatch a Run for it; a run that waited too long: skip it
-                units = [r for u in units if (r := ticks.fire(u) if u.recurrence else u)]
+                units = self._fire_ticks(units)
                 late = [u for u in units if u.parent is not None and ticks.too_late(u)]
                 if late:
                     units = [u for u in units if u not in late]
         for run in late:
             ticks.skip_late_run(run)
-        requeue = dispatcher.deal(units)
+        requeue, failed = dispatcher.deal(units)
         if requeue:
             with self.lock:
                 for u in requeue:
                     self.core.add(u.handle, 0, u.priority)
+        for u, e in failed:
+            self._fail_unit(u, e, "it could not be handed to a worker")
         return True
+
+    def _fire_ticks(self, units: list) -> list:
+        """Due recurring instances become Runs (or nothing: misfire policy); lock held."""
+        out = []
+        for u in units:
+            if u.recurrence is None:
+                out.append(u)
+                continue
+            try:
+                run = self.ticks.fire(u)
+            except Exception as e:  # its jitter() raised, its crontab walk failed...
+                self._fail_unit(u, e, "its next tick could not be armed", locked=True)
+                continue
+            if run is not None:
+                out.append(run)
+        return out
 
     def _virtual_timeouts(self) -> None:
         """Under a virtual clock the engine, not the supervisor, notices timeouts."""
@@ -587,8 +691,11 @@ class Engine:
         if self._stop_deadline is not None:
             return max(0.0, min(IDLE_PARK_S, self._stop_deadline - time.monotonic()))
         park = IDLE_PARK_S
+        now = time.monotonic()
         if self.state == "running":  # lease renewals are due only while running
-            park = min(park, max(0.0, self.stored.next_renew - time.monotonic()))
+            park = min(park, max(0.0, self.stored.next_renew - now))
+        if self._respawn_at > now:  # a spawn held back after workers died at start
+            park = min(park, self._respawn_at - now)
         with self.lock:
             nxt = self.core.next_due_ns()
             ready = self.core.ready_len
@@ -609,6 +716,8 @@ class Engine:
         finishing = sum(1 for w in pool.workers.values() if w.retiring and w.inflight)
         want = self.target_workers
         if len(active) + finishing < want:
+            if time.monotonic() < self._respawn_at:
+                return  # workers died at start: wait before the next try
             for _ in range(want - len(active) - finishing):
                 pool.spawn(pool.free_index())
         elif len(active) > want:
@@ -645,9 +754,35 @@ class Engine:
         for msg in msgs:
             if msg[0] == "died":
                 self._worker_died(*msg[1:])
+            elif msg[0] == "spawn_failed":
+                self._spawn_failed(*msg[1:])
             elif msg[0] == "lost":
                 raise ManagerStateError("the supervisor process is gone")
         return bool(msgs)
+
+    def _spawn_failed(self, index: int, error: str) -> None:
+        """The supervisor could not fork worker `index` (out of processes or memory)."""
+        w = self.pool.workers.get(index)
+        if w is None:
+            return
+        self.pool.remove(w)
+        w.channel.close()
+        for unit in list(w.inflight.values()):  # handed to it before it existed
+            del w.inflight[unit.handle]
+            unit.attempts -= 1
+            unit.worker = None
+            with self.lock:
+                self.core.add(unit.handle, 0, unit.priority)
+        delay = self._back_off_respawn()
+        log.error("jobengine: cannot start worker %d (%s); next try in %.2f s", index, error,
+                  delay)  # fmt: skip
+
+    def _back_off_respawn(self) -> float:
+        """Delay the next spawn: twice the last delay (at least 50 ms, at most
+        MAX_RESPAWN_DELAY_S), so workers that die at start do not loop."""
+        self._respawn_delay = min(MAX_RESPAWN_DELAY_S, max(0.05, 2 * self._respawn_delay))
+        self._respawn_at = time.monotonic() + self._respawn_delay
+        return self._respawn_delay
 
     def _worker_died(
         self,
@@ -666,6 +801,10 @@ class Engine:
         pool.remove(w)
         how = f"killed by signal {sig}" if sig is not None else f"exit code {exitcode}"
         death = f"worker {index} (pid {pid}) died: {how}"
+        if not w.reported and reason is None and not w.retiring:
+            delay = self._back_off_respawn()
+            log.warning("jobengine: %s before it reported anything; next spawn in %.2f s",
+                        death, delay)  # fmt: skip
         now = self.clock.time_ns()
         rec = self.recorder
         running = w.running
@@ -674,10 +813,25 @@ class Engine:
             if unit.state is _SCHEDULED:  # handed over but never started
                 unit.attempts -= 1
                 unit.worker = None
+                unit.lost += 1
                 if unit.cancel_requested:
                     self._canceled(unit, now, None)
                 elif self.broken is not None:
                     self._fail_unrun(unit, now)
+                elif unit.lost >= MAX_UNSTARTED_LOSSES:
+                    # Its executor (or its arguments) kill a worker before it can even
+                    # start: it fails rather than kill workers forever.
+                    cause = f"{death}; workers died {unit.lost} times before starting it"
+                    rec.log(unit, LogLevel.ERROR, now, cause)
+                    err = WorkerCrashed(cause, exitcode, sig)
+                    unit.completed_ns = now
+                    rec.transition(unit, _TERMINATED, now, cause)
+                    if unit.parent is not None:
+                        rec.defer(unit.parent.settle_run, None, err)
+                        self.ticks.run_ended(unit)
+                    else:
+                        self._finished.append(unit)
+                        rec.defer(unit.set_exception, err)
                 else:  # back to the queue, same priority
                     with self.lock:
                         self.core.add(unit.handle, 0, unit.priority)
@@ -729,10 +883,12 @@ class Engine:
         records = w.channel.events.read_many()
         if not records:
             return False
-        rec = self.recorder
         inflight = w.inflight
         clock = self.clock
         virtual = clock.virtual
+        if not w.reported:
+            w.reported = True  # it came up and works
+            self._respawn_delay = 0.0
         for tag, a, b, payload in records:
             if virtual:  # every record time on the one (virtual) clock
                 b = clock.time_ns()
@@ -743,47 +899,72 @@ class Engine:
             unit = inflight.get(handle)
             if unit is None or unit.attempts != a >> 32:
                 continue  # a stale event (the attempt was already settled)
-            t = tag & TAG_MASK
-            if t == E_STARTED:
-                unit.processed_ns = b
-                unit.started_mono = clock.monotonic_ns()
-                w.running = unit
-                rec.transition(unit, _PROCESSING, b)
-                parent = unit.parent
-                if parent is not None:
-                    parent.state = _PROCESSING
-                    parent.processed_ns = b
-                    parent.attempts = unit.attempts
-                if unit.cancel_requested:
-                    self.pool.kill(w, "cancel", a)
-            elif t == E_OK:
-                del inflight[handle]
-                w.running = None
-                w.jobs += 1
-                self.dispatcher.observe(b - unit.processed_ns)
-                try:
-                    result = pickle.loads(read_payload(tag, payload))
-                except BaseException as e:  # SystemExit in a __reduce__ too: the job's
-                    err = ResultDecodeError(
-                        f"the result of job {unit.kind!r} cannot be unpickled in the "
-                        f"manager: {type(e).__name__}: {e}"
-                    )
-                    self._attempt_failed(unit, err, _TERMINATED, b, str(err))
-                    continue
-                self._succeeded(unit, result, b)
-            elif t == E_ERR:
-                del inflight[handle]
-                w.running = None
-                w.jobs += 1
-                self.dispatcher.observe(b - unit.processed_ns)
-                exc, tb = decode_error(read_payload(tag, payload))
+            try:
+                self._handle_event(w, unit, tag, a, b, payload)
+            except Exception as e:  # never the engine: only this unit fails
+                inflight.pop(handle, None)
+                if w.running is unit:
+                    w.running = None
+                self._fail_unit(unit, e, "its worker's report could not be handled")
+        return True
+
+    def _handle_event(self, w: WorkerSlot, unit: Instance | Run, tag: int, a: int, b: int,
+                      payload: bytes) -> None:  # fmt: skip
+        """One event a worker published about one of its attempts."""
+        rec = self.recorder
+        inflight = w.inflight
+        handle = a & 0xFFFFFFFF
+        t = tag & TAG_MASK
+        if t == E_STARTED:
+            unit.processed_ns = b
+            unit.started_mono = self.clock.monotonic_ns()
+            w.running = unit
+            rec.transition(unit, _PROCESSING, b)
+            parent = unit.parent
+            if parent is not None:
+                parent.state = _PROCESSING
+                parent.processed_ns = b
+                parent.attempts = unit.attempts
+            if unit.cancel_requested:
+                self.pool.kill(w, "cancel", a)
+        elif t == E_OK:
+            del inflight[handle]
+            w.running = None
+            w.jobs += 1
+            self.dispatcher.observe(b - unit.processed_ns)
+            try:
+                result = pickle.loads(read_payload(tag, payload))
+            except BaseException as e:  # SystemExit in a __reduce__ too: the job's
+                err = ResultDecodeError(
+                    f"the result of job {unit.kind!r} cannot be unpickled in the "
+                    f"manager: {type(e).__name__}: {e}"
+                )
+                self._attempt_failed(unit, err, _TERMINATED, b, str(err))
+                return
+            self._succeeded(unit, result, b)
+        elif t == E_ERR:
+            del inflight[handle]
+            w.running = None
+            w.jobs += 1
+            self.dispatcher.observe(b - unit.processed_ns)
+            exc, tb = decode_error(read_payload(tag, payload))
+            if isinstance(exc, JobTimeout):  # interrupted in the job: it timed out
+                cause = f"timed out after {unit.job.timeout or 0:g} s"
+                rec.log(unit, LogLevel.ERROR, b, f"{cause}\n{tb}")
+                self._attempt_failed(unit, exc, _TIMED_OUT, b, cause)
+            elif isinstance(exc, JobCanceled) and (
+                unit.cancel_requested or self.state == "stopping"
+            ):  # interrupted in the job: canceled, or the stop's grace ran out
+                cause = "canceled while running" if unit.cancel_requested else "manager stopped"
+                rec.log(unit, LogLevel.WARN, b, f"{cause}; the job was interrupted")
+                self._canceled(unit, b, cause)
+            else:
                 cause = f"{type(exc).__name__}: {exc}"
                 rec.log(unit, LogLevel.ERROR, b, tb or cause)
                 self._attempt_failed(unit, exc, _TERMINATED, b, cause)
-            elif t == E_LOG:
-                body = read_payload(tag, payload)
-                rec.log(unit, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
-        return True
+        elif t == E_LOG:
+            body = read_payload(tag, payload)
+            rec.log(unit, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
 
     def _initializer_failed(self, w: WorkerSlot, payload: bytes) -> None:
         """Manager(initializer=...) raised in worker w: the engine is broken, as a
@@ -853,15 +1034,19 @@ class Engine:
             # At once, not deferred: the handler must see the attempt that failed.
             self._run_error_handler(unit, exc)
         if unit.attempts <= job.max_retries:
-            delay = job.backoff_seconds(unit.attempts)
-            unit.worker = None
-            rec.transition(unit, _SCHEDULED, self.clock.time_ns())
-            due = self.clock.monotonic_ns() + int(delay * 1e9) if delay else 0
-            with self.lock:
-                self.core.add(unit.handle, due, unit.priority)
-                if unit.parent is not None:
-                    unit.parent.sync_state()
-            return
+            try:
+                delay = job.backoff_seconds(unit.attempts)
+            except Exception as e:  # the backoff callable raised or returned nonsense
+                err = JobHandlingError(
+                    f"job {unit.kind!r}: not retried: backoff({unit.attempts}) raised "
+                    f"{type(e).__name__}: {e}"
+                )
+                err.__cause__ = exc
+                self.recorder.log(unit, LogLevel.ERROR, t, str(err))
+                exc, delay = err, None
+            if delay is not None:
+                self._retry(unit, delay)
+                return
         unit.completed_ns = t
         err = unit.replaced_exc or exc
         if unit.parent is not None:
@@ -870,6 +1055,16 @@ class Engine:
             return
         self._finished.append(unit)
         rec.defer(unit.set_exception, err)
+
+    def _retry(self, unit: Instance | Run, delay: float) -> None:
+        """A failed attempt with retries left goes back to the queue after `delay` s."""
+        unit.worker = None
+        self.recorder.transition(unit, _SCHEDULED, self.clock.time_ns())
+        due = self.clock.monotonic_ns() + int(delay * 1e9) if delay else 0
+        with self.lock:
+            self.core.add(unit.handle, due, unit.priority)
+            if unit.parent is not None:
+                unit.parent.sync_state()
 
     def _run_error_handler(self, unit: Instance | Run, exc: BaseException) -> None:
         try:

@@ -120,8 +120,33 @@ class InitializerError(JobEngineError, BrokenProcessPool):
     respawning would loop)."""
 
 
-class JobTimeout(JobEngineError, TimeoutError):
-    """The attempt ran past its job's timeout; the supervisor killed its worker."""
+class JobHandlingError(JobEngineError):
+    """The engine could not handle this instance (the message names what failed: a
+    backoff or jitter callable that raised, a payload it could not write...).  Only
+    that instance fails; the manager goes on."""
+
+
+class EngineFailedError(ManagerStateError):
+    """The engine thread itself failed: every instance it still held fails with this
+    error (its __cause__ is the failure), and stop(), wait() and the context manager
+    raise it."""
+
+
+class JobInterrupted(BaseException):
+    """Raised inside a running job to stop it, so its finally blocks and context
+    managers run; the hard kill follows after kill_grace if the job does not end.  A
+    BaseException, like KeyboardInterrupt: a job's `except Exception` does not swallow
+    it.  (The one kind of error jobengine raises that is not a JobEngineError.)"""
+
+
+class JobCanceled(JobInterrupted):
+    """The running job was canceled (cancel_instances) or the manager is stopping."""
+
+
+class JobTimeout(JobInterrupted):
+    """The attempt ran past its job's timeout: raised inside the job, and what the
+    instance's Future raises.  A BaseException, not an Exception (see
+    JobInterrupted)."""
 
 
 class MemoryLimitExceeded(JobEngineError, MemoryError):

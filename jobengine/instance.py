@@ -84,6 +84,7 @@ class Instance(LogMethods, Future[T]):
     started_mono = 0
     timeout_sent = False
     replaced_exc: BaseException | None = None  # what an error_handler returned instead
+    lost = 0  # times a worker died holding it before it started
 
     def __init__(
         self,
@@ -312,6 +313,7 @@ class Run:
         "due_ns",
         "handle",
         "job",
+        "lost",
         "parent",
         "payload",
         "priority",
@@ -342,6 +344,7 @@ class Run:
         self.started_mono = 0
         self.timeout_sent = False
         self.replaced_exc: BaseException | None = None
+        self.lost = 0
 
     @property
     def uuid_str(self) -> str:

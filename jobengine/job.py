@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,9 @@ from .errors import (
 
 PRIORITY_MIN = _core.PRIORITY_MIN
 PRIORITY_MAX = _core.PRIORITY_MAX
+# The longest delay, timeout, backoff or grace accepted (100 years): every due time
+# then fits the core's signed 64-bit nanoseconds, and the workers' deadlines too.
+MAX_SECONDS = 100 * 365.25 * 86400
 
 
 def check_priority(priority: Any, what: str = "priority") -> int:
@@ -34,7 +38,8 @@ def check_priority(priority: Any, what: str = "priority") -> int:
 
 
 def check_seconds(value: Any, what: str, *, allow_zero: bool = True) -> float | None:
-    """None, or a finite non-negative number of seconds (int, float or timedelta)."""
+    """None, or a finite non-negative number of seconds (int, float or timedelta), at
+    most MAX_SECONDS (100 years)."""
     if value is None:
         return None
     if isinstance(value, timedelta):
@@ -45,13 +50,31 @@ def check_seconds(value: Any, what: str, *, allow_zero: bool = True) -> float | 
         raise InvalidArgumentError(f"{what} must be finite, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise InvalidArgumentError(f"{what} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
+    if value > MAX_SECONDS:
+        raise InvalidArgumentError(
+            f"{what} must be at most {MAX_SECONDS:.0f} s (100 years), got {value!r}"
+        )
     return float(value)
 
 
-def check_schedule_at(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    raise InvalidArgumentTypeError(f"schedule_at must be a datetime, got {value!r}")
+def check_schedule_at(value: Any, now_ns: int | None = None) -> datetime | None:
+    """None, or a datetime (aware, or naive local time) at most MAX_SECONDS after now
+    (a time in the past means: due at once)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgumentTypeError(f"schedule_at must be a datetime, got {value!r}")
+    try:
+        at_s = value.timestamp()
+    except (OverflowError, ValueError, OSError) as e:
+        raise InvalidArgumentError(f"schedule_at {value!r} is out of range: {e}") from None
+    now_s = time.time() if now_ns is None else now_ns / 1e9
+    if at_s - now_s > MAX_SECONDS:
+        raise InvalidArgumentError(
+            f"schedule_at {value.isoformat()} is more than 100 years away (at most "
+            f"{MAX_SECONDS:.0f} s after now)"
+        )
+    return value
 
 
 def instance_parameter(executor: Callable) -> str | None:
@@ -111,6 +134,7 @@ class Job:
         "error_handler",
         "executor",
         "instance_param",
+        "instance_pos",
         "jitter",
         "kind",
         "max_overlap",
@@ -226,6 +250,9 @@ class Job:
         self.error_handler = error_handler
         self.state_change_handler = state_change_handler
         self.instance_param = instance_parameter(executor)
+        # Where the worker puts the Instance: at this index among the positional
+        # arguments (it may stand anywhere), or by keyword (None).
+        self.instance_pos: int | None = None
         # Made by submit() for a callable with no import path (a lambda, a partial, a
         # bound method): the registry drops it, and it lets go of the callable, when
         # its last instance settles.
@@ -233,7 +260,14 @@ class Job:
         try:
             sig = inspect.signature(executor)
             if self.instance_param is not None:
-                params = [p for n, p in sig.parameters.items() if n != self.instance_param]
+                params = list(sig.parameters.values())
+                for i, p in enumerate(params):
+                    if p.name == self.instance_param and p.kind in (
+                        p.POSITIONAL_ONLY,
+                        p.POSITIONAL_OR_KEYWORD,
+                    ):
+                        self.instance_pos = i
+                params = [p for p in params if p.name != self.instance_param]
                 sig = sig.replace(parameters=params)
             self._signature: inspect.Signature | None = sig
             self._arity = _positional_arity(sig)

@@ -16,6 +16,7 @@ import os
 import pickle
 import threading
 import time
+import uuid as _uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -211,7 +212,10 @@ class Manager(Executor):
 
     # -- jobs ----------------------------------------------------------------------------
     def register_job(self, job: Job) -> Job:
-        """Register `job` under its kind (DuplicateJobError if the kind is taken)."""
+        """Register `job` under its kind (DuplicateJobError if the kind is taken;
+        SerializationError if its executor cannot be pickled for the workers)."""
+        if isinstance(job, Job):
+            self._registry.executor_blob(job)
         self._registry.register(job)
         if job.crontab is not None and self._engine.running:
             self._engine.ticks.claim([job.kind])  # resume those waiting in the store
@@ -298,27 +302,36 @@ class Manager(Executor):
         elif not isinstance(kwargs, dict):
             raise InvalidArgumentTypeError(f"kwargs must be a dict, got {kwargs!r}")
         prio = job.priority if priority is None else check_priority(priority)
+        clock = self._clock
         if schedule_at is None and schedule_after is None:
             at, after = job.schedule_at, job.schedule_after
         else:
-            at = check_schedule_at(schedule_at)
+            at = schedule_at
             after = check_seconds(schedule_after, "schedule_after")
+        at = check_schedule_at(at, clock.time_ns())
         job.bind(args, kwargs)
+        if pickle_now:
+            self._registry.executor_blob(job)  # an executor that cannot travel: refused
         self._registry.adopt(job)
-        clock = self._clock
         inst: Instance[Any] = Instance(
             self._engine, job, uuid7_int(), args, kwargs, prio, clock.time_ns()
         )
         key_material = b""
         try:
+            self._registry.executor_blob(job)  # made once per Job, then a dict lookup
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
             inst.payload = _dumps(payload)
             if job.crontab is not None:
                 key_material = _dumps((job.kind, args, kwargs))
+        except SerializationError as e:
+            err = e
         except Exception as e:
             err = SerializationError(
                 f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
             )
+        else:
+            err = None
+        if err is not None:
             if pickle_now:
                 raise err from None
             inst.payload = err
@@ -606,12 +619,19 @@ def _ns_or_none(dt: datetime | None) -> int | None:
     return None if dt is None else datetime_to_ns(dt)
 
 
-def _uuid_of(ji: Instance | str) -> str:
-    if isinstance(ji, Instance):
+def _uuid_of(ji: Any) -> str:
+    """The uuid string of an Instance, an InstanceRecord, a uuid.UUID or a str;
+    InvalidArgumentTypeError (a TypeError) for anything else (a Query included: see
+    lookup_instances)."""
+    if isinstance(ji, (Instance, InstanceRecord)):
         return ji.uuid_str
     if isinstance(ji, str):
         return ji
-    return str(ji)
+    if isinstance(ji, _uuid.UUID):
+        return str(ji)
+    raise InvalidArgumentTypeError(
+        f"expected an Instance, InstanceRecord, UUID or uuid string, got {ji!r}"
+    )
 
 
 __all__ = ["Manager"]

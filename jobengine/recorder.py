@@ -180,10 +180,14 @@ class Recorder:
                 fn(*args)
 
     def run_deferred(self) -> bool:
-        """Flush, then resolve futures and run handlers queued before the flush."""
+        """Flush, then resolve futures and run handlers queued before the flush.  One
+        that raises is logged; the others still run."""
         self.flush()
         if not self._deferred:
             return False
         for fn, args in _drain(self._deferred):
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("jobengine: settling an instance failed; the engine goes on")
         return True

@@ -13,7 +13,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import DuplicateJobError, InvalidArgumentTypeError, UnknownJobError
+from .errors import (
+    DuplicateJobError,
+    InvalidArgumentTypeError,
+    SerializationError,
+    UnknownJobError,
+)
 from .job import Job
 from .pool.channel import executor_blob
 
@@ -169,16 +174,21 @@ class JobRegistry:
         return self._ids[job]
 
     def executor_blob(self, job: Job) -> bytes:
-        """The executor as a worker receives it (once): cloudpickled with what the
-        worker needs to call it."""
+        """The executor as a worker receives it (once), with what the worker needs to
+        call it; SerializationError if it cannot be pickled (made once per Job)."""
         blob = self._blobs.get(job)
         if blob is None:
             # Under a virtual clock the engine enforces timeouts in virtual time; the
             # supervisor's real-time deadline would fire at the wrong moment.
             timeout = job.timeout if self._real_time_timeouts else None
-            blob = self._blobs[job] = executor_blob(
-                job.kind, job.executor, job.instance_param, timeout
-            )
+            inject = None if job.instance_param is None else (job.instance_param, job.instance_pos)
+            try:
+                blob = executor_blob(job.kind, job.executor, inject, timeout)
+            except Exception as e:
+                raise SerializationError(
+                    f"the executor of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
+                ) from None
+            self._blobs[job] = blob
         return blob
 
 

@@ -54,13 +54,18 @@ def resolve_timezone(name: str | None):
 
 def check_crontab(expr: str) -> str:
     """A crontab croniter accepts (5 fields, an optional 6th for seconds, descriptors
-    such as @hourly), or InvalidArgumentError naming it."""
+    such as @hourly) that fires at least once from now on, or InvalidArgumentError
+    naming it (`0 0 31 2 *`, February 31st, never fires)."""
     if not isinstance(expr, str):
         raise InvalidArgumentTypeError(f"crontab must be a str, got {expr!r}")
     try:
-        croniter(expr, datetime(2000, 1, 1))
+        it = croniter(expr, datetime.now())
     except (CroniterError, ValueError, KeyError) as e:
         raise InvalidArgumentError(f"invalid crontab {expr!r}: {e}") from None
+    try:
+        it.get_next(datetime)
+    except (CroniterError, ValueError, OverflowError) as e:
+        raise InvalidArgumentError(f"crontab {expr!r} never fires ({e})") from None
     return expr
 
 

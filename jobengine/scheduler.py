@@ -67,20 +67,23 @@ class Dispatcher:
             if not w.retiring and len(w.inflight) < credits
         )
 
-    def deal(self, instances: list) -> list:
+    def deal(self, instances: list) -> tuple[list, list]:
         """Hand `instances` (best first) to workers with free credits, round-robin,
         least-loaded worker first, so the best ones start first wherever a worker is
-        free.  Returns those that found no room (their rings were full)."""
+        free.  Returns (those that found no room: their rings were full, [(instance,
+        exception)] for those that could not be written: a payload or executor that
+        cannot travel)."""
         credits = self.credits
         slots = sorted(
             (w for w in self.pool.workers.values() if not w.retiring and len(w.inflight) < credits),
             key=_load,
         )
         if not slots:
-            return list(instances)
+            return list(instances), []
         free = [credits - len(w.inflight) for w in slots]
         touched = set()
         requeue = []
+        failed = []
         k = 0
         n = len(slots)
         for inst in instances:
@@ -89,7 +92,12 @@ class Dispatcher:
                     break
                 k = (k + 1) % n
             w = slots[k]
-            if not free[k] or not self._send(w, inst):
+            try:
+                sent = free[k] and self._send(w, inst)
+            except Exception as e:  # only this instance fails, never the dispatch
+                failed.append((inst, e))
+                continue
+            if not sent:
                 requeue.append(inst)
                 continue
             free[k] = 0 if w.retiring else free[k] - 1
@@ -97,7 +105,7 @@ class Dispatcher:
             k = (k + 1) % n
         for w in touched:
             w.channel.tasks.publish()
-        return requeue
+        return requeue, failed
 
     def preload(self, jobs: Iterable[Job]) -> None:
         """Ship the executors of `jobs` to every worker now, ahead of their due time:

@@ -78,6 +78,7 @@ class Recurrence:
     __slots__ = (
         "closed",
         "ending",
+        "error",
         "fire_log",
         "fires",
         "lookahead",
@@ -99,6 +100,7 @@ class Recurrence:
         self.closed = False  # ended: its handle is freed
         self.ran_to_end = False  # its latest ended run was not canceled
         self.record: RecurrenceRecord | None = None  # while this manager owns it
+        self.error: BaseException | None = None  # it ended because handling it failed
 
 
 def _walk(job: Job, since: datetime) -> Iterator[datetime]:
@@ -360,12 +362,15 @@ class Ticks:
                 self._arm_next(inst)
             inst.sync_state()
 
-    def end(self, inst: Instance, cause: str, suspend: bool) -> None:
+    def end(
+        self, inst: Instance, cause: str, suspend: bool, error: BaseException | None = None
+    ) -> None:
         """End a recurring instance (lock held): disarm its tick and cancel its runs not
         yet handed to a worker; the instance ends when its last run in flight does.
         suspend (the manager stops): the next run keeps its SCHEDULED record, open, and
         the store keeps the recurrence for a manager started on it later; otherwise
-        (canceled) both end, recorded CANCELED."""
+        (canceled) both end, recorded CANCELED.  error: handling it failed (its jitter
+        raised...): it ends TERMINATED and its Future gets the error."""
         engine = self.engine
         now = engine.clock.time_ns()
         rec = engine.recorder
@@ -373,6 +378,7 @@ class Ticks:
         if not state.ending:
             state.ending = True
             state.suspended = suspend
+            state.error = error
             if not suspend:  # canceled: gone from the store too
                 self.forget(inst)
             if inst.handle >= 0:
@@ -404,6 +410,10 @@ class Ticks:
             inst.state = _SCHEDULED
             rec.log(inst, LogLevel.INFO, now, f"suspended: {cause}", 0)
             rec.defer(inst.settle_suspended)
+        elif state.error is not None:
+            inst.state = _TERMINATED
+            inst.completed_ns = now
+            rec.defer(inst.settle_run, None, state.error)
         else:
             inst.state = _CANCELED
             inst.completed_ns = now

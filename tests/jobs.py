@@ -127,6 +127,32 @@ def hang_ignoring_sigterm(seconds):
     time.sleep(seconds)
 
 
+def hang_blocking_interrupts(seconds):
+    # C code that never returns to the interpreter looks like this to a worker: the
+    # interrupt cannot be delivered, so only the hard kill ends it.
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    time.sleep(seconds)
+
+
+def swallow_interrupts(seconds, path=None):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # a job that refuses to stop
+            if path:
+                append_line(path, "swallowed")
+
+
+def cleanup_on_interrupt(path, seconds):
+    try:
+        time.sleep(seconds)
+    finally:
+        append_line(path, "cleaned up")
+
+
 def hog_memory(mb, seconds):
     block = bytearray(mb << 20)
     for i in range(0, len(block), 4096):

@@ -37,9 +37,17 @@ CRASH_TABLE = [
     ("segfault", jobs.segfault, (), {}, State.TERMINATED, WorkerCrashed, "signal 11", True),
     ("result unpicklable", jobs.unpicklable_result, (), {}, State.TERMINATED, SerializationError,
      "cannot be pickled", False),
-    ("hang in C past timeout", jobs.hang_in_c, (30,), {"timeout": 0.3}, State.TIMED_OUT,
-     JobTimeout, "timed out after 0.3 s", True),
+    # A timeout interrupts the job (JobTimeout raised inside it); the worker lives on...
+    ("sleeps past timeout", jobs.hang_in_c, (30,), {"timeout": 0.3}, State.TIMED_OUT,
+     JobTimeout, "timed out after 0.3 s", False),
     ("ignores SIGTERM past timeout", jobs.hang_ignoring_sigterm, (30,), {"timeout": 0.3},
+     State.TIMED_OUT, JobTimeout, "timed out after 0.3 s", False),
+    # ... unless the interrupt cannot land (C code that never returns to the
+    # interpreter, modelled by blocking the signal) or the job swallows it: then the
+    # hard kill follows kill_grace later.
+    ("blocks the interrupt past timeout", jobs.hang_blocking_interrupts, (30,),
+     {"timeout": 0.3}, State.TIMED_OUT, JobTimeout, "signal 9", True),
+    ("swallows the interrupt past timeout", jobs.swallow_interrupts, (30,), {"timeout": 0.3},
      State.TIMED_OUT, JobTimeout, "signal 9", True),
     ("memory over the limit", jobs.hog_memory, (400, 5), {}, State.TERMINATED,
      MemoryLimitExceeded, "max_memory_per_worker", True),
@@ -141,10 +149,13 @@ def test_chaos_nothing_lost_nothing_stuck(tmp_path):
             assert ran
 
 
-def test_cancel_running_kills_only_its_worker_and_is_never_retried(tmp_path):
+def test_cancel_running_interrupts_only_its_job_and_is_never_retried(tmp_path):
     with Manager(num_workers=2) as m:
         wait_for(all_workers_up(m))
-        victim = m.schedule_job(Job("victim", jobs.hang_in_c, max_retries=3), args=(30,))
+        path = tmp_path / "cleanup"
+        victim = m.schedule_job(
+            Job("victim", jobs.cleanup_on_interrupt, max_retries=3), args=(str(path), 30)
+        )
         bystander = m.schedule_job(Job("bystander", jobs.sleep_then), args=(1.0, "ok"))
         wait_for(lambda: victim.running() and bystander.running())
         vpid = next(w.pid for w in m.workers if w.current == victim.uuid_str)
@@ -154,10 +165,30 @@ def test_cancel_running_kills_only_its_worker_and_is_never_retried(tmp_path):
             victim.result(timeout=10)
         assert victim.state is State.CANCELED and victim.attempts == 1
         assert bystander.result(timeout=10) == "ok"  # its worker was not touched
-        wait_for(lambda: len([w for w in m.workers if w.pid]) == 2)
-        assert vpid not in {w.pid for w in m.workers}
+        # JobCanceled was raised inside the job: its finally ran, and its worker lives on
+        assert path.read_text() == "cleaned up\n"
+        assert vpid in {w.pid for w in m.workers}
+        assert not [e for e in m.worker_events if e.kind == "died"]
         history = [r.state for r in m.lookup_instance_history(victim)]
         assert history[-1] is State.CANCELED and history.count(State.PROCESSING) == 1
+        assert "interrupted" in m.lookup_instance_logs(victim)[-1].message
+
+
+def test_cancel_of_a_job_that_swallows_the_interrupt_kills_its_worker(tmp_path):
+    path = tmp_path / "swallowed"
+    with Manager(num_workers=1, kill_grace=0.3) as m:
+        ji = m.schedule_job(Job("stubborn", jobs.swallow_interrupts), args=(30, str(path)))
+        wait_for(ji.running)
+        t = time.monotonic()
+        m.cancel_instances(Query(uuid=ji.uuid))
+        with pytest.raises(CancelledError):
+            ji.result(timeout=10)
+        assert time.monotonic() - t >= 0.25  # the grace was given
+        assert path.read_text().startswith("swallowed")  # the interrupt did land
+        death = [e for e in m.worker_events if e.kind == "died"][-1]
+        assert death.signal == 9 and death.reason == "cancel"
+        assert m.lookup_instance_history(ji)[-1].cause == "canceled while running"
+        assert "killed by signal 9" in m.lookup_instance_logs(ji)[-1].message
 
 
 def test_backoff_waits_in_the_timer_heap_not_in_a_worker():

@@ -28,7 +28,7 @@ import cloudpickle
 from .._core import DOORBELL_SIZE, RING_HEADER, Doorbell, Ring
 
 # manager -> worker
-T_DEFINE = 1  # a = kind id; payload = cloudpickle((executor, instance_param, kind))
+T_DEFINE = 1  # a = kind id; payload = executor_blob(...)
 T_TASK = 2  # a = handle | attempt << 32; b = kind id; payload = pickled (args, kwargs[, uuid])
 T_STOP = 3  # finish what is queued before this record, then exit 0
 T_INIT = 4  # payload = cloudpickle((initializer, initargs)): run once, before any task
@@ -54,7 +54,15 @@ REGION = RING_HEADER + RING_BYTES
 # times on CLOCK_MONOTONIC, which every process shares.
 STATUS_OFFSET = 2 * REGION
 STATUS = struct.Struct("=QQQ")
+# Then the interrupt word, written by the supervisor before it sends SIGUSR1: (the
+# attempt to interrupt, or ANY_ATTEMPT; the reason), cleared by the worker once that
+# attempt has ended, which tells the supervisor not to follow up with SIGKILL.
+INTERRUPT_OFFSET = STATUS_OFFSET + STATUS.size
+INTERRUPT = struct.Struct("=QQ")
+ANY_ATTEMPT = 1 << 63
+INTERRUPT_CANCEL, INTERRUPT_TIMEOUT, INTERRUPT_STOP = 1, 2, 3
 MAPPING_BYTES = STATUS_OFFSET + 64
+DEADLINE_MAX = (1 << 63) - 1  # a deadline past this is "never"
 DOORBELL_BYTES = DOORBELL_SIZE
 
 SPILL_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -116,6 +124,7 @@ class Channel:
 
 
 def write_status(mm: mmap.mmap, packed: int, start_ns: int = 0, deadline_ns: int = 0) -> None:
+    deadline_ns = min(deadline_ns, DEADLINE_MAX)
     # The deadline is stored before the attempt id so a reader that sees the id sees its
     # deadline too (x86 stores are ordered; the reader re-checks the id before it acts).
     STATUS.pack_into(mm, STATUS_OFFSET, 0, start_ns, deadline_ns)
@@ -125,6 +134,14 @@ def write_status(mm: mmap.mmap, packed: int, start_ns: int = 0, deadline_ns: int
 
 def read_status(mm: mmap.mmap) -> tuple[int, int, int]:
     return STATUS.unpack_from(mm, STATUS_OFFSET)
+
+
+def write_interrupt(mm: mmap.mmap, target: int, reason: int) -> None:
+    INTERRUPT.pack_into(mm, INTERRUPT_OFFSET, target, reason)
+
+
+def read_interrupt(mm: mmap.mmap) -> tuple[int, int]:
+    return INTERRUPT.unpack_from(mm, INTERRUPT_OFFSET)
 
 
 def write_record(ring: Ring, tag: int, a: int, b: int, payload: bytes) -> bool:
@@ -154,14 +171,14 @@ def read_payload(tag: int, payload: bytes) -> bytes:
 
 
 def executor_blob(
-    kind: str, executor: Any, instance_param: str | None, timeout: float | None
+    kind: str, executor: Any, inject: tuple[str, int | None] | None, timeout: float | None
 ) -> bytes:
     """How an executor travels to a worker (T_DEFINE): the plain fields outside, so a
-    worker that cannot load the executor itself can still say which job and module."""
+    worker that cannot load the executor itself can still say which job and module.
+    inject: (the parameter that receives the Instance, its positional index or None
+    for keyword), or None."""
     module = getattr(executor, "__module__", None) or getattr(type(executor), "__module__", None)
-    return pickle.dumps(
-        (kind, module, instance_param, timeout, dumps_by_reference(executor)), protocol=5
-    )
+    return pickle.dumps((kind, module, inject, timeout, dumps_by_reference(executor)), protocol=5)
 
 
 def dumps_by_reference(obj: Any) -> bytes:

@@ -76,6 +76,7 @@ class WorkerSlot:
         "kinds",
         "pid",
         "proc",
+        "reported",
         "retiring",
         "running",
     )
@@ -91,6 +92,7 @@ class WorkerSlot:
         self.retiring = False
         self.jobs = 0  # attempts finished
         self.dispatched = 0  # attempts handed over
+        self.reported = False  # it has published an event: it came up and works
 
 
 class Pool:
@@ -222,7 +224,7 @@ class Pool:
                         w.proc = None
             elif msg[0] == "died":
                 self.events.append(
-                    WorkerEvent("died", msg[1], msg[2], time.time_ns(), msg[3], msg[4])
+                    WorkerEvent("died", msg[1], msg[2], time.time_ns(), msg[3], msg[4], msg[5])
                 )
             out.append(msg)
 

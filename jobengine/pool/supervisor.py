@@ -8,6 +8,7 @@
       ("exit",)                          kill what is left, reap, exit
     supervisor ==> manager (then it rings the manager's doorbell)
       ("born", index, pid, threads)      threads: OS threads the supervisor had at fork
+      ("spawn_failed", index, error)     fork failed (out of processes or memory)
       ("died", index, pid, exitcode, signal, reason, a)
           reason: None (it died by itself), "timeout", "memory", "cancel", "stop";
           a: the attempt (handle | attempt << 32) the kill was aimed at, or 0
@@ -19,8 +20,11 @@ while it has a thread, and waits on pidfds, so it needs no SIGCHLD handler.
 
 Limits live here, not in the manager, so a manager busy with Python work cannot delay
 them: every TICK the supervisor reads each worker's status (channel.read_status: the
-attempt it runs and its deadline) and samples its RSS (psutil).  A worker past its
-deadline or over max_memory gets SIGTERM, then SIGKILL after term_grace seconds.
+attempt it runs and its deadline) and samples its RSS (psutil).  An attempt past its
+deadline, canceled, or running when a stop's grace ends is interrupted: the interrupt
+word names it, SIGUSR1 makes the worker raise JobTimeout / JobCanceled inside the job,
+and SIGKILL follows after term_grace unless the worker cleared the word (the attempt
+ended).  A worker over max_memory is SIGKILLed at once.
 
 Owns: the worker processes (fork, limits, kill, reap).  Never does: start a thread, or
 read a job's payload.
@@ -43,11 +47,24 @@ import traceback
 import psutil
 import setproctitle
 
-from .channel import MAPPING_BYTES, RING_CONTROL, map_fd, read_status
+from .channel import (
+    ANY_ATTEMPT,
+    INTERRUPT_CANCEL,
+    INTERRUPT_STOP,
+    INTERRUPT_TIMEOUT,
+    MAPPING_BYTES,
+    RING_CONTROL,
+    map_fd,
+    read_interrupt,
+    read_status,
+    write_interrupt,
+)
 from .control import recv, send
 
 PR_SET_PDEATHSIG = 1
 TICK_S = 0.01
+# Kill reasons a worker is first asked to act on (its job is interrupted gracefully).
+_INTERRUPTS = {"cancel": INTERRUPT_CANCEL, "timeout": INTERRUPT_TIMEOUT, "stop": INTERRUPT_STOP}
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -99,7 +116,13 @@ class Supervisor:
         threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
         gc.collect()
         gc.freeze()  # keep the parent's pages shared copy-on-write in the child
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:  # out of processes or memory: report it, stay alive
+            gc.unfreeze()
+            os.close(fd)
+            self.tell(("spawn_failed", index, f"{type(e).__name__}: {e}"))
+            return
         if pid == 0:  # the worker: its real exit status, never a silent 0
             status = 70  # EX_SOFTWARE: the worker's own code failed
             try:
@@ -121,7 +144,12 @@ class Supervisor:
     def _become_worker(self, index: int, fd: int) -> int:
         me = os.getppid()
         die_with_parent(me)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # SIGINT and SIGTERM sent to the whole process group (Ctrl-C, systemd, a shell's
+        # job control) are the manager's to act on: it stops in order, giving running
+        # jobs their grace.  A worker is stopped by the supervisor only (SIGUSR1, then
+        # SIGKILL), or dies with the manager (PR_SET_PDEATHSIG).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.ctl.close()
         for pidfd in self.children:
             os.close(pidfd)
@@ -150,19 +178,30 @@ class Supervisor:
         self.tell(("died", child.index, child.pid, exitcode, sig, child.reason, child.a))
 
     def kill(self, child: Child, reason: str, a: int = 0) -> None:
-        """SIGTERM now, SIGKILL after term_grace (see tick)."""
+        """Stop the attempt `a` (0: whatever runs) on child: interrupt it gracefully
+        (the interrupt word, then SIGUSR1: the job gets JobCanceled or JobTimeout
+        raised inside it), then SIGKILL if it has not ended after term_grace (see
+        tick).  An attempt over the memory limit is killed at once."""
         if child.reason is not None:
             return
         child.reason, child.a, child.killed_at = reason, a, time.monotonic()
+        code = _INTERRUPTS.get(reason)
+        if code is None or self.term_grace <= 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+            return
+        write_interrupt(child.mm, a or ANY_ATTEMPT, code)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGTERM if self.term_grace > 0 else signal.SIGKILL)
+            os.kill(child.pid, signal.SIGUSR1)
 
     def tick(self) -> None:
         now_ns = time.monotonic_ns()
         now = time.monotonic()
         for child in list(self.children.values()):
             if child.reason is not None:
-                if now - child.killed_at >= self.term_grace:
+                if child.reason in _INTERRUPTS and read_interrupt(child.mm)[0] == 0:
+                    child.reason, child.a = None, 0  # it ended gracefully: no kill
+                elif now - child.killed_at >= self.term_grace:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(child.pid, signal.SIGKILL)
                 continue
@@ -234,8 +273,10 @@ def main() -> None:
     ctl_fd, doorbell_fd, parent_pid = (int(x) for x in sys.argv[1:4])
     die_with_parent(parent_pid)
     setproctitle.setproctitle(f"jobengine supervisor (manager pid {parent_pid})")
-    # Ctrl-C goes to the whole process group; the manager decides how to stop.
+    # Ctrl-C and SIGTERM go to the whole process group; the manager decides how to
+    # stop (and the kernel ends us if the manager dies: PR_SET_PDEATHSIG).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctl = socket.socket(fileno=ctl_fd)
     Supervisor(ctl, doorbell_fd).run()
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import sys
 import time
 import traceback
@@ -22,14 +23,17 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import SerializationError, TaskLoadError
+from ..errors import JobCanceled, JobTimeout, SerializationError, TaskLoadError
 from ..records import LogLevel, LogMethods
 from .channel import (
+    ANY_ATTEMPT,
     E_ERR,
     E_INIT_ERR,
     E_LOG,
     E_OK,
     E_STARTED,
+    INTERRUPT_STOP,
+    INTERRUPT_TIMEOUT,
     T_DEFINE,
     T_FORGET,
     T_INIT,
@@ -37,7 +41,9 @@ from .channel import (
     T_TASK,
     TAG_MASK,
     Channel,
+    read_interrupt,
     read_payload,
+    write_interrupt,
     write_record,
     write_status,
 )
@@ -112,8 +118,32 @@ class Worker:
         self.index = index
         self.channel = channel
         self.parent_pid = parent_pid
-        self.executors: dict[int, tuple[Any, str | None, str, float | None, str | None]] = {}
+        self.executors: dict[int, tuple[Any, Any, str, float | None, str | None]] = {}
         self.mm = channel.mm
+        # The attempt whose executor runs now (0: none), and what to say if it must be
+        # interrupted; set around each call, read by the SIGUSR1 handler.
+        self.current = 0
+        self.current_job: tuple[str, float | None] = ("", None)
+        self.interrupted = False  # an interrupt was raised in the current attempt
+        signal.signal(signal.SIGUSR1, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        """The supervisor asks to stop an attempt (the interrupt word names it): raise
+        JobTimeout or JobCanceled inside the job if it is the one running; otherwise it
+        has already ended, so clear the word (no SIGKILL follows)."""
+        target, reason = read_interrupt(self.mm)
+        current = self.current
+        if current and target in (current, ANY_ATTEMPT):
+            self.current = 0  # once per attempt
+            self.interrupted = True
+            kind, timeout = self.current_job
+            if reason == INTERRUPT_TIMEOUT:
+                of = f" of {timeout:g} s" if timeout else ""
+                raise JobTimeout(f"job {kind!r} ran past its timeout{of}")
+            if reason == INTERRUPT_STOP:
+                raise JobCanceled(f"job {kind!r} interrupted: the manager is stopping")
+            raise JobCanceled(f"job {kind!r} canceled while running")
+        write_interrupt(self.mm, 0, 0)
 
     def emit(self, tag: int, a: int, b: int, payload: bytes = b"") -> None:
         ring = self.channel.events
@@ -166,29 +196,33 @@ class Worker:
         return True
 
     def _define(self, kind_id: int, blob: bytes) -> None:
-        kind, module, instance_param, timeout, raw = pickle.loads(blob)
+        kind, module, inject, timeout, raw = pickle.loads(blob)
         try:
             fn = cloudpickle.loads(raw)
         except BaseException as exc:  # an import error, or a module that exits
             fn = _Unloadable(_load_error("the executor", kind, exc, module))
-        self.executors[kind_id] = (fn, instance_param, kind, timeout, module)
+        self.executors[kind_id] = (fn, inject, kind, timeout, module)
 
     def _run_task(self, packed: int, kind_id: int, payload: bytes) -> None:
-        fn, instance_param, kind, timeout, module = self.executors[kind_id]
+        fn, inject, kind, timeout, module = self.executors[kind_id]
+        self.current_job = (kind, timeout)
         if timeout is not None:
             start = time.monotonic_ns()
             write_status(self.mm, packed, start, start + int(timeout * 1e9))
         try:
-            self._attempt(packed, fn, instance_param, kind, module, payload)
+            self._attempt(packed, fn, inject, kind, module, payload)
         finally:
             if timeout is not None:
                 write_status(self.mm, 0)
+            if self.interrupted:  # the attempt it named has ended: no SIGKILL follows
+                self.interrupted = False
+                write_interrupt(self.mm, 0, 0)
 
     def _attempt(
         self,
         packed: int,
         fn: Any,
-        instance_param: str | None,
+        inject: tuple[str, int | None] | None,
         kind: str,
         module: str | None,
         payload: bytes,
@@ -205,10 +239,18 @@ class Worker:
             return
         try:
             args, kwargs = decoded[0], decoded[1]
-            if instance_param is not None:
+            if inject is not None:
                 ji = WorkerInstance(self, packed, decoded[2], kind, packed >> 32, args, kwargs)
-                kwargs = {**kwargs, instance_param: ji}
-            result = fn(*args, **kwargs)
+                name, pos = inject
+                if pos is not None and len(args) >= pos:  # where it stands in the signature
+                    args = (*args[:pos], ji, *args[pos:])
+                else:
+                    kwargs = {**kwargs, name: ji}
+            self.current = packed
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.current = 0
         except BaseException as exc:  # a failed job, whatever it raised, is a failure
             self.emit(E_ERR, packed, time.time_ns(), encode_error(exc))
             return
