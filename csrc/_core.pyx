@@ -239,52 +239,69 @@ cdef class Heap:
         """Insert every key of `keys` (a buffer of uint64 such as array('Q'), or any
         iterable of ints); return their handles as array('Q'), in the same order.
         Runs without the GIL for large batches."""
+        cdef const uint64_t[::1] kv
+        cdef Py_ssize_t n, i
+        cdef array out
+        cdef uint64_t *o
         if self.busy:
             raise _busy_error()
-        cdef const uint64_t[::1] kv = _as_u64(keys)
-        cdef Py_ssize_t n = kv.shape[0], i
-        cdef array out = clone(_u64_template, n, False)
-        cdef uint64_t *o = <uint64_t *>out.data.as_ulonglongs
-        self._reserve(n)
-        if n >= NOGIL_THRESHOLD:
-            self.busy = True
-            with nogil:
+        # Busy from here on, before anything that can let another thread in (converting
+        # keys or allocating can run the garbage collector, finalizers and a thread
+        # switch): a second caller must not pass the check while this one reallocates
+        # or pushes without the GIL.
+        self.busy = True
+        try:
+            kv = _as_u64(keys)
+            n = kv.shape[0]
+            out = clone(_u64_template, n, False)
+            o = <uint64_t *>out.data.as_ulonglongs
+            self._reserve(n)
+            if n >= NOGIL_THRESHOLD:
+                with nogil:
+                    for i in range(n):
+                        o[i] = self._push(kv[i])
+            else:
                 for i in range(n):
                     o[i] = self._push(kv[i])
+        finally:
             self.busy = False
-        else:
-            for i in range(n):
-                o[i] = self._push(kv[i])
         return out
 
     def pop_many(self, Py_ssize_t n):
         """Pop up to `n` smallest entries; return (keys, handles) as two array('Q') in
         ascending key order.  Fewer than `n` when the heap runs out; n < 0 is ValueError."""
+        cdef array keys
+        cdef array handles
+        cdef uint64_t *k
+        cdef uint64_t *hd
+        cdef uint32_t *slots
+        cdef Py_ssize_t i
         if self.busy:
             raise _busy_error()
         if n < 0:
             raise ValueError(f"pop_many needs n >= 0, got {n}")
-        if <size_t>n > self.h.n:
-            n = self.h.n
-        cdef array keys = clone(_u64_template, n, False)
-        cdef array handles = clone(_u64_template, n, False)
-        cdef uint64_t *k = <uint64_t *>keys.data.as_ulonglongs
-        cdef uint64_t *hd = <uint64_t *>handles.data.as_ulonglongs
-        cdef Py_ssize_t i
-        # Slots land in the handle buffer first (as uint32) and are widened in place,
-        # back to front, into handles: no second buffer.
-        cdef uint32_t *slots = <uint32_t *>hd
-        if n >= NOGIL_THRESHOLD:
-            self.busy = True
-            with nogil:
+        self.busy = True  # before the allocations below (see push_many)
+        try:
+            if <size_t>n > self.h.n:
+                n = self.h.n
+            keys = clone(_u64_template, n, False)
+            handles = clone(_u64_template, n, False)
+            k = <uint64_t *>keys.data.as_ulonglongs
+            hd = <uint64_t *>handles.data.as_ulonglongs
+            # Slots land in the handle buffer first (as uint32) and are widened in
+            # place, back to front, into handles: no second buffer.
+            slots = <uint32_t *>hd
+            if n >= NOGIL_THRESHOLD:
+                with nogil:
+                    je_heap_pop_many(&self.h, n, k, slots)
+                    for i in range(n - 1, -1, -1):
+                        hd[i] = self._release(slots[i])
+            else:
                 je_heap_pop_many(&self.h, n, k, slots)
                 for i in range(n - 1, -1, -1):
                     hd[i] = self._release(slots[i])
+        finally:
             self.busy = False
-        else:
-            je_heap_pop_many(&self.h, n, k, slots)
-            for i in range(n - 1, -1, -1):
-                hd[i] = self._release(slots[i])
         return keys, handles
 
     def _check(self):

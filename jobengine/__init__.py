@@ -29,6 +29,7 @@ _load_core()
 from .errors import (  # noqa: E402
     ArgumentBindingError,
     DuplicateJobError,
+    EngineFailedError,
     IllegalTransitionError,
     InitializerError,
     InvalidArgumentError,
@@ -36,6 +37,7 @@ from .errors import (  # noqa: E402
     InvalidJobError,
     JobCanceled,
     JobEngineError,
+    JobHandlingError,
     JobInterrupted,
     JobTimeout,
     ManagerStateError,
@@ -87,6 +89,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ArgumentBindingError",
     "DuplicateJobError",
+    "EngineFailedError",
     "IllegalTransitionError",
     "InitializerError",
     "Instance",
@@ -97,6 +100,7 @@ __all__ = [
     "Job",
     "JobCanceled",
     "JobEngineError",
+    "JobHandlingError",
     "JobInterrupted",
     "JobTimeout",
     "LogLevel",

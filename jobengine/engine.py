@@ -103,6 +103,7 @@ MAX_RESPAWN_DELAY_S = 5.0
 # A unit handed to workers that died this many times before starting it fails
 # (WorkerCrashed) instead of going back to the queue again.
 MAX_UNSTARTED_LOSSES = 3
+CONTROL_POLL_S = 0.25  # at least this often the supervisor's socket is read
 
 
 def decode_error(payload: bytes) -> tuple[BaseException, str]:
@@ -183,6 +184,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self._stop_deadline: float | None = None
+        self._next_control_poll = 0.0
         self._respawn_delay = 0.0  # see MAX_RESPAWN_DELAY_S
         self._respawn_at = 0.0  # time.monotonic() before which no worker is spawned
         self._turns_begun = 0  # engine loop turns begun / completed (for sync())
@@ -541,7 +543,14 @@ class Engine:
             while True:
                 self._turns_begun += 1
                 flags = pool.doorbell.take()
-                busy = self._handle_control() if flags & RING_CONTROL else False
+                now = time.monotonic()
+                if flags & RING_CONTROL or now >= self._next_control_poll:
+                    # The supervisor rings for each message; a dead one cannot, so
+                    # look at its socket now and then anyway (EOF: it is gone).
+                    self._next_control_poll = now + CONTROL_POLL_S
+                    busy = self._handle_control()
+                else:
+                    busy = False
                 busy |= self._drain_events()
                 if self._kill_requests:
                     self._serve_kill_requests()
@@ -696,6 +705,7 @@ class Engine:
             park = min(park, max(0.0, self.stored.next_renew - now))
         if self._respawn_at > now:  # a spawn held back after workers died at start
             park = min(park, self._respawn_at - now)
+        park = min(park, max(0.0, self._next_control_poll - now))
         with self.lock:
             nxt = self.core.next_due_ns()
             ready = self.core.ready_len

@@ -48,6 +48,11 @@ from .stores.memory import MemoryStore
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# More workers than this is refused unless Manager(worker_limit=...) says otherwise:
+# past a few processes per core they only add memory and contention, and a typo such
+# as resize_workers(10**6) would fork until the machine gave out.
+DEFAULT_WORKER_LIMIT = max(32, 16 * (os.cpu_count() or 1))
+
 # Managers whose engine may still hold work, for the interpreter-exit hook below.
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _exiting = False  # set once the interpreter has begun to exit
@@ -63,9 +68,14 @@ def _at_exit() -> None:
     for engine in list(_live_engines):
         if engine.state == "new":
             engine.stop_unstarted()
-        else:
-            engine.drain()
-            engine.join()
+            continue
+        engine.drain()
+        while True:
+            try:
+                engine.join()
+                break
+            except BaseException:  # SIGINT / SIGTERM while we wait: stop within the
+                engine.begin_stop(engine.kill_grace)  # grace, and still wait for it
 
 
 def _register_exit_hook() -> None:
@@ -100,15 +110,34 @@ def _stop_on_signal(engine: Engine) -> None:
 class Manager(Executor):
     """The job manager (go-job's Manager), also a concurrent.futures.Executor.
 
-    Manager(num_workers=os.cpu_count(), store=MemoryStore()).  Schedule before or after
-    start(); instances wait in the scheduler until the pool runs.  Use it as a context
-    manager to start on enter and stop_with_wait() on exit.
+    Manager(num_workers=os.cpu_count(), *, store=MemoryStore(), ...).  Schedule before
+    or after start(); instances wait in the manager until it runs (submit() and map()
+    start it).  Use it as a context manager to start on enter and stop_with_wait() on
+    exit.  Options, all keyword-only but the worker count:
+
+    - num_workers / max_workers: the pool's size (at most worker_limit).
+    - store: where instances, history, logs and recurrences are kept.
+    - initializer, initargs: run once in every worker before its first job; if it
+      raises, the manager is broken (InitializerError), as ProcessPoolExecutor is.
+    - max_jobs_per_worker / max_tasks_per_child: retire a worker after that many
+      attempts (its replacement starts when it has finished them).
+    - max_memory_per_worker: bytes of RSS; a worker over it is killed, failing only
+      the attempt it was running.
+    - kill_grace: seconds between the interrupt raised inside a job (a timeout, a
+      cancel, the end of a stop's grace) and the hard kill of its worker.
+    - handle_signals: install SIGINT/SIGTERM handlers that stop in order; None (the
+      default) does so only in the main thread of a non-interactive program.
+    - clock: a jobengine.clock.Clock (VirtualClock for tests).
+    - lease: seconds a manager's claim on its recurring schedules holds without
+      renewal; `node` names this manager in the store.
+    - worker_limit: the most workers num_workers or resize_workers() may ask for
+      (default DEFAULT_WORKER_LIMIT: 16 per core, at least 32).
+    - mp_context: accepted for ProcessPoolExecutor's signature; ignored (workers are
+      forked by the manager's own single-threaded supervisor).
 
     Recurring (crontab) instances are kept in the store as well: stop() suspends them
     and a manager started on the same store later resumes them (misfire policy for the
-    ticks missed meanwhile).  `lease` (seconds) is how long this manager's claim on
-    them holds without renewal: if it dies, another manager on the store takes them
-    over that long after.  `node` names this manager in the store."""
+    ticks missed meanwhile)."""
 
     def __init__(
         self,
@@ -123,9 +152,10 @@ class Manager(Executor):
         max_jobs_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
         kill_grace: float = 1.0,
-        handle_signals: bool = True,
+        handle_signals: bool | None = None,
         clock: Clock | None = None,
         lease: float = 30.0,
+        worker_limit: int | None = None,
     ):
         # mp_context is accepted for ProcessPoolExecutor's signature and ignored:
         # workers are always forked by the manager's supervisor, a fresh interpreter
@@ -142,6 +172,16 @@ class Manager(Executor):
             raise InvalidArgumentTypeError(f"{name} must be an int, got {num_workers!r}")
         if num_workers < 1:
             raise InvalidArgumentError(f"{name} must be greater than 0, got {num_workers}")
+        if worker_limit is None:
+            worker_limit = DEFAULT_WORKER_LIMIT
+        elif not isinstance(worker_limit, int) or isinstance(worker_limit, bool):
+            raise InvalidArgumentTypeError(f"worker_limit must be an int, got {worker_limit!r}")
+        if num_workers > worker_limit:
+            raise InvalidArgumentError(
+                f"{name} must be at most {worker_limit} (the worker limit; "
+                f"Manager(worker_limit=...) raises it), got {num_workers}"
+            )
+        self._worker_limit = worker_limit
         if store is not None and not isinstance(store, Store):
             raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
         if max_tasks_per_child is not None:
@@ -193,6 +233,8 @@ class Manager(Executor):
         )
         self.node = engine.node
         self._lifecycle = threading.RLock()  # start() once, even from racing submit()s
+        if handle_signals is None:  # see SignalStop.wanted
+            handle_signals = SignalStop.wanted()
         self._signals = SignalStop(lambda: _stop_on_signal(engine)) if handle_signals else None
         _live_engines.add(engine)
         # Collected without shutdown: stop the supervisor and workers (after the work
@@ -410,6 +452,11 @@ class Manager(Executor):
             raise InvalidArgumentTypeError(f"resize_workers needs an int, got {n!r}")
         if n < 1:
             raise InvalidArgumentError(f"resize_workers needs n >= 1, got {n}")
+        if n > self._worker_limit:
+            raise InvalidArgumentError(
+                f"resize_workers({n}) is over the worker limit of {self._worker_limit} "
+                "(Manager(worker_limit=...) raises it)"
+            )
         self._engine.resize(n)
 
     @property
@@ -465,8 +512,7 @@ class Manager(Executor):
         engine.join()
         if self._signals is not None:
             self._signals.restore()
-        if engine.error is not None:
-            raise ManagerStateError(f"the engine thread failed: {engine.error!r}") from engine.error
+        engine.raise_if_failed()
 
     def stop_with_wait(self) -> None:
         """Run everything scheduled to its end, then stop."""

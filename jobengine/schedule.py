@@ -21,8 +21,10 @@ engine.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -30,14 +32,72 @@ from croniter.croniter import CroniterError
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 
+log = logging.getLogger("jobengine")
+
 UTC = timezone.utc
 NONEXISTENT = ("shift", "skip")
 AMBIGUOUS = ("first", "second", "both")
 
 
-def local_zone():
-    """The machine's local time zone as a tzinfo."""
-    return datetime.now().astimezone().tzinfo
+LOCALTIME_PATH = "/etc/localtime"
+TIMEZONE_PATH = "/etc/timezone"
+_local_zones: dict[str | None, tzinfo] = {}  # by the TZ it was found for
+
+
+def local_zone() -> tzinfo:
+    """The machine's local time zone as an IANA zone, so daylight saving moves local
+    fire times: from TZ (a name, or a path to a zone file), else /etc/localtime (the
+    zone its link names, or the file itself), else /etc/timezone.  If none of them
+    gives a zone, UTC (logged once)."""
+    tz_env = os.environ.get("TZ")
+    zone = _local_zones.get(tz_env)
+    if zone is None:
+        zone = _local_zones[tz_env] = _find_local_zone(tz_env)
+    return zone
+
+
+def _zone_file(path: str, key: str) -> tzinfo | None:
+    try:
+        with open(path, "rb") as f:
+            return ZoneInfo.from_file(f, key=key)
+    except (OSError, ValueError):
+        return None
+
+
+def _find_local_zone(tz_env: str | None) -> tzinfo:
+    if tz_env:
+        name = tz_env[1:] if tz_env.startswith(":") else tz_env
+        if name.startswith("/"):
+            zone = _zone_file(name, name)
+            if zone is not None:
+                return zone
+        else:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+    try:
+        target = os.path.realpath(LOCALTIME_PATH)
+        if "zoneinfo/" in target:
+            return ZoneInfo(target.split("zoneinfo/", 1)[1])
+    except (OSError, ZoneInfoNotFoundError, ValueError):
+        pass
+    try:
+        with open(TIMEZONE_PATH, encoding="utf-8") as f:
+            return ZoneInfo(f.read().strip())
+    except (OSError, ZoneInfoNotFoundError, ValueError):
+        pass
+    zone = _zone_file(LOCALTIME_PATH, "localtime")
+    if zone is not None:
+        return zone
+    log.warning(
+        "jobengine: cannot find this machine's time zone (TZ=%r, %s, %s); crontabs "
+        "without timezone= run in UTC",
+        tz_env,
+        LOCALTIME_PATH,
+        TIMEZONE_PATH,
+    )
+    return UTC
 
 
 def resolve_timezone(name: str | None):

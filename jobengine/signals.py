@@ -1,13 +1,17 @@
 """SIGINT / SIGTERM: stop a manager in order, then behave as the signal would have.
 
-Owns: installing and restoring the two handlers for one manager.  Installed only from
-the main thread and only over the default handlers, so an application's own handlers
+Owns: installing and restoring the two handlers for one manager.  By default they are
+installed only in the main thread of a program that is not interactive (a `python -i`
+prompt, IPython or Jupyter keep Ctrl-C for interrupting what the user waits for, not
+the manager), and only over the default handlers, so an application's own handlers
 win.  Never does: stop anything itself (it calls the stop function it is given).
 """
 
 from __future__ import annotations
 
+import builtins
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +24,18 @@ class SignalStop:
     def __init__(self, begin_stop: Callable[[], None]):
         self._begin_stop = begin_stop
         self._old: dict[int, Any] = {}
+
+    @staticmethod
+    def wanted() -> bool:
+        """Whether to install the handlers by default (Manager(handle_signals=None)):
+        in a program, yes; at an interactive prompt, no."""
+        interactive = (
+            sys.flags.interactive
+            or sys.flags.inspect
+            or hasattr(sys, "ps1")
+            or hasattr(builtins, "get_ipython")  # IPython and Jupyter
+        )
+        return not interactive
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():

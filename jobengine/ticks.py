@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InvalidArgumentError, StoreError
+from .errors import InvalidArgumentError, JobHandlingError, StoreError
 from .instance import Instance, Owner, Run
 from .records import LogLevel, RecurrenceRecord, datetime_to_ns
 from .recurrences import StoredRecurrences
@@ -125,6 +125,12 @@ class Ticks:
         cron).  The same schedule already in the store, here or in another manager, is
         returned instead of a second one."""
         job = inst.job
+        try:  # the first draw, here: a jitter callable that fails is bad input
+            jitter = job.jitter_seconds()
+        except Exception as e:
+            raise InvalidArgumentError(
+                f"Job {job.kind!r}: jitter() raised {type(e).__name__}: {e}"
+            ) from None
         # (built from whole microseconds: a float of ns would round past the tick)
         start = _EPOCH + timedelta(microseconds=inst.scheduled_ns // 1000 - explicit_start)
         inst.counted = False
@@ -139,7 +145,7 @@ class Ticks:
             return self._existing(stored, job)
         engine = self.engine
         engine.recorder.created(inst, inst.created_ns)
-        due = self.arm_fire(inst, first)
+        due = self.arm_fire(inst, first, jitter)
         self._own(inst, rec)
         return engine.admit(inst, due, new=False)
 
@@ -179,12 +185,14 @@ class Ticks:
         return inst
 
     # -- arming ticks --------------------------------------------------------------------
-    def arm_fire(self, inst: Instance, fire: datetime) -> int:
-        """Make `fire` the instance's next run: draw its jitter, log both, save it to
-        the store (with the next batch); return the due time on the monotonic clock."""
+    def arm_fire(self, inst: Instance, fire: datetime, jitter: float | None = None) -> int:
+        """Make `fire` the instance's next run: draw its jitter (unless given), log both,
+        save it to the store (with the next batch); return the due time on the
+        monotonic clock."""
         engine = self.engine
         clock = engine.clock
-        jitter = inst.job.jitter_seconds()
+        if jitter is None:
+            jitter = inst.job.jitter_seconds()
         fire_ns = datetime_to_ns(fire)
         at_ns = fire_ns + int(jitter * 1e9)
         inst.scheduled_ns = at_ns
@@ -211,6 +219,21 @@ class Ticks:
             state.lookahead = None
             return fire
         return next(state.fires)
+
+    def _arm_next_or_end(self, inst: Instance) -> None:
+        """_arm_next; if that fails (a jitter callable raised, the crontab walk broke)
+        the recurrence ends TERMINATED with the error, after its runs in flight."""
+        try:
+            self._arm_next(inst)
+        except Exception as e:
+            err = JobHandlingError(
+                f"job {inst.kind!r}: its next tick could not be armed: {type(e).__name__}: {e}"
+            )
+            err.__cause__ = e
+            log.error("jobengine: %s", err, exc_info=e)
+            now = self.engine.clock.time_ns()
+            self.engine.recorder.log(inst, LogLevel.ERROR, now, str(err), 0)
+            self.end(inst, str(err), suspend=False, error=err)
 
     def _arm_next(self, inst: Instance) -> None:
         """Arm the next tick as the next run (lock held); the tick may already be past
@@ -251,7 +274,7 @@ class Ticks:
         engine.new_handle(run)
         state.runs.append(run)
         if len(state.runs) < inst.job.max_overlap:
-            self._arm_next(inst)
+            self._arm_next_or_end(inst)
         else:
             state.parked = True
         return run
@@ -359,7 +382,7 @@ class Ticks:
                 self.end(inst, cause, suspend=not inst.cancel_requested)
             elif state.parked:
                 state.parked = False
-                self._arm_next(inst)
+                self._arm_next_or_end(inst)
             inst.sync_state()
 
     def end(

@@ -243,3 +243,54 @@ def make_holder(_):
 
 def init_put(queue, value):
     queue.put((value, os.getpid()))
+
+
+class ExitOnLoad:
+    """A callable whose unpickling ends the process that loads it (a worker)."""
+
+    def __call__(self):
+        return "never"
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+class SystemExitOnLoad:
+    """A result whose unpickling raises SystemExit (in the manager)."""
+
+    def __reduce__(self):
+        return (sys_exit, (5,))
+
+
+def sys_exit(code):
+    raise SystemExit(code)
+
+
+def return_system_exit_on_load():
+    return SystemExitOnLoad()
+
+
+class HoldsALock:
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+
+    def run(self):
+        return 1
+
+
+def instance_first(ji: Instance, a, b):
+    ji.info(f"{a}+{b}")
+    return a + b
+
+
+def instance_middle(a, ji, b):
+    return (a, b, ji.attempt)
+
+
+def long_cleanup(path, seconds):
+    try:
+        time.sleep(seconds)
+    finally:
+        append_line(path, f"cleaned {os.getpid()}")

@@ -1,0 +1,345 @@
+"""A failure stays with the job that caused it: one table, a row per bad value, bad
+executor or signal aimed the usual way.  Each row names the input, the error it raises
+or the final state it ends in, and then checks that the next job still runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import jobs
+import psutil
+import pytest
+from conftest import all_workers_up, wait_for
+
+from jobengine import (
+    EngineFailedError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    Job,
+    Manager,
+    Query,
+    ResultDecodeError,
+    SerializationError,
+    State,
+    TaskLoadError,
+    WorkerCrashed,
+)
+from jobengine.schedule import fire_times
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+UTC = timezone.utc
+
+
+@pytest.fixture(scope="module")
+def m():
+    mgr = Manager(2, kill_grace=0.5).start()
+    wait_for(all_workers_up(mgr))
+    yield mgr
+    mgr.stop()
+
+
+def still_serves(mgr) -> None:
+    assert mgr.submit(jobs.add, 20, 22).result(timeout=30) == 42
+
+
+# -- bad values: refused where they enter, with a named error --------------------------
+REFUSED = [
+    ("schedule_after=1e10", lambda mgr: mgr.schedule_job(Job("far", jobs.noop),
+                                                         schedule_after=1e10),
+     InvalidArgumentError, "100 years"),
+    ("schedule_at=9999-12-31", lambda mgr: mgr.schedule_job(
+        Job("far-at", jobs.noop), schedule_at=datetime(9999, 12, 31, tzinfo=UTC)),
+     InvalidArgumentError, "more than 100 years"),
+    ("backoff=1e12", lambda mgr: Job("b", jobs.noop, max_retries=1, backoff=1e12),
+     InvalidArgumentError, "backoff"),
+    ("timeout=1e12", lambda mgr: Job("t", jobs.noop, timeout=1e12),
+     InvalidArgumentError, "timeout"),
+    ("an unpicklable executor", lambda mgr: mgr.schedule_job(
+        Job("locked", jobs.HoldsALock().run)),
+     SerializationError, "cannot be pickled"),
+    ("register an unpicklable executor", lambda mgr: mgr.register_job(
+        Job("locked2", jobs.HoldsALock().run)),
+     SerializationError, "cannot be pickled"),
+    ("resize_workers(10**6)", lambda mgr: mgr.resize_workers(10**6),
+     InvalidArgumentError, "worker limit"),
+    ("Manager(10**6)", lambda mgr: Manager(10**6), InvalidArgumentError, "at most"),
+    ("a crontab that never fires", lambda mgr: Job("feb31", jobs.noop, crontab="0 0 31 2 *"),
+     ValueError, "never fires"),
+    ("a Query as a history key", lambda mgr: mgr.lookup_instance_history(Query(kind="x")),
+     InvalidArgumentTypeError, "expected an Instance"),
+    ("a Query as a log key", lambda mgr: mgr.lookup_instance_logs(Query(kind="x")),
+     TypeError, "expected an Instance"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", REFUSED, ids=[r[0] for r in REFUSED])
+def test_bad_values_are_refused_with_a_named_error(m, row):
+    _name, call, error, message = row
+    before = len(m.lookup_instances())
+    with pytest.raises(error, match=message):
+        call(m)
+    assert len(m.lookup_instances()) == before  # nothing half-written
+    assert m.num_workers == 2
+    still_serves(m)
+
+
+def test_an_unpicklable_executor_fails_only_the_submitted_future(m):
+    f = m.submit(jobs.HoldsALock().run)
+    assert isinstance(f.exception(timeout=30), SerializationError)
+    assert f.state is State.TERMINATED
+    still_serves(m)
+
+
+# -- bad executors: the job fails with its cause, the workers live on ------------------
+def _module_workers_cannot_import(tmp_path):
+    path = tmp_path / "only_here_mod.py"
+    path.write_text("def job(x):\n    return x * 2\n")
+    spec = importlib.util.spec_from_file_location("only_here_mod", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["only_here_mod"] = mod  # importable here, by file path, not in workers
+    spec.loader.exec_module(mod)
+    return mod.job
+
+
+def test_an_executor_workers_cannot_import_fails_its_job_with_the_module_named(m, tmp_path):
+    deaths = len([e for e in m.worker_events if e.kind == "died"])
+    ji = m.schedule_job(Job("unimportable", _module_workers_cannot_import(tmp_path),
+                            max_retries=2), args=(4,))  # fmt: skip
+    exc = ji.exception(timeout=30)
+    assert isinstance(exc, TaskLoadError) and exc.module == "only_here_mod"
+    assert ji.state is State.TERMINATED and ji.attempts == 3  # bounded: its retries
+    assert "only_here_mod" in m.lookup_instance_history(ji)[-1].cause
+    assert len([e for e in m.worker_events if e.kind == "died"]) == deaths  # no crash loop
+    still_serves(m)
+
+
+def test_an_executor_that_kills_its_worker_at_load_fails_after_three_deaths(m, caplog):
+    deaths = len([e for e in m.worker_events if e.kind == "died"])
+    t = time.monotonic()
+    f = m.submit(jobs.ExitOnLoad())
+    exc = f.exception(timeout=60)
+    assert isinstance(exc, WorkerCrashed) and "3 times before starting it" in str(exc)
+    assert exc.exitcode == 3 and f.state is State.TERMINATED and f.attempts == 0
+    died = [e for e in m.worker_events if e.kind == "died"][deaths:]
+    assert len(died) == 3 and all(e.exitcode == 3 for e in died)  # the real exit code
+    # each died before reporting anything: respawned after a growing delay, no loop
+    delays = [r.getMessage() for r in caplog.records if "before it reported" in r.getMessage()]
+    assert len(delays) >= 2 and "next spawn in 0.05 s" in delays[0]
+    assert "next spawn in 0.10 s" in delays[1]
+    del t
+    wait_for(all_workers_up(m), timeout=30)
+    still_serves(m)
+
+
+def test_a_result_whose_unpickling_raises_system_exit_fails_only_its_job(m):
+    f = m.submit(jobs.return_system_exit_on_load)
+    exc = f.exception(timeout=30)
+    assert isinstance(exc, ResultDecodeError) and "SystemExit" in str(exc)
+    assert f.state is State.TERMINATED
+    still_serves(m)
+
+
+def test_a_backoff_that_raises_fails_only_its_instance(m):
+    def bad_backoff(attempt):
+        raise RuntimeError("no backoff today")
+
+    ji = m.schedule_job(Job("bad-backoff", jobs.fail, max_retries=3, backoff=bad_backoff))
+    exc = ji.exception(timeout=30)
+    assert "backoff(1) raised RuntimeError: no backoff today" in str(exc)
+    assert ji.state is State.TERMINATED and ji.attempts == 1
+    still_serves(m)
+
+
+def test_a_jitter_that_raises_is_refused_at_schedule_time(m):
+    def bad_jitter():
+        raise RuntimeError("no jitter today")
+
+    before = len(m.lookup_instances())
+    with pytest.raises(InvalidArgumentError, match="no jitter today"):
+        m.schedule_job(Job("bad-jitter", jobs.noop, crontab="* * * * * *", jitter=bad_jitter,
+                           timezone="UTC"))  # fmt: skip
+    assert len(m.lookup_instances()) == before
+    still_serves(m)
+
+
+def test_a_jitter_that_raises_later_ends_its_recurrence_with_the_error(m):
+    calls = []
+
+    def jitter_once():
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("no jitter today")
+        return 0.0
+
+    ji = m.schedule_job(Job("bad-jitter-later", jobs.noop, crontab="* * * * * *",
+                            jitter=jitter_once, timezone="UTC"))  # fmt: skip
+    wait_for(lambda: ji.state is State.TERMINATED, timeout=30)
+    assert "no jitter today" in str(ji.exception(timeout=0))
+    assert any("no jitter today" in r.message for r in m.lookup_instance_logs(ji))
+    still_serves(m)
+
+
+@pytest.mark.parametrize("fn, args, expected", [
+    (jobs.instance_first, (1, 2), 3),
+    (jobs.instance_middle, (1, 2), (1, 2, 1)),
+])  # fmt: skip
+def test_the_instance_parameter_may_stand_anywhere(m, fn, args, expected):
+    assert m.submit(fn, *args).result(timeout=30) == expected
+    assert m.schedule_job(Job(f"where-{fn.__name__}", fn), kwargs=dict(zip("ab", args,
+                          strict=True))).result(timeout=30) == expected  # fmt: skip
+
+
+# -- the engine itself --------------------------------------------------------------------
+def test_an_engine_failure_reaches_pending_futures_stop_wait_and_the_context_manager():
+    before = {c.pid for c in psutil.Process().children()}
+    mgr = Manager(1).start()
+    wait_for(all_workers_up(mgr))
+    running = mgr.submit(jobs.sleep_then, 30)
+    wait_for(running.running)
+    (supervisor,) = {c.pid for c in psutil.Process().children()} - before
+    os.kill(supervisor, signal.SIGKILL)  # the engine's supervisor is gone: it fails
+    exc = running.exception(timeout=30)
+    assert isinstance(exc, EngineFailedError) and "supervisor" in repr(exc.__cause__)
+    with pytest.raises(EngineFailedError):
+        mgr.wait()
+    with pytest.raises(EngineFailedError):
+        mgr.stop()
+
+
+def test_the_context_manager_raises_an_engine_failure():
+    before = {c.pid for c in psutil.Process().children()}
+    with pytest.raises(EngineFailedError), Manager(1) as mgr:
+        wait_for(all_workers_up(mgr))
+        (supervisor,) = {c.pid for c in psutil.Process().children()} - before
+        os.kill(supervisor, signal.SIGKILL)
+        time.sleep(1.5)
+
+
+# -- local time --------------------------------------------------------------------------
+def test_a_crontab_without_timezone_follows_the_local_iana_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    job = Job("nine", jobs.noop, crontab="0 9 * * *")
+    assert job.tz == ZoneInfo("Europe/Berlin")
+    it = fire_times(job.crontab, job.tz, datetime(2024, 3, 29, 12, tzinfo=UTC))
+    fires = [next(it) for _ in range(4)]  # 03-30, 03-31 (the change), 04-01, 04-02
+    assert [f.astimezone(job.tz).hour for f in fires] == [9, 9, 9, 9]
+    assert [f.astimezone(UTC).hour for f in fires] == [8, 7, 7, 7]
+
+
+def test_without_any_zone_information_local_time_is_utc_and_says_so(monkeypatch, caplog):
+    import jobengine.schedule as schedule
+
+    monkeypatch.setenv("TZ", "Nowhere/Atlantis")
+    monkeypatch.setattr(schedule, "LOCALTIME_PATH", "/nonexistent/localtime")
+    monkeypatch.setattr(schedule, "TIMEZONE_PATH", "/nonexistent/timezone")
+    monkeypatch.setattr(schedule, "_local_zones", {})
+    assert schedule.local_zone() is UTC
+    assert schedule.local_zone() is UTC
+    warnings = [r for r in caplog.records if "time zone" in r.getMessage()]
+    assert len(warnings) == 1  # logged once
+
+
+# -- signals ------------------------------------------------------------------------------
+def _script(code: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
+    return subprocess.Popen([sys.executable, *kw.pop("flags", []), "-c", textwrap.dedent(code)],
+                            env=env, cwd=TESTS, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_stops_in_order(tmp_path, sig):
+    db, cleanup = tmp_path / "jobs.db", tmp_path / "cleanup"
+    proc = _script(f"""
+        import jobs
+        from jobengine import Job, Manager, SQLiteStore
+        m = Manager(2, store=SQLiteStore({str(db)!r}), kill_grace=0.5)
+        m.start()
+        long = Job("long", jobs.long_cleanup)
+        running = [m.schedule_job(long, args=({str(cleanup)!r}, 60)) for _ in range(2)]
+        queued = [m.submit(jobs.sleep_then, 60) for _ in range(3)]
+        while not all(r.running() for r in running):
+            pass
+        print("READY", flush=True)
+        for f in running + queued:
+            f.result()
+    """)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        os.killpg(proc.pid, sig)  # what Ctrl-C, systemd or a shell's kill send
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # SIGTERM: exit status 143; SIGINT: KeyboardInterrupt, and Python then ends the
+    # process by SIGINT, as any Python program on Ctrl-C
+    assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGINT), err
+    assert "BrokenPipeError" not in err and "ManagerStateError" not in err, err
+    # the running jobs got their grace: JobCanceled was raised inside them
+    assert cleanup.read_text().count("cleaned") == 2
+    with sqlite3.connect(db) as db_conn:
+        states = {State(s) for (s,) in db_conn.execute("SELECT state FROM jobengine_instances")}
+    assert states == {State.CANCELED}  # nothing left PROCESSING or SCHEDULED
+
+
+def test_ctrl_c_at_an_interactive_prompt_does_not_stop_the_manager():
+    proc = _script("import sys", flags=["-i", "-q"], stdin=subprocess.PIPE)
+    try:
+        proc.stdin.write("import jobs\nfrom jobengine import Manager\nm = Manager(1)\n")
+        proc.stdin.write("print('first', m.submit(jobs.add, 1, 2).result(), flush=True)\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().split() == ["first", "3"]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the idle prompt
+        time.sleep(0.5)
+        proc.stdin.write("print('second', m.submit(jobs.add, 2, 2).result(), flush=True)\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().split() == ["second", "4"]
+        proc.stdin.write("m.shutdown()\n")
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "KeyboardInterrupt" in proc.stderr.read()  # the prompt got it, not the manager
+    assert proc.returncode == 0
+
+
+def test_signal_handlers_are_installed_only_in_programs_or_when_asked():
+    code = """
+        import signal, sys
+        from jobengine import Manager
+        def handler():
+            return "ours" if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL else "default"
+        for option in (None, True, False):
+            m = Manager(1, handle_signals=option).start()
+            print(option, handler(), end=" ")
+            m.stop()
+            print(handler(), flush=True)
+    """
+    program = _script(code)
+    out, err = program.communicate(timeout=60)
+    assert out.split("\n")[:3] == ["None ours default", "True ours default",
+                                    "False default default"], err  # fmt: skip
+    interactive = _script(code, flags=["-i"], stdin=subprocess.DEVNULL)
+    out, err = interactive.communicate(timeout=60)
+    assert out.split("\n")[:3] == ["None default default", "True ours default",
+                                    "False default default"], err  # fmt: skip
+
+
+def test_a_day_of_far_future_work_is_accepted():
+    at = datetime.now(UTC) + timedelta(days=365 * 99)
+    mgr = Manager(1)
+    ji = mgr.schedule_job(Job("far-but-fine", jobs.noop), schedule_at=at)
+    assert ji.scheduled_at > datetime.now(UTC) + timedelta(days=365 * 98)
+    mgr.stop()
+    assert ji.cancelled()
