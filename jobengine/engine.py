@@ -71,6 +71,7 @@ from .pool.channel import (
     E_STARTED,
     T_FORGET,
     TAG_MASK,
+    new_doorbell,
     read_payload,
 )
 from .pool.pool import RING_CONTROL, Pool, WorkerSlot
@@ -147,8 +148,12 @@ class Engine:
     ):
         self.clock = clock
         self.registry = registry
-        self.recorder = Recorder(store)
+        # The engine's doorbell: workers, the supervisor, the store writer and the
+        # scheduling threads ring it; the engine thread sleeps on it.
+        self._doorbell = new_doorbell()
+        self.doorbell = self._doorbell[2]
         self.stored = StoredRecurrences(store, new_node_name(), lease)
+        self.recorder = Recorder(store, self.stored.node, self.doorbell, self._doorbell[0])
         self.ticks = Ticks(self, self.stored)
         self.target_workers = num_workers
         self.max_jobs = max_jobs_per_worker
@@ -210,7 +215,7 @@ class Engine:
     def start(self) -> None:
         """Resume the store's recurrences, start the supervisor and the engine thread."""
         self.ticks.claim()
-        self.pool = Pool(self.init_blob)
+        self.pool = Pool(self.init_blob, self._doorbell)
         self.pool.start(
             {
                 "max_memory": self.max_memory,
@@ -228,12 +233,14 @@ class Engine:
 
     def stop_unstarted(self) -> None:
         """stop() before start(): what was scheduled meanwhile is canceled (nothing would
-        ever run it); recurrences are freed for other managers."""
+        ever run it); recurrences are freed for other managers; everything recorded
+        reaches the store."""
         self.state = "stopped"
         for inst, _ in list(self.inbox):
             if inst.counted:
                 self.cancel_queued(inst)
         self.ticks.release()
+        self.recorder.close()
 
     def sync(self, timeout: float = 1.0) -> None:
         """Wait until the engine thread has completed a whole turn begun after this call
@@ -414,6 +421,7 @@ class Engine:
         self.remember(inst)
         inst.completed_ns = now
         self.recorder.log(inst, LogLevel.ERROR, now, cause)
+        self.recorder.outcome(inst, ("e", type(exc).__name__, str(exc), ""))
         self.recorder.transition(inst, _TERMINATED, now, cause)
         if inst.job.transient:
             self._job_settled(inst.job)
@@ -456,6 +464,7 @@ class Engine:
         elif unit.job.transient:
             self._job_settled(unit.job)
         unit.completed_ns = now
+        rec.outcome(unit, ("e", type(err).__name__, cause, ""))
         rec.transition(unit, _TERMINATED, now, cause)
         if unit.parent is not None:
             rec.defer(unit.parent.settle_run, None, err)
@@ -608,6 +617,8 @@ class Engine:
         try:
             self.recorder.run_deferred()
             self.ticks.release()
+            self.recorder.close()  # everything recorded is in the store (or logged lost)
+            self.recorder.run_deferred()  # then the futures and handlers waiting for it
         finally:
             self.pool.close()
 
@@ -835,6 +846,7 @@ class Engine:
                     rec.log(unit, LogLevel.ERROR, now, cause)
                     err = WorkerCrashed(cause, exitcode, sig)
                     unit.completed_ns = now
+                    rec.outcome(unit, ("e", "WorkerCrashed", cause, ""))
                     rec.transition(unit, _TERMINATED, now, cause)
                     if unit.parent is not None:
                         rec.defer(unit.parent.settle_run, None, err)
@@ -942,8 +954,9 @@ class Engine:
             w.running = None
             w.jobs += 1
             self.dispatcher.observe(b - unit.processed_ns)
+            raw = read_payload(tag, payload)
             try:
-                result = pickle.loads(read_payload(tag, payload))
+                result = pickle.loads(raw)
             except BaseException as e:  # SystemExit in a __reduce__ too: the job's
                 err = ResultDecodeError(
                     f"the result of job {unit.kind!r} cannot be unpickled in the "
@@ -951,7 +964,7 @@ class Engine:
                 )
                 self._attempt_failed(unit, err, _TERMINATED, b, str(err))
                 return
-            self._succeeded(unit, result, b)
+            self._succeeded(unit, result, b, raw)
         elif t == E_ERR:
             del inflight[handle]
             w.running = None
@@ -961,7 +974,7 @@ class Engine:
             if isinstance(exc, JobTimeout):  # interrupted in the job: it timed out
                 cause = f"timed out after {unit.job.timeout or 0:g} s"
                 rec.log(unit, LogLevel.ERROR, b, f"{cause}\n{tb}")
-                self._attempt_failed(unit, exc, _TIMED_OUT, b, cause)
+                self._attempt_failed(unit, exc, _TIMED_OUT, b, cause, tb)
             elif isinstance(exc, JobCanceled) and (
                 unit.cancel_requested or self.state == "stopping"
             ):  # interrupted in the job: canceled, or the stop's grace ran out
@@ -971,7 +984,7 @@ class Engine:
             else:
                 cause = f"{type(exc).__name__}: {exc}"
                 rec.log(unit, LogLevel.ERROR, b, tb or cause)
-                self._attempt_failed(unit, exc, _TERMINATED, b, cause)
+                self._attempt_failed(unit, exc, _TERMINATED, b, cause, tb)
         elif t == E_LOG:
             body = read_payload(tag, payload)
             rec.log(unit, LogLevel(body[0]), b, body[1:].decode(), a >> 32)
@@ -1010,6 +1023,7 @@ class Engine:
         cause = str(broken)
         unit.completed_ns = now
         self.recorder.log(unit, LogLevel.ERROR, now, cause)
+        self.recorder.outcome(unit, ("e", type(broken).__name__, cause, ""))
         self.recorder.transition(unit, _TERMINATED, now, cause)
         if unit.parent is not None:
             self.recorder.defer(unit.parent.settle_run, None, err)
@@ -1019,9 +1033,10 @@ class Engine:
         self.recorder.defer(unit.set_exception, err)
 
     # -- how an attempt ends -------------------------------------------------------------
-    def _succeeded(self, unit: Instance | Run, result: Any, t: int) -> None:
+    def _succeeded(self, unit: Instance | Run, result: Any, t: int, raw: bytes) -> None:
         rec = self.recorder
         unit.completed_ns = t
+        rec.outcome(unit, ("r", raw))  # the store keeps it as the worker pickled it
         rec.transition(unit, _COMPLETED, t)
         parent = unit.parent
         if parent is not None:
@@ -1035,7 +1050,13 @@ class Engine:
             rec.defer(rec.call_handler, handler, parent or unit, result)
 
     def _attempt_failed(
-        self, unit: Instance | Run, exc: BaseException, state: State, t: int, cause: str
+        self,
+        unit: Instance | Run,
+        exc: BaseException,
+        state: State,
+        t: int,
+        cause: str,
+        tb: str = "",
     ) -> None:
         rec = self.recorder
         job = unit.job
@@ -1059,6 +1080,7 @@ class Engine:
                 return
         unit.completed_ns = t
         err = unit.replaced_exc or exc
+        rec.outcome(unit, ("e", type(err).__name__, str(err), tb or cause))
         if unit.parent is not None:
             rec.defer(unit.parent.settle_run, None, err)
             self.ticks.run_ended(unit)

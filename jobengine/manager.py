@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import threading
 import time
 import uuid as _uuid
@@ -22,8 +21,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
-
-import cloudpickle
 
 from .clock import SYSTEM, Clock
 from .engine import Engine
@@ -36,6 +33,7 @@ from .errors import (
 from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds
+from .payloads import dumps_value, secret_from
 from .pool.inherit import dumps_for_workers
 from .pool.pool import WorkerEvent, WorkerInfo
 from .query import Query
@@ -134,6 +132,9 @@ class Manager(Executor):
       (default DEFAULT_WORKER_LIMIT: 16 per core, at least 32).
     - mp_context: accepted for ProcessPoolExecutor's signature; ignored (workers are
       forked by the manager's own single-threaded supervisor).
+    - secret: the key that signs pickled payloads the store keeps (default: the
+      JOBENGINE_SECRET environment variable); Redis and PostgreSQL keep a value that is
+      not JSON-native only signed (payloads.py).
 
     Recurring (crontab) instances are kept in the store as well: stop() suspends them
     and a manager started on the same store later resumes them (misfire policy for the
@@ -156,6 +157,7 @@ class Manager(Executor):
         clock: Clock | None = None,
         lease: float = 30.0,
         worker_limit: int | None = None,
+        secret: str | bytes | None = None,
     ):
         # mp_context is accepted for ProcessPoolExecutor's signature and ignored:
         # workers are always forked by the manager's supervisor, a fresh interpreter
@@ -218,6 +220,8 @@ class Manager(Executor):
                 ) from None
         self._clock: Clock = clock if clock is not None else SYSTEM
         self.store: Store = store if store is not None else MemoryStore()
+        if secret is not None or self.store.codec.secret is None:
+            self.store.use_secret(secret_from(secret))
         self._registry = JobRegistry(real_time_timeouts=not self._clock.virtual)
         self._engine = engine = Engine(
             store=self.store,
@@ -362,9 +366,9 @@ class Manager(Executor):
         try:
             self._registry.executor_blob(job)  # made once per Job, then a dict lookup
             payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
-            inst.payload = _dumps(payload)
+            inst.payload = dumps_value(payload)
             if job.crontab is not None:
-                key_material = _dumps((job.kind, args, kwargs))
+                key_material = dumps_value((job.kind, args, kwargs))
         except SerializationError as e:
             err = e
         except Exception as e:
@@ -407,12 +411,12 @@ class Manager(Executor):
 
     def lookup_instance_history(self, ji: Instance | str) -> list[StateRecord]:
         """The state history of an instance (or uuid), oldest first."""
-        self._engine.recorder.flush()
+        self._engine.recorder.sync()
         return self.store.lookup_history(_uuid_of(ji))
 
     def lookup_instance_logs(self, ji: Instance | str) -> list[LogRecord]:
         """The log history of an instance (or uuid), oldest first."""
-        self._engine.recorder.flush()
+        self._engine.recorder.sync()
         return self.store.lookup_logs(_uuid_of(ji))
 
     def lookup_instances(self, query: Query | None = None) -> list[Instance | InstanceRecord]:
@@ -421,7 +425,7 @@ class Manager(Executor):
         another manager, or forgotten) as the store's InstanceRecords, which have the
         same read-only fields."""
         engine = self._engine
-        engine.recorder.flush()
+        engine.recorder.sync()
         records = self.store.lookup_instances(query or Query())
         return [engine.lookup(r.uuid) or r for r in records]
 
@@ -429,14 +433,14 @@ class Manager(Executor):
         self, before: datetime | None = None, after: datetime | None = None
     ) -> int:
         """Delete state records in [after, before); return how many."""
-        self._engine.recorder.flush()
+        self._engine.recorder.sync()
         return self.store.clear_history(_ns_or_none(before), _ns_or_none(after))
 
     def clear_instance_logs(
         self, before: datetime | None = None, after: datetime | None = None
     ) -> int:
         """Delete log records in [after, before); return how many."""
-        self._engine.recorder.flush()
+        self._engine.recorder.sync()
         return self.store.clear_logs(_ns_or_none(before), _ns_or_none(after))
 
     # -- pool ------------------------------------------------------------------------
@@ -650,15 +654,6 @@ class _ChunkRunner:
 
     def __hash__(self) -> int:
         return hash(("chunk", self.fn, self.star))
-
-
-def _dumps(obj: Any) -> bytes:
-    raw = pickle.dumps(obj, protocol=5)
-    if b"__main__" in raw:
-        # A class or function of the user's script: workers cannot import __main__ by
-        # name, so send it by value.
-        raw = cloudpickle.dumps(obj, protocol=5)
-    return raw
 
 
 def _ns_or_none(dt: datetime | None) -> int | None:

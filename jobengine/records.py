@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .errors import RemoteError, StoreError
 from .state import State
 
 UTC = timezone.utc
@@ -203,15 +204,23 @@ class LogRecord(_Record):
 
 class InstanceRecord:
     """What a store keeps of an instance itself: identity, current state, timestamps
-    (ns), priority and attempts.  Arguments stay in the manager (they may not be JSON)."""
+    (ns), priority and attempts, and once it has finished, its outcome: `result_payload`
+    (the result under the store's payload policy, payloads.py) or `error` (a dict:
+    type, message, traceback), or `note` when the result was not kept (too large, or
+    a value the store's policy refuses).  result() / exception() read the outcome as a
+    Future would."""
 
     __slots__ = (
         "attempts",
+        "codec",
         "completed_ns",
         "created_ns",
+        "error",
         "kind",
+        "note",
         "priority",
         "processed_ns",
+        "result_payload",
         "scheduled_ns",
         "state",
         "uuid",
@@ -228,6 +237,10 @@ class InstanceRecord:
         scheduled_ns: int | None,
         processed_ns: int | None,
         completed_ns: int | None,
+        result_payload: bytes | None = None,
+        error: dict[str, Any] | None = None,
+        note: str | None = None,
+        codec: Any = None,
     ):
         self.uuid = uuid
         self.kind = kind
@@ -238,6 +251,10 @@ class InstanceRecord:
         self.scheduled_ns = scheduled_ns
         self.processed_ns = processed_ns
         self.completed_ns = completed_ns
+        self.result_payload = result_payload
+        self.error = error
+        self.note = note
+        self.codec = codec  # the store's PayloadCodec: what decodes result_payload
 
     @property
     def uuid_str(self) -> str:
@@ -264,20 +281,73 @@ class InstanceRecord:
         """As on Instance: an aware UTC datetime (or None)."""
         return ns_to_datetime(self.completed_ns)
 
+    def exception(self) -> BaseException | None:
+        """The recorded failure as a RemoteError (type, message, traceback), or None."""
+        err = self.error
+        if err is None:
+            return None
+        return RemoteError(
+            err.get("type", "Error"), err.get("message", ""), err.get("traceback", "")
+        )
+
+    def result(self) -> Any:
+        """The recorded result; raises the recorded failure (RemoteError), or
+        StoreError when the store kept no result (not finished, too large, refused)."""
+        exc = self.exception()
+        if exc is not None:
+            raise exc
+        if self.result_payload is None:
+            why = self.note or f"{self.uuid} has no result in the store ({self.state.name})"
+            raise StoreError(why)
+        if self.codec is None:
+            raise StoreError(f"{self.uuid}: no payload codec to read its result with")
+        return self.codec.decode(self.result_payload, f"the result of {self.uuid}")
+
     def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON-ready values."""
-        d = {k: getattr(self, k) for k in self.__slots__}
+        """The record as plain JSON-ready values (the result payload is left out)."""
+        d = {k: getattr(self, k) for k in INSTANCE_FIELDS}
         d["state"] = int(self.state)
+        d["error"] = self.error
+        d["note"] = self.note
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InstanceRecord:
         d = dict(d)
         d["state"] = State(d["state"])
-        return cls(**d)
+        return cls(**{k: d.get(k) for k in (*INSTANCE_FIELDS, "error", "note")})
+
+    @classmethod
+    def from_row(cls, row: tuple, codec: Any = None) -> InstanceRecord:
+        """From an INSTANCE_ROW tuple whose outcome a store has turned into
+        (result_payload, error, note)."""
+        return cls(*row[:2], State(row[2]), *row[3:9], *row[9:12], codec)
 
     def __repr__(self) -> str:
         return f"InstanceRecord({self.uuid}, {self.kind!r}, {self.state.name})"
+
+
+# What the engine hands to a store's write_batch (plain tuples, no objects per record):
+#   INSTANCE_ROW: INSTANCE_FIELDS, then its outcome: None, ("r", the result pickled by
+#     the worker), or ("e", type name, message, traceback)
+#   STATE_ROW: uuid, kind, state (int), time_ns, attempt, worker, run, cause
+#   LOG_ROW: uuid, kind, level (int), time_ns, message, attempt
+INSTANCE_FIELDS = ("uuid", "kind", "state", "priority", "attempts", "created_ns",
+                   "scheduled_ns", "processed_ns", "completed_ns")  # fmt: skip
+FINAL_STATES = frozenset(int(s) for s in (State.COMPLETED, State.TERMINATED, State.CANCELED,
+                                          State.TIMED_OUT))  # fmt: skip
+
+
+def state_record(row: tuple) -> StateRecord:
+    """A STATE_ROW as a StateRecord."""
+    u, k, s, t, a, w, r, c = row
+    return StateRecord(u, k, State(s), t, a, w, r, c)
+
+
+def log_record(row: tuple) -> LogRecord:
+    """A LOG_ROW as a LogRecord."""
+    u, k, lv, t, m, a = row
+    return LogRecord(u, k, LogLevel(lv), t, m, a)
 
 
 class RecurrenceRecord:

@@ -9,13 +9,16 @@ who may run what).
   the crontab is the registered job's, so an edited crontab moves the recurrence rather
   than doubling it); the same schedule there already is returned instead;
 - save: each armed tick (run number, tick, renewed lease) is saved with the next batch
-  of records;
+  of records (the recorder's store op "save_recurrence"; a cancel's is
+  "delete_recurrence");
 - claim: take the store's recurrences of some kinds that nobody owns (their manager
   stopped: released) or whose lease lapsed (it died);
 - claim_tick: each tick is claimed in the store before it runs, so it runs once even if
   two managers believe they own the recurrence (one paused past its lease);
-- renew: every lease / 3 from the engine thread; release: stop() hands them back;
-  delete: a canceled recurrence leaves the store.
+- renew: every lease / 3 from the engine thread; release: stop() hands them back.
+
+What a recurrence keeps of its arguments follows the store's payload policy
+(payloads.py): JSON, or a pickle signed with the user's secret.
 
 Leases are real time (time.time_ns), whatever clock the manager schedules by: they
 coordinate processes, which share only the real clock.
@@ -86,10 +89,6 @@ class StoredRecurrences:
                                self.lease_until())  # fmt: skip
         return rec, self.store.add_recurrence(rec)
 
-    def save(self, rec: RecurrenceRecord) -> None:
-        """Write rec's run, tick and lease (a store op, run with a batch of records)."""
-        self.store.save_recurrence(rec)
-
     def claim_tick(self, rec: RecurrenceRecord, fire: datetime) -> bool:
         """Whether this manager may run the tick at `fire` (nobody else ran it)."""
         try:
@@ -98,10 +97,6 @@ class StoredRecurrences:
             # At least once: with the store unreachable, run the tick rather than lose it.
             log.warning("jobengine: cannot claim a tick; running it", exc_info=True)
             return True
-
-    def delete(self, uuid: str) -> None:
-        """The recurrence ended (canceled): forget it in the store (a store op)."""
-        self.store.delete_recurrence(uuid)
 
     def claim(self, kinds: Sequence[str]) -> list[RecurrenceRecord]:
         """Take the recurrences of `kinds` that no manager owns or whose owner's lease

@@ -21,7 +21,6 @@ the core) and the renew/claim pass (engine thread, lock taken inside).
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 import uuid as _uuid
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidArgumentError, JobHandlingError, StoreError
 from .instance import Instance, Owner, Run
+from .payloads import dumps_value
 from .records import LogLevel, RecurrenceRecord, datetime_to_ns
 from .recurrences import StoredRecurrences
 from .schedule import fire_times
@@ -139,7 +139,10 @@ class Ticks:
             first = next(rec_state.fires)
         except StopIteration:
             raise InvalidArgumentError(f"crontab {job.crontab!r} never fires") from None
-        rec, stored = self.stored.add(inst.uuid_str, job.kind, key_material, inst.payload,
+        # What the store keeps of the arguments follows its payload policy (JSON, or a
+        # signed pickle: PayloadError here, before anything is recorded, if it cannot).
+        stored_args = self.stored.store.codec.encode([list(inst.args), inst.kwargs])
+        rec, stored = self.stored.add(inst.uuid_str, job.kind, key_material, stored_args,
                                       inst.priority, first, inst.created_ns)  # fmt: skip
         if stored.uuid != rec.uuid:
             return self._existing(stored, job)
@@ -172,11 +175,14 @@ class Ticks:
 
     def _instance(self, rec: RecurrenceRecord, job: Job, inst: Instance | None = None) -> Instance:
         """An Instance for a stored recurrence (or `inst`, a stand-in, brought up to date)."""
+        args, kwargs = self.stored.store.codec.decode(rec.payload, f"recurrence {rec.uuid}")
+        args = tuple(args)
         if inst is None:
-            args, kwargs = pickle.loads(rec.payload)[:2]
             inst = Instance(self.engine, job, _uuid.UUID(rec.uuid).int, args, kwargs,
                             rec.priority, rec.created_ns)  # fmt: skip
-        inst.payload = rec.payload
+        inst.payload = dumps_value(
+            (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
+        )
         inst.counted = False
         inst.recurrence = Recurrence(None)
         inst.run = rec.run
@@ -209,7 +215,7 @@ class Ticks:
         rec = state.record
         if rec is not None:
             rec.run, rec.fire_ns, rec.lease_until_ns = inst.run, fire_ns, self.stored.lease_until()
-            engine.recorder.store_op(self.stored.save, RecurrenceRecord(*rec.as_tuple()))
+            engine.recorder.store_op("save_recurrence", RecurrenceRecord(*rec.as_tuple()))
         return clock.monotonic_ns() + max(0, at_ns - clock.time_ns())
 
     def _next_fire(self, inst: Instance) -> datetime:
@@ -453,7 +459,7 @@ class Ticks:
         self.live.pop(inst.uuid_str, None)
         state = inst.recurrence
         if state.record is not None:
-            self.engine.recorder.store_op(self.stored.delete, inst.uuid_str)
+            self.engine.recorder.store_op("delete_recurrence", inst.uuid_str)
             state.record = None
 
     # -- who runs what -------------------------------------------------------------------
@@ -526,7 +532,10 @@ class Ticks:
     def release(self) -> None:
         """Stopping: hand this manager's recurrences back to the store (the next manager
         resumes them) and settle the futures of stand-ins it will never run."""
-        self.engine.recorder.flush()
+        try:
+            self.engine.recorder.sync()  # their last saved ticks first
+        except StoreError:
+            log.warning("jobengine: releasing recurrences with records not written", exc_info=True)
         self.stored.release()
         for inst in list(self.standby.values()) + list(self.live.values()):
             inst.settle_suspended()

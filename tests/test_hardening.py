@@ -261,8 +261,12 @@ def _script(code: str, **kw) -> subprocess.Popen:
 def test_a_signal_to_the_whole_process_group_stops_in_order(tmp_path, sig):
     db, cleanup = tmp_path / "jobs.db", tmp_path / "cleanup"
     proc = _script(f"""
+        import signal
         import jobs
         from jobengine import Job, Manager, SQLiteStore
+        # a foreground program: Ctrl-C raises KeyboardInterrupt (a background job's
+        # inherited "ignore SIGINT" would make the signal do nothing at all)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         m = Manager(2, store=SQLiteStore({str(db)!r}), kill_grace=0.5)
         m.start()
         long = Job("long", jobs.long_cleanup)

@@ -111,8 +111,10 @@ class Channel:
             self.events = Ring(event_mem, doorbell)
 
     @classmethod
-    def create(cls, index: int, doorbell: Doorbell) -> Channel:
-        fd = new_memfd(f"jobengine-worker-{index}", MAPPING_BYTES)
+    def create(cls, index: int | str, doorbell: Doorbell) -> Channel:
+        """A new channel; index names its memfd (a worker's index, or a name)."""
+        name = f"jobengine-worker-{index}" if isinstance(index, int) else f"jobengine-{index}"
+        fd = new_memfd(name, MAPPING_BYTES)
         return cls(fd, doorbell, "manager", format=True)
 
     def close(self) -> None:

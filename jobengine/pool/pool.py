@@ -22,7 +22,7 @@ import psutil
 
 from ..instance import Instance
 from .channel import RING_CONTROL, T_INIT, T_STOP, Channel, new_doorbell, write_record
-from .control import recv, send
+from .control import popen_shielded, recv, send
 
 __all__ = ["RING_CONTROL", "Pool", "WorkerEvent", "WorkerInfo", "WorkerSlot"]
 
@@ -97,11 +97,12 @@ class WorkerSlot:
 
 class Pool:
     """init_blob: cloudpickled (initializer, initargs), the first record every new
-    worker reads, or None."""
+    worker reads, or None.  doorbell: the engine's (fd, mapping, Doorbell)."""
 
-    def __init__(self, init_blob: bytes | None = None):
+    def __init__(self, init_blob: bytes | None = None, doorbell: tuple | None = None):
         self.init_blob = init_blob
-        self.doorbell_fd, self._doorbell_mm, self.doorbell = new_doorbell()
+        # (fd, mapping, Doorbell): the engine's, shared with its store writer; else new
+        self.doorbell_fd, self._doorbell_mm, self.doorbell = doorbell or new_doorbell()
         self.workers: dict[int, WorkerSlot] = {}
         self.target = 0
         self.rings: list = []  # event rings of live workers, for Doorbell.wait
@@ -119,7 +120,7 @@ class Pool:
         # The workers must import what the manager's process can (executors pickled by
         # reference name their module).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._proc = subprocess.Popen(
+        self._proc = popen_shielded(
             [
                 sys.executable,
                 "-m",

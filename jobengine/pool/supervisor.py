@@ -59,7 +59,7 @@ from .channel import (
     read_status,
     write_interrupt,
 )
-from .control import recv, send
+from .control import recv, send, unshield
 
 PR_SET_PDEATHSIG = 1
 TICK_S = 0.01
@@ -67,15 +67,18 @@ TICK_S = 0.01
 _INTERRUPTS = {"cancel": INTERRUPT_CANCEL, "timeout": INTERRUPT_TIMEOUT, "stop": INTERRUPT_STOP}
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL us when our parent dies; then check it has not already."""
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send us `sig` (default SIGKILL) when our parent dies; then
+    check it has not died already (then: exit, or act as on `sig`)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent_pid:
-        os._exit(3)
+        if sig == signal.SIGKILL:
+            os._exit(3)
+        os.kill(os.getpid(), sig)
 
 
 class Child:
@@ -275,8 +278,7 @@ def main() -> None:
     setproctitle.setproctitle(f"jobengine supervisor (manager pid {parent_pid})")
     # Ctrl-C and SIGTERM go to the whole process group; the manager decides how to
     # stop (and the kernel ends us if the manager dies: PR_SET_PDEATHSIG).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    unshield()
     ctl = socket.socket(fileno=ctl_fd)
     Supervisor(ctl, doorbell_fd).run()
 

@@ -24,15 +24,114 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import Any
 
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError
+from ..payloads import PayloadCodec, outcome_columns
 from ..query import Query
-from ..records import InstanceRecord, LogRecord, RecurrenceRecord, StateRecord
+from ..records import (
+    InstanceRecord,
+    LogRecord,
+    RecurrenceRecord,
+    StateRecord,
+    log_record,
+    state_record,
+)
 
 
 class Store(abc.ABC):
     """Abstract base of every store."""
 
     namespace: str = "jobengine"
+    #: keeps a pickle only if it is signed (a store shared over the network)
+    requires_signed_pickles = False
+    #: retention (see the module docstring); None: unbounded
+    max_instances: int | None = None
+    max_age: float | None = None
+    _codec: PayloadCodec | None = None
+
+    # -- payloads and retention --------------------------------------------------------
+    @property
+    def codec(self) -> PayloadCodec:
+        """How this store keeps Python values (payloads.py)."""
+        codec = self._codec
+        if codec is None:
+            codec = self._codec = PayloadCodec(None, self.requires_signed_pickles)
+        return codec
+
+    def use_secret(self, secret: bytes | None) -> None:
+        """Sign (and verify) pickled payloads with `secret` (None: none)."""
+        self._codec = PayloadCodec(secret, self.requires_signed_pickles)
+
+    def set_retention(self, max_instances: int | None = None, max_age: float | None = None) -> None:
+        """Keep at most max_instances finished instances, none finished more than
+        max_age seconds ago (None: no bound)."""
+        if max_instances is not None and (
+            not isinstance(max_instances, int) or isinstance(max_instances, bool)
+        ):
+            raise InvalidArgumentTypeError(f"max_instances must be an int, got {max_instances!r}")
+        if max_instances is not None and max_instances < 0:
+            raise InvalidArgumentError(f"max_instances must be >= 0, got {max_instances}")
+        if max_age is not None and (not isinstance(max_age, (int, float)) or max_age < 0):
+            raise InvalidArgumentError(f"max_age must be seconds >= 0, got {max_age!r}")
+        self.max_instances = max_instances
+        self.max_age = None if max_age is None else float(max_age)
+
+    def apply_retention(self, now_ns: int) -> int:
+        """Drop the finished instances the retention bounds exclude, with their
+        histories and logs; return how many.  The default keeps everything."""
+        return 0
+
+    # -- how the engine writes ---------------------------------------------------------
+    def write_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> None:
+        """Write one batch: INSTANCE_ROWs (upserts, outcome included), STATE_ROWs and
+        LOG_ROWs (appends, in order).  token = (writer node, batch seq, increasing per
+        node): a store that can applies a batch at most once, so retrying a write that
+        failed on the wire after it had landed duplicates nothing.  Built-in stores do
+        it in one round trip; this default calls the three record methods."""
+        if instances:
+            codec = self.codec
+            self.put_instances(
+                [
+                    InstanceRecord.from_row((*r[:9], *outcome_columns(r[9], codec)), codec)
+                    for r in instances
+                ]
+            )
+        if states:
+            self.append_states([state_record(r) for r in states])
+        if logs:
+            self.append_logs([log_record(r) for r in logs])
+
+    def prepare_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> Any:
+        """The CPU half of write_batch (encoding rows, payloads, documents), touching no
+        connection: a writer prepares the next batch while the last one is on the wire.
+        Built-in stores write_batch = write_prepared(prepare_batch(...))."""
+        return (instances, states, logs, token)
+
+    def write_prepared(self, prepared: Any) -> None:
+        """The I/O half of write_batch: write what prepare_batch returned."""
+        self.write_batch(*prepared)
+
+    def spec(self) -> dict[str, Any] | None:
+        """How another process opens this same store: open_store keyword arguments
+        (url, namespace, retention), or None when it cannot (then the manager writes
+        it from a thread of its own process)."""
+        return None
+
+    def reconnect(self) -> None:  # noqa: B027 - optional hook
+        """After a failed operation: drop and reopen the connection (default: none)."""
 
     # -- writes (batched) ------------------------------------------------------------
     @abc.abstractmethod
@@ -114,7 +213,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
         """Delete state records with after_ns <= time < before_ns (a missing bound is
-        open); return how many were deleted.  With neither bound, delete all."""
+        open); return how many were deleted.  With neither bound, delete all.  A
+        finished instance left with no state record goes too (its row and logs): what
+        is cleared is gone from lookup_instances as well."""
 
     @abc.abstractmethod
     def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:

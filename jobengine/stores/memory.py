@@ -5,15 +5,28 @@ fewer objects for the garbage collector to walk (a history of millions of record
 otherwise slow every full collection of the process embedding the engine) and less
 memory.  Lookups build the record objects on the way out.
 
-Owns: its dicts, guarded by one lock.  Never does: share a record object with a caller."""
+Bounded by default: it keeps the 10,000 most recently finished instances
+(max_instances=None for unbounded), dropping older ones with their history and logs, so
+a manager that runs for weeks does not grow without end.
+
+Owns: its dicts, guarded by one lock.  Never does: share a record object with a caller.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
 
+from ..payloads import outcome_columns
 from ..query import Query
-from ..records import InstanceRecord, LogLevel, LogRecord, RecurrenceRecord, StateRecord
+from ..records import (
+    FINAL_STATES,
+    InstanceRecord,
+    LogLevel,
+    LogRecord,
+    RecurrenceRecord,
+    StateRecord,
+)
 from ..state import State
 from .base import Store
 
@@ -23,6 +36,8 @@ _STATE = {int(s): s for s in State if s in (
 )}  # fmt: skip
 _LEVEL = {int(v): v for v in LogLevel}
 
+DEFAULT_MAX_INSTANCES = 10_000
+
 
 def _in_window(t: int, before_ns: int | None, after_ns: int | None) -> bool:
     return (after_ns is None or t >= after_ns) and (before_ns is None or t < before_ns)
@@ -30,7 +45,8 @@ def _in_window(t: int, before_ns: int | None, after_ns: int | None) -> bool:
 
 class MemoryStore(Store):
     """In-process store.  Fast, and gone when the process exits.  Namespaces separate
-    stores that share nothing anyway; clear() empties only this object."""
+    stores that share nothing anyway; clear() empties only this object.
+    MemoryStore(namespace="jobengine", max_instances=10_000, max_age=None)."""
 
     # Per instance, one flat list: the InstanceRecord's fields, then its history as
     # HISTORY_STRIDE items per record.  No object per record, one dict entry per
@@ -38,12 +54,20 @@ class MemoryStore(Store):
     HEADER = 8  # kind, state, priority, attempts, created, scheduled, processed, completed
     HISTORY_STRIDE = 4  # state | attempt << 8 | run << 24, time_ns, worker, cause
 
-    def __init__(self, namespace: str = "jobengine"):
+    def __init__(
+        self,
+        namespace: str = "jobengine",
+        max_instances: int | None = DEFAULT_MAX_INSTANCES,
+        max_age: float | None = None,
+    ):
         self.namespace = namespace
+        self.set_retention(max_instances, max_age)
         self._lock = threading.Lock()
         self._rows: dict[str, list] = {}  # uuid -> header + flattened history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
+        self._outcomes: dict[str, tuple] = {}  # uuid -> (result payload, error, note)
+        self._finished: dict[str, int] = {}  # uuid -> completed_ns, oldest finished first
         self._recurrences: dict[str, tuple] = {}  # uuid -> RecurrenceRecord fields
         self._ticks: dict[str, int] = {}  # schedule key -> its latest claimed tick
 
@@ -54,12 +78,82 @@ class MemoryStore(Store):
         return row
 
     # -- writes ------------------------------------------------------------------------
+    def write_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> None:
+        # (token: a write to a dict cannot fail half-way, so there is nothing to retry)
+        codec = self.codec
+        with self._lock:
+            rows = self._rows
+            finished = self._finished
+            for r in instances:
+                uuid = r[0]
+                row = rows.get(uuid)
+                if row is None:
+                    row = rows[uuid] = [r[1], None, 0, 0, 0, None, None, None]
+                row[0:8] = r[1:9]
+                if r[2] in FINAL_STATES:
+                    finished.pop(uuid, None)  # (again, for a recurrence: now the newest)
+                    finished[uuid] = r[8] or 0
+                    if r[9] is not None:
+                        # Kept as the worker pickled it: this store is as private as
+                        # the process (no JSON check, no signature needed).
+                        self._outcomes[uuid] = outcome_columns(r[9], codec, check_json=False)
+                elif uuid in finished:  # a recurrence running again
+                    del finished[uuid]
+            for u, k, s, t, a, w, run, c in states:
+                row = rows.get(u)
+                if row is None:
+                    row = rows[u] = [k, None, 0, 0, 0, None, None, None]
+                row.extend((s | a << 8 | run << 24, t, w, c))
+            all_logs = self._logs
+            for u, k, lv, t, m, a in logs:
+                lst = all_logs.get(u)
+                if lst is None:
+                    all_logs[u] = [(k, lv, t, m, a)]
+                else:
+                    lst.append((k, lv, t, m, a))
+            limit = self.max_instances
+            if limit is not None and len(finished) > limit:
+                for uuid in list(finished)[: len(finished) - limit]:
+                    self._drop(uuid)
+
+    def _drop(self, uuid: str) -> None:
+        """Forget a finished instance with its history, logs and outcome (lock held)."""
+        self._finished.pop(uuid, None)
+        self._rows.pop(uuid, None)
+        self._logs.pop(uuid, None)
+        self._outcomes.pop(uuid, None)
+
+    def apply_retention(self, now_ns: int) -> int:
+        n = 0
+        with self._lock:
+            if self.max_age is not None:
+                cutoff = now_ns - int(self.max_age * 1e9)
+                old = [u for u, done in self._finished.items() if done < cutoff]
+                for uuid in old:
+                    self._drop(uuid)
+                n += len(old)
+            limit = self.max_instances
+            if limit is not None and len(self._finished) > limit:
+                extra = list(self._finished)[: len(self._finished) - limit]
+                for uuid in extra:
+                    self._drop(uuid)
+                n += len(extra)
+        return n
+
     def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
         with self._lock:
             for r in batch:
                 row = self._row(r.uuid, r.kind)
                 row[0:8] = (r.kind, r.state._value_, r.priority, r.attempts, r.created_ns,
                             r.scheduled_ns, r.processed_ns, r.completed_ns)  # fmt: skip
+                if r.result_payload is not None or r.error is not None or r.note is not None:
+                    self._outcomes[r.uuid] = (r.result_payload, r.error, r.note)
 
     def append_states(self, batch: Sequence[StateRecord]) -> None:
         with self._lock:
@@ -80,10 +174,11 @@ class MemoryStore(Store):
                     lst.append(row)
 
     # -- reads -------------------------------------------------------------------------
-    @staticmethod
-    def _instance(uuid: str, row: list) -> InstanceRecord:
-        kind, state, prio, attempts, c, s, p, d = row[:8]
-        return InstanceRecord(uuid, kind, _STATE[state], prio, attempts, c, s, p, d)
+    def _instance(self, uuid: str, head: list) -> InstanceRecord:
+        kind, state, prio, attempts, c, s, p, d = head[:8]
+        result, error, note = self._outcomes.get(uuid, (None, None, None))
+        return InstanceRecord(uuid, kind, _STATE[state], prio, attempts, c, s, p, d,
+                              result, error, note, self.codec)  # fmt: skip
 
     def get_instance(self, uuid: str) -> InstanceRecord | None:
         with self._lock:
@@ -99,15 +194,15 @@ class MemoryStore(Store):
                 candidates = [] if row is None else [(query.uuid, row[:8])]
             else:
                 candidates = [(u, row[:8]) for u, row in self._rows.items()]
-        out = []
-        limit = query.limit
-        for uuid, head in candidates:
-            if limit is not None and len(out) >= limit:
-                break
-            if head[1] is None:  # history without an instance record
-                continue
-            if query.matches(uuid, head[0], _STATE[head[1]], head[4]):
-                out.append(self._instance(uuid, head))
+            out = []
+            limit = query.limit
+            for uuid, head in candidates:
+                if limit is not None and len(out) >= limit:
+                    break
+                if head[1] is None:  # history without an instance record
+                    continue
+                if query.matches(uuid, head[0], _STATE[head[1]], head[4]):
+                    out.append(self._instance(uuid, head))
         return out
 
     def lookup_history(self, uuid: str) -> list[StateRecord]:
@@ -205,8 +300,8 @@ class MemoryStore(Store):
                         keep.extend(flat[i : i + 4])
                 del row[8:]
                 row.extend(keep)
-                if not keep and row[1] is None:
-                    del self._rows[uuid]
+                if not keep and (row[1] is None or row[1] in FINAL_STATES):
+                    self._drop(uuid)
         return n
 
     def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
@@ -226,5 +321,7 @@ class MemoryStore(Store):
         with self._lock:
             self._rows.clear()
             self._logs.clear()
+            self._outcomes.clear()
+            self._finished.clear()
             self._recurrences.clear()
             self._ticks.clear()

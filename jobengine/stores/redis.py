@@ -1,39 +1,93 @@
 """RedisStore: the Store contract on a Redis server (redis-py).
 
 Keys, all under the namespace prefix `<ns>:` (clear() deletes only those):
-  <ns>:order            sorted set: uuid -> creation sequence (lookup order)
-  <ns>:seq              counter behind it
-  <ns>:i:<uuid>         hash: the InstanceRecord (JSON fields)
-  <ns>:s:<uuid>         list: state records (orjson)
-  <ns>:l:<uuid>         list: log records (orjson)
-  <ns>:st / <ns>:lt     sorted sets: "<uuid> <n>" members scored by time, for clear_*
+  <ns>:i:<uuid>         hash: j = the InstanceRecord (JSON), r = its result payload
+  <ns>:s:<uuid>         list: its state records, one element per batch that had some:
+                        JSON [kind, [[state, time_ns, attempt, worker, run, cause], ...]]
+  <ns>:l:<uuid>         list: its log records, JSON arrays [level, time_ns, message, attempt, kind]
+  <ns>:order            list: uuids in the order their first records were written (lookup
+                        order; appended once per instance, O(1), unlike a sorted set)
+  <ns>:done             sorted set: finished uuids scored by completion time, kept only
+                        while a retention bound is set (max_instances / max_age)
   <ns>:r:<uuid>         hash: a RecurrenceRecord (one field per attribute)
   <ns>:rk               hash: schedule key -> uuid;  <ns>:rs  set of recurrence uuids
   <ns>:tick             hash: schedule key -> its latest claimed tick (ns)
-Every batch is one pipeline (one round trip).  Each recurrence verb is one Lua script,
-which Redis runs atomically: two managers claiming at once never both win.  The
-distributed queue verbs for one-off jobs (enqueue, claim, ...) are not here yet: they
-arrive with the distributed-store issue.
+A batch of records is one Lua script call (one round trip; Redis runs it atomically);
+each recurrence verb is one Lua script too, so two managers claiming at once never both
+win.  Shared over the network: it keeps a pickle only if it is signed (payloads.py).  A
+record that cannot be decoded is skipped with a warning naming its key; it never hides
+the others.
 
 Owns: its connection, its keys and its Lua scripts.  Never does: touch keys outside its
-namespace."""
+namespace.
+"""
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
 from ..errors import StoreError
+from ..payloads import outcome_columns
 from ..query import Query
-from ..records import InstanceRecord, LogRecord, RecurrenceRecord, StateRecord
+from ..records import (
+    FINAL_STATES,
+    InstanceRecord,
+    LogLevel,
+    LogRecord,
+    RecurrenceRecord,
+    StateRecord,
+)
+from ..state import State
 from .base import Store
+
+_CREATED = int(State.CREATED)
 
 try:
     import redis as _redis
 except ImportError:  # pragma: no cover - exercised only without the extra
     _redis = None
 
+log = logging.getLogger("jobengine")
+
+# One batch: ARGV = prefix, then one JSON document [node, seq, entries] (seq "" for no
+# token: at most once per node otherwise), each entry [uuid, its JSON or "", its result
+# payload or "", its completion time if finished and a retention bound is set, else "",
+# "1" if this batch holds its CREATED record (its first) else "", [state records],
+# [log records]], the records themselves JSON text.  One argument for the whole batch:
+# redis-py packs each argument in Python, cjson unpacks this one in C.  Lua builds
+# the key names itself: fine on one server (not Redis Cluster).
+_WRITE = """
+local p = ARGV[1]
+local doc = cjson.decode(ARGV[2])
+local node, seq = doc[1], doc[2]
+if seq ~= '' then
+  local last = redis.call('HGET', p .. 'w', node)
+  if last and tonumber(last) >= tonumber(seq) then return 0 end
+  redis.call('HSET', p .. 'w', node, seq)
+end
+for _, e in ipairs(doc[3]) do
+  local u, j, r, done, first, ss, ls = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  if j ~= '' then
+    if r ~= '' then
+      redis.call('HSET', p .. 'i:' .. u, 'j', j, 'r', r)
+    else
+      redis.call('HSET', p .. 'i:' .. u, 'j', j)
+    end
+    if first ~= '' then redis.call('RPUSH', p .. 'order', u) end
+    if done ~= '' then redis.call('ZADD', p .. 'done', done, u) end
+  end
+  if #ss > 0 then redis.call('RPUSH', p .. 's:' .. u, unpack(ss)) end
+  if #ls > 0 then redis.call('RPUSH', p .. 'l:' .. u, unpack(ls)) end
+end
+return 1
+"""
+MAX_ENTRY_RECORDS = 4000  # Lua's stack takes ~8000 values per unpack
+B64 = b"B"  # a result payload that is not text travels (and is kept) base64-encoded
 
 # KEYS: the key index, the uuid set; ARGV[1] the prefix of recurrence hashes.  Lua
 # builds those hashes' names itself: fine on one server (not Redis Cluster).
@@ -82,15 +136,48 @@ return out
 """
 
 
-class RedisStore(Store):
-    """RedisStore(url="redis://127.0.0.1:6379/0", namespace="jobengine")."""
+def _text(payload: bytes | None) -> str:
+    """A result payload as JSON text: a JSON payload is text already; any other goes
+    base64 (cjson would turn bytes over 0x7f into UTF-8)."""
+    if not payload:
+        return ""
+    if payload[:1] == b"J" and payload.isascii():
+        return payload.decode()
+    return (B64 + base64.b64encode(payload)).decode()
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", namespace: str = "jobengine"):
+
+def _payload(raw: bytes | None) -> bytes | None:
+    """A result payload as kept (see _text) -> the payload."""
+    if raw is None:
+        return None
+    if raw[:1] == B64:
+        return base64.b64decode(raw[1:])
+    return raw
+
+
+_FIELDS = ("uuid", "kind", "state", "priority", "attempts", "created_ns", "scheduled_ns",
+           "processed_ns", "completed_ns")  # fmt: skip
+
+
+class RedisStore(Store):
+    """RedisStore(url="redis://127.0.0.1:6379/0", namespace="jobengine",
+    max_instances=None, max_age=None)."""
+
+    requires_signed_pickles = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        namespace: str = "jobengine",
+        max_instances: int | None = None,
+        max_age: float | None = None,
+    ):
         if _redis is None:
             raise StoreError("RedisStore needs redis-py: pip install 'jobengine[redis]'")
         if not isinstance(namespace, str) or not namespace or ":" in namespace:
             raise StoreError(f"Redis namespace {namespace!r} must be a non-empty str without ':'")
         self.namespace = namespace
+        self.set_retention(max_instances, max_age)
         self.url = url
         try:
             self._r = _redis.Redis.from_url(url)
@@ -98,6 +185,7 @@ class RedisStore(Store):
         except _redis.RedisError as e:
             raise StoreError(f"cannot reach Redis at {url!r}: {e}") from e
         self._p = f"{namespace}:"
+        self._forgotten = 0  # instances forgotten since the order list was compacted
 
     def _k(self, kind: str, uuid: str = "") -> str:
         return f"{self._p}{kind}:{uuid}" if uuid else f"{self._p}{kind}"
@@ -108,63 +196,155 @@ class RedisStore(Store):
         except _redis.RedisError as e:
             raise StoreError(f"Redis store {self.url!r}: {e}") from e
 
+    def spec(self) -> dict[str, Any] | None:
+        return {
+            "url": self.url,
+            "namespace": self.namespace,
+            "max_instances": self.max_instances,
+            "max_age": self.max_age,
+        }
+
+    def reconnect(self) -> None:
+        # redis-py reconnects on the next command; drop what may be half-broken now.
+        self._r.connection_pool.disconnect()
+
     # -- writes ------------------------------------------------------------------------
+    def write_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> None:
+        self.write_prepared(self.prepare_batch(instances, states, logs, token))
+
+    def write_prepared(self, prepared: Any) -> None:
+        script = self._script("write", _WRITE)
+        self._run(lambda: script(keys=[], args=[self._p, prepared]))
+
+    def prepare_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> Any:
+        codec = self.codec
+        dumps = orjson.dumps
+        retained = self.max_instances is not None or self.max_age is not None
+        per: dict[str, list] = {}  # uuid -> [json, result, done, first, states, logs]
+        for r in instances:
+            payload, error, note = outcome_columns(r[9], codec)
+            # the instance as a JSON array: its fields in INSTANCE_FIELDS order, then its
+            # error and note
+            j = dumps((*r[:9], error, note) if error is not None or note is not None else r[:9])
+            done = str(r[8] or 0) if retained and r[2] in FINAL_STATES else ""
+            per[r[0]] = [j.decode(), _text(payload), done, "", None, None]
+        for r in states:
+            u = r[0]
+            entry = per.get(u)
+            if entry is None:
+                entry = per[u] = ["", "", "", "", None, None]
+            group = entry[4]
+            if group is None:
+                group = entry[4] = [r[1], []]
+            if r[2] == _CREATED:
+                entry[3] = "1"
+            group[1].append(r[2:])
+        for u, k, lv, t, m, a in logs:
+            entry = per.get(u)
+            if entry is None:
+                entry = per[u] = ["", "", "", "", None, None]
+            if entry[5] is None:
+                entry[5] = []
+            entry[5].append(dumps((lv, t, m, a, k)).decode())
+        entries = []
+        for u, (j, res, done, first, group, ls) in per.items():
+            history = [dumps(group).decode()] if group is not None else []
+            if ls is None:
+                entries.append((u, j, res, done, first, history, ()))
+                continue
+            # (an instance with thousands of log lines in one batch goes in slices)
+            for i in range(0, len(ls), MAX_ENTRY_RECORDS):
+                part = ls[i : i + MAX_ENTRY_RECORDS]
+                if i == 0:
+                    entries.append((u, j, res, done, first, history, part))
+                else:
+                    entries.append((u, "", "", "", "", (), part))
+        node = token[0] if token is not None else ""
+        seq = str(token[1]) if token is not None else ""
+        return dumps((node, seq, entries))
+
     def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
         if not batch:
             return
-
-        def go():
-            pipe = self._r.pipeline(transaction=False)
-            seq = self._r.incrby(self._k("seq"), len(batch))
-            for n, r in enumerate(batch):
-                pipe.hset(self._k("i", r.uuid), mapping={"j": orjson.dumps(r.to_dict())})
-                # NX: a known uuid keeps its first place in creation order
-                pipe.zadd(self._k("order"), {r.uuid: seq - len(batch) + n}, nx=True)
-            pipe.execute()
-
-        self._run(go)
-
-    def _append(self, kind: str, timeline: str, batch: Sequence) -> None:
-        if not batch:
-            return
+        retained = self.max_instances is not None or self.max_age is not None
 
         def go():
             pipe = self._r.pipeline(transaction=False)
             for r in batch:
-                pipe.rpush(self._k(kind, r.uuid), orjson.dumps(r.to_dict()))
-            lengths = pipe.execute()
+                pipe.exists(self._k("i", r.uuid))
+            known = pipe.execute()
             pipe = self._r.pipeline(transaction=False)
-            for r, length in zip(batch, lengths, strict=True):
-                pipe.zadd(self._k(timeline), {f"{r.uuid} {length - 1}": r.time_ns})
+            for r, exists in zip(batch, known, strict=True):
+                mapping = {"j": orjson.dumps(r.to_dict())}
+                if r.result_payload is not None:
+                    mapping["r"] = _text(r.result_payload)
+                pipe.hset(self._k("i", r.uuid), mapping=mapping)
+                if not exists:  # a known uuid keeps its first place in creation order
+                    pipe.rpush(self._k("order"), r.uuid)
+                if retained and int(r.state) in FINAL_STATES:
+                    pipe.zadd(self._k("done"), {r.uuid: r.completed_ns or 0})
             pipe.execute()
 
         self._run(go)
 
-    def append_states(self, batch: Sequence[StateRecord]) -> None:
-        self._append("s", "st", batch)
+    def append_states(self, batch: Sequence[StateRecord]) -> None:  # (grouped per uuid)
+        self.write_batch((), [(r.uuid, r.kind, int(r.state), r.time_ns, r.attempt, r.worker,
+                               r.run, r.cause) for r in batch], ())  # fmt: skip
 
     def append_logs(self, batch: Sequence[LogRecord]) -> None:
-        self._append("l", "lt", batch)
+        self.write_batch((), (), [(r.uuid, r.kind, int(r.level), r.time_ns, r.message, r.attempt)
+                                  for r in batch])  # fmt: skip
 
     # -- reads -------------------------------------------------------------------------
+    def _instance(self, uuid: str, raw: Any, result: Any) -> InstanceRecord | None:
+        try:
+            v = orjson.loads(raw)
+            if isinstance(v, dict):  # written by put_instances
+                v = [*(v[f] for f in _FIELDS), v.get("error"), v.get("note")]
+            fields = list(v[:9])
+            fields[2] = State(fields[2])
+            error, note = (v[9], v[10]) if len(v) > 9 else (None, None)
+            return InstanceRecord(*fields, _payload(result), error, note, self.codec)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            key = self._k("i", uuid)
+            log.warning("jobengine: skipping %s: not an instance record (%s)", key, e)
+            return None
+
     def get_instance(self, uuid: str) -> InstanceRecord | None:
-        raw = self._run(lambda: self._r.hget(self._k("i", uuid), "j"))
-        return None if raw is None else InstanceRecord.from_dict(orjson.loads(raw))
+        raw, result = self._run(lambda: self._r.hmget(self._k("i", uuid), "j", "r"))
+        return None if raw is None else self._instance(uuid, raw, result)
 
     def lookup_instances(self, query: Query) -> list[InstanceRecord]:
         if query.uuid is not None:
             r = self.get_instance(query.uuid)
             candidates = [] if r is None else [r]
         else:
-            uuids = self._run(lambda: self._r.zrange(self._k("order"), 0, -1))
+            uuids = list(dict.fromkeys(
+                u.decode() for u in self._run(lambda: self._r.lrange(self._k("order"), 0, -1))
+            ))  # fmt: skip
 
             def fetch():
                 pipe = self._r.pipeline(transaction=False)
                 for u in uuids:
-                    pipe.hget(self._k("i", u.decode()), "j")
+                    pipe.hmget(self._k("i", u), "j", "r")
                 return pipe.execute()
 
-            candidates = [InstanceRecord.from_dict(orjson.loads(x)) for x in self._run(fetch) if x]
+            candidates = []
+            for u, (raw, result) in zip(uuids, self._run(fetch), strict=True):
+                if raw is not None and (rec := self._instance(u, raw, result)) is not None:
+                    candidates.append(rec)
         out = []
         for r in candidates:
             if query.limit is not None and len(out) >= query.limit:
@@ -173,13 +353,158 @@ class RedisStore(Store):
                 out.append(r)
         return out
 
+    def _list(self, kind: str, uuid: str) -> list[list]:
+        out = []
+        for x in self._run(lambda: self._r.lrange(self._k(kind, uuid), 0, -1)):
+            try:
+                out.append(orjson.loads(x))
+            except orjson.JSONDecodeError:
+                log.warning("jobengine: skipping a record of %s: not JSON", self._k(kind, uuid))
+        return out
+
     def lookup_history(self, uuid: str) -> list[StateRecord]:
-        rows = self._run(lambda: self._r.lrange(self._k("s", uuid), 0, -1))
-        return [StateRecord.from_dict(orjson.loads(x)) for x in rows if x != b"-"]
+        out = []
+        for group in self._list("s", uuid):
+            try:
+                k, recs = group
+                for st, t, a, w, run, c in recs:
+                    out.append(StateRecord(uuid, k, State(st), t, a, w, run, c))
+            except (TypeError, ValueError) as e:
+                log.warning("jobengine: skipping a record of %s (%s)", self._k("s", uuid), e)
+        return out
 
     def lookup_logs(self, uuid: str) -> list[LogRecord]:
-        rows = self._run(lambda: self._r.lrange(self._k("l", uuid), 0, -1))
-        return [LogRecord.from_dict(orjson.loads(x)) for x in rows if x != b"-"]
+        out = []
+        for rec in self._list("l", uuid):
+            try:
+                lv, t, m, a, k = rec
+                out.append(LogRecord(uuid, k, LogLevel(lv), t, m, a))
+            except (TypeError, ValueError) as e:
+                log.warning("jobengine: skipping a record of %s (%s)", self._k("l", uuid), e)
+        return out
+
+    # -- retention and deletes ---------------------------------------------------------
+    def _forget(self, uuids: Sequence[str]) -> None:
+        """Delete instances with their histories, logs and index entries."""
+        if not uuids:
+            return
+
+        def go():
+            pipe = self._r.pipeline(transaction=False)
+            for u in uuids:
+                pipe.delete(self._k("i", u), self._k("s", u), self._k("l", u))
+            pipe.zrem(self._k("done"), *uuids)
+            pipe.execute()
+
+        self._run(go)
+        self._forgotten += len(uuids)
+        if self._forgotten > 10_000:
+            self._compact_order()
+
+    def _compact_order(self) -> None:
+        """Drop the uuids of forgotten instances from the order list (they are skipped
+        on lookup meanwhile)."""
+        self._forgotten = 0
+        order = self._k("order")
+
+        def go():
+            uuids = self._r.lrange(order, 0, -1)
+            pipe = self._r.pipeline(transaction=False)
+            for u in uuids:
+                pipe.exists(self._k("i", u.decode()))
+            alive = [u for u, e in zip(uuids, pipe.execute(), strict=True) if e]
+            pipe = self._r.pipeline(transaction=True)
+            pipe.delete(order)
+            for i in range(0, len(alive), 1000):
+                pipe.rpush(order, *alive[i : i + 1000])
+            pipe.execute()
+
+        self._run(go)
+
+    def apply_retention(self, now_ns: int) -> int:
+        n = 0
+        done = self._k("done")
+        if self.max_age is not None:
+            cutoff = now_ns - int(self.max_age * 1e9)
+            while True:
+                old = self._run(lambda: self._r.zrangebyscore(done, "-inf", f"({cutoff}", 0, 1000))
+                if not old:
+                    break
+                self._forget([u.decode() for u in old])
+                n += len(old)
+        if self.max_instances is not None:
+            excess = self._run(lambda: self._r.zcard(done)) - self.max_instances
+            while excess > 0:
+                last = min(excess, 1000) - 1
+                old = self._run(lambda last=last: self._r.zrange(done, 0, last))
+                self._forget([u.decode() for u in old])
+                n += len(old)
+                excess -= len(old)
+        return n
+
+    def _clear_lists(
+        self, kind: str, at: int, before_ns: int | None, after_ns: int | None
+    ) -> tuple[int, list[str]]:
+        """Delete the records (time at index `at`) in [after_ns, before_ns) from every
+        list of `kind` (for "s", inside each element's group); return how many, and the
+        uuids left with none."""
+
+        def inside(t: int) -> bool:
+            return (after_ns is None or t >= after_ns) and (before_ns is None or t < before_ns)
+
+        n = 0
+        emptied = []
+        for key in self._run(lambda: list(self._r.scan_iter(match=self._k(kind, "*"),
+                                                            count=1000))):  # fmt: skip
+            raw = self._run(lambda key=key: self._r.lrange(key, 0, -1))
+            before = n
+            keep = []
+            for x in raw:
+                try:
+                    value = orjson.loads(x)
+                    if kind == "s":  # a group: [kind, [records]]
+                        recs = value[1]
+                        left = [r for r in recs if not inside(r[at])]
+                        n += len(recs) - len(left)
+                        if left:
+                            keep.append(orjson.dumps([value[0], left]) if len(left) < len(recs)
+                                        else x)  # fmt: skip
+                        continue
+                    t = value[at]
+                except (orjson.JSONDecodeError, IndexError, TypeError):
+                    keep.append(x)  # not ours to judge: left alone
+                    continue
+                if inside(t):
+                    n += 1
+                else:
+                    keep.append(x)
+            if n == before:
+                continue
+
+            def rewrite(key=key, keep=keep):
+                pipe = self._r.pipeline(transaction=True)
+                pipe.delete(key)
+                if keep:
+                    pipe.rpush(key, *keep)
+                pipe.execute()
+
+            self._run(rewrite)
+            if not keep:
+                emptied.append(key.decode()[len(f"{self._p}{kind}:") :])
+        return n, emptied
+
+    def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
+        n, emptied = self._clear_lists("s", 1, before_ns, after_ns)
+        finished = [
+            u
+            for u in emptied
+            if (rec := self.get_instance(u)) is None or int(rec.state) in FINAL_STATES
+        ]
+        self._forget(finished)
+        return n
+
+    def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
+        return self._clear_lists("l", 1, before_ns, after_ns)[0]
 
     # -- recurrences -------------------------------------------------------------------
     def _script(self, name: str, src: str):
@@ -284,38 +609,6 @@ class RedisStore(Store):
             return [r for r in recs if r is not None and (kind is None or r.kind == kind)]
 
         return sorted(self._run(go), key=lambda r: r.created_ns)
-
-    # -- deletes -----------------------------------------------------------------------
-    def _clear(self, kind: str, timeline: str, before_ns, after_ns) -> int:
-        lo = "-inf" if after_ns is None else after_ns
-        hi = "+inf" if before_ns is None else f"({before_ns}"
-
-        def go():
-            members = self._r.zrangebyscore(self._k(timeline), lo, hi)
-            if not members:
-                return 0
-            pipe = self._r.pipeline(transaction=False)
-            touched = set()
-            for m in members:
-                uuid, index = m.decode().rsplit(" ", 1)
-                # Tombstone in place (indexes of the others stay valid), then compact.
-                pipe.lset(self._k(kind, uuid), int(index), b"-")
-                touched.add(uuid)
-            pipe.zrem(self._k(timeline), *members)
-            pipe.execute()
-            for uuid in touched:
-                key = self._k(kind, uuid)
-                if all(x == b"-" for x in self._r.lrange(key, 0, -1)):
-                    self._r.delete(key)
-            return len(members)
-
-        return self._run(go)
-
-    def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
-        return self._clear("s", "st", before_ns, after_ns)
-
-    def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
-        return self._clear("l", "lt", before_ns, after_ns)
 
     def clear(self) -> None:
         def go():

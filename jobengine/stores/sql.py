@@ -1,32 +1,85 @@
 """What the SQL stores share: the Store contract written once as SQL.
 
 A driver subclass (sqlite.py, postgres.py) opens the connection, creates the tables and
-provides `_batch` (executemany in one transaction) and `_fail` (a StoreError naming the
-store), plus `_db` (a DB-API connection in autocommit mode), `_driver_error`, `_ph`
-(its parameter placeholder) and `_order` (the column that keeps instances in creation
-order).  Tables: `<ns>_instances`, `<ns>_states`, `<ns>_logs`,
-`<ns>_recurrences`, `<ns>_ticks`.  Each recurrence verb is one statement, so the database makes it
-atomic (PostgreSQL re-checks an UPDATE's WHERE on a row another transaction just
-changed: two managers claiming at once never both win).
+provides `_write` (statements with their rows, in one transaction), `_fail` (a
+StoreError naming the store) and `reconnect`, plus `_db` (a DB-API connection in
+autocommit mode), `_driver_error`, `_ph` (its parameter placeholder) and `_order` (the
+column that keeps instances in creation order).  Tables: `<ns>_instances`,
+`<ns>_states`, `<ns>_logs`, `<ns>_recurrences`, `<ns>_ticks`.  Each recurrence verb is
+one statement, so the database makes it atomic (PostgreSQL re-checks an UPDATE's WHERE
+on a row another transaction just changed: two managers claiming at once never both
+win).
 
 Owns: the SQL every SQL store runs.  Never does: open connections or create tables (the
 drivers do)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
+
+import orjson
 
 from ..errors import StoreError
+from ..payloads import outcome_columns
 from ..query import Query
-from ..records import InstanceRecord, LogLevel, LogRecord, RecurrenceRecord, StateRecord
+from ..records import (
+    FINAL_STATES,
+    InstanceRecord,
+    LogLevel,
+    LogRecord,
+    RecurrenceRecord,
+    StateRecord,
+)
 from ..state import State
 from .base import Store
 
+log = logging.getLogger("jobengine")
+
 RECURRENCE_COLUMNS = ", ".join(RecurrenceRecord.FIELDS)
 INSTANCE_COLUMNS = (
-    "uuid, kind, state, priority, attempts, created_ns, scheduled_ns, processed_ns, completed_ns"
+    "uuid, kind, state, priority, attempts, created_ns, scheduled_ns, processed_ns, "
+    "completed_ns, result, error, note"
 )
+# Columns added since the first version of the tables: added to an older table on open.
+ADDED_INSTANCE_COLUMNS = (("result", "BLOB"), ("error", "TEXT"), ("note", "TEXT"))
+FINAL = ",".join(str(s) for s in sorted(FINAL_STATES))
+
+
+def _in_window(t: int, before_ns: int | None, after_ns: int | None) -> bool:
+    return (after_ns is None or t >= after_ns) and (before_ns is None or t < before_ns)
+
+
+def group_history(states: Sequence[tuple]) -> list[tuple]:
+    """STATE_ROWs -> history rows: an instance's records of one batch in one row
+    (uuid, kind, JSON [[state, time_ns, attempt, worker, run, cause], ...], first time,
+    last time): a row, and an index entry, per instance and batch, not per record."""
+    groups: dict[str, list] = {}
+    for r in states:
+        g = groups.get(r[0])
+        if g is None:
+            groups[r[0]] = [r[1], [r[2:]]]
+        else:
+            g[1].append(r[2:])
+    dumps = orjson.dumps
+    return [
+        (u, k, dumps(recs).decode(), recs[0][1], recs[-1][1]) for u, (k, recs) in groups.items()
+    ]
+
+
+def expand_history(uuid: str, rows: Sequence[tuple], where: str) -> list[StateRecord]:
+    """History rows (kind, records JSON) -> StateRecords; a row that cannot be decoded is
+    skipped with a warning naming where it is."""
+    out = []
+    for kind, records in rows:
+        try:
+            for st, t, a, w, run, c in orjson.loads(records):
+                out.append(StateRecord(uuid, kind, State(st), t, a, w, run, c))
+        except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+            log.warning("jobengine: skipping history of %s in %s: bad record (%s)", uuid, where, e)
+    return out
 
 
 class SQLStore(Store):
@@ -37,31 +90,36 @@ class SQLStore(Store):
     def _init_tables(self, namespace: str) -> None:
         self.namespace = namespace
         self._lock = threading.Lock()
-        self._t = {"i": f"{namespace}_instances", "s": f"{namespace}_states",
+        self._t = {"i": f"{namespace}_instances", "s": f"{namespace}_history",
                    "l": f"{namespace}_logs", "r": f"{namespace}_recurrences",
-                   "t": f"{namespace}_ticks"}  # fmt: skip
+                   "t": f"{namespace}_ticks", "w": f"{namespace}_writers"}  # fmt: skip
 
     # -- driver hooks, and the statements every driver runs the same way -------------
-    def _batch(self, sql: str, rows: list[tuple]) -> None:
-        raise NotImplementedError
-
     def _fail(self, e: Exception) -> StoreError:
         raise NotImplementedError
 
+    _lost_connection: tuple[type[Exception], ...] = ()  # the driver's "connection gone"
+
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except self._driver_error as e:
-                raise self._fail(e) from e
+        return self._call(lambda: self._db.execute(sql, args).fetchall())
 
     def _execute(self, sql: str, args: tuple = ()) -> int:
         """Run one statement; return its rowcount."""
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).rowcount
-            except self._driver_error as e:
-                raise self._fail(e) from e
+        return self._call(lambda: self._db.execute(sql, args).rowcount)
+
+    def _call(self, fn):
+        """Run fn() on the connection; once more on a new connection if the old one was
+        gone (then the statement never ran: a server restart, a terminated backend)."""
+        for attempt in (1, 2):
+            with self._lock:
+                try:
+                    return fn()
+                except self._lost_connection as e:
+                    if attempt == 2:
+                        raise self._fail(e) from e
+                except self._driver_error as e:
+                    raise self._fail(e) from e
+            self.reconnect()  # (a StoreError if the server is really down)
 
     def close(self) -> None:
         with self._lock:
@@ -71,38 +129,135 @@ class SQLStore(Store):
         return ",".join([self._ph] * n)
 
     # -- writes ------------------------------------------------------------------------
-    def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
-        # Upsert keeps the row (and so its place in creation order) of a known uuid.
-        self._batch(
-            f"""INSERT INTO {self._t["i"]} ({INSTANCE_COLUMNS}) VALUES ({self._marks(9)})
-                ON CONFLICT (uuid) DO UPDATE SET kind=excluded.kind, state=excluded.state,
-                priority=excluded.priority, attempts=excluded.attempts,
-                created_ns=excluded.created_ns, scheduled_ns=excluded.scheduled_ns,
-                processed_ns=excluded.processed_ns, completed_ns=excluded.completed_ns""",
-            [(r.uuid, r.kind, int(r.state), r.priority, r.attempts, r.created_ns,
-              r.scheduled_ns, r.processed_ns, r.completed_ns) for r in batch],
-        )  # fmt: skip
+    def _upsert_instances_sql(self) -> str:
+        # Upsert keeps the row (and so its place in creation order) of a known uuid; an
+        # outcome, once written, is not erased by a later snapshot without one.
+        return f"""INSERT INTO {self._t["i"]} ({INSTANCE_COLUMNS}) VALUES ({self._marks(12)})
+            ON CONFLICT (uuid) DO UPDATE SET kind=excluded.kind, state=excluded.state,
+            priority=excluded.priority, attempts=excluded.attempts,
+            created_ns=excluded.created_ns, scheduled_ns=excluded.scheduled_ns,
+            processed_ns=excluded.processed_ns, completed_ns=excluded.completed_ns,
+            result=COALESCE(excluded.result, {self._t["i"]}.result),
+            error=COALESCE(excluded.error, {self._t["i"]}.error),
+            note=COALESCE(excluded.note, {self._t["i"]}.note)"""
 
-    def append_states(self, batch: Sequence[StateRecord]) -> None:
-        self._batch(
-            f"INSERT INTO {self._t['s']} (uuid, kind, state, time_ns, attempt, worker, run, cause)"
-            f" VALUES ({self._marks(8)})",
-            [(r.uuid, r.kind, int(r.state), r.time_ns, r.attempt, r.worker, r.run, r.cause)
-             for r in batch],
-        )  # fmt: skip
+    def _instance_row(self, r: InstanceRecord) -> tuple:
+        err = None if r.error is None else orjson.dumps(r.error).decode()
+        return (r.uuid, r.kind, int(r.state), r.priority, r.attempts, r.created_ns,
+                r.scheduled_ns, r.processed_ns, r.completed_ns, r.result_payload, err,
+                r.note)  # fmt: skip
 
-    def append_logs(self, batch: Sequence[LogRecord]) -> None:
-        self._batch(
+    HISTORY_COLUMNS = "uuid, kind, records, first_ns, last_ns"
+
+    def _states_sql(self) -> str:
+        return f"INSERT INTO {self._t['s']} ({self.HISTORY_COLUMNS}) VALUES ({self._marks(5)})"
+
+    def _logs_sql(self) -> str:
+        return (
             f"INSERT INTO {self._t['l']} (uuid, kind, level, time_ns, message, attempt)"
-            f" VALUES ({self._marks(6)})",
-            [(r.uuid, r.kind, int(r.level), r.time_ns, r.message, r.attempt) for r in batch],
+            f" VALUES ({self._marks(6)})"
         )
 
+    def write_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> None:
+        self.write_prepared(self.prepare_batch(instances, states, logs, token))
+
+    def prepare_batch(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> Any:
+        codec = self.codec
+        rows = []
+        for r in instances:
+            payload, error, note = outcome_columns(r[9], codec)
+            rows.append((*r[:9], payload, None if error is None else orjson.dumps(error).decode(),
+                         note))  # fmt: skip
+        return rows, group_history(states), logs, token
+
+    def write_prepared(self, prepared: Any) -> None:
+        self._write(*prepared)
+
+    def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
+        self._write([self._instance_row(r) for r in batch], (), ())
+
+    def append_states(self, batch: Sequence[StateRecord]) -> None:
+        self._write((), group_history([(r.uuid, r.kind, int(r.state), r.time_ns, r.attempt,
+                                        r.worker, r.run, r.cause) for r in batch]), ())  # fmt: skip
+
+    def append_logs(self, batch: Sequence[LogRecord]) -> None:
+        self._write((), (), [(r.uuid, r.kind, int(r.level), r.time_ns, r.message, r.attempt)
+                             for r in batch])  # fmt: skip
+
+    def _write(
+        self,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        logs: Sequence[tuple],
+        token: tuple[str, int] | None = None,
+    ) -> None:
+        """Upsert the instance rows (INSTANCE_COLUMNS order) and append the state and log
+        rows, all in one transaction; with a token, only if its seq is newer than the
+        last one applied for its node (recorded in the same transaction)."""
+        raise NotImplementedError
+
+    def _token_sql(self) -> tuple[str, str]:
+        """(the statement reading a node's last applied seq, the one recording it)."""
+        t, ph = self._t["w"], self._ph
+        return (
+            f"SELECT seq FROM {t} WHERE node = {ph}",
+            f"INSERT INTO {t} (node, seq) VALUES ({ph}, {ph}) ON CONFLICT (node) DO UPDATE "
+            f"SET seq = excluded.seq",
+        )
+
+    # -- retention -----------------------------------------------------------------------
+    def apply_retention(self, now_ns: int) -> int:
+        t, ph = self._t, self._ph
+        conditions, args = [], []
+        if self.max_age is not None:
+            conditions.append(f"completed_ns < {ph}")
+            args.append(now_ns - int(self.max_age * 1e9))
+        if self.max_instances is not None:
+            conditions.append(
+                f"uuid NOT IN (SELECT uuid FROM {t['i']} WHERE state IN ({FINAL})"
+                f" ORDER BY completed_ns DESC LIMIT {int(self.max_instances)})"
+            )
+        if not conditions:
+            return 0
+        where = f"state IN ({FINAL}) AND (" + " OR ".join(conditions) + ")"
+        return self._delete_instances(where, tuple(args))
+
+    def _delete_instances(self, where: str, args: tuple) -> int:
+        """Delete the instances matching `where`, with their states and logs."""
+        t = self._t
+        gone = [r[0] for r in self._query(f"DELETE FROM {t['i']} WHERE {where} RETURNING uuid",
+                                          args)]  # fmt: skip
+        for i in range(0, len(gone), 500):
+            chunk = gone[i : i + 500]
+            marks = self._marks(len(chunk))
+            self._execute(f"DELETE FROM {t['s']} WHERE uuid IN ({marks})", tuple(chunk))
+            self._execute(f"DELETE FROM {t['l']} WHERE uuid IN ({marks})", tuple(chunk))
+        return len(gone)
+
     # -- reads -------------------------------------------------------------------------
-    @staticmethod
-    def _instance(row: tuple) -> InstanceRecord:
-        uuid, kind, state, prio, attempts, c, s, p, d = row
-        return InstanceRecord(uuid, kind, State(state), prio, attempts, c, s, p, d)
+    def _instance(self, row: tuple) -> InstanceRecord | None:
+        uuid, kind, state, prio, attempts, c, s, p, d, result, error, note = row
+        try:
+            err = None if error is None else orjson.loads(error)
+            return InstanceRecord(uuid, kind, State(state), prio, attempts, c, s, p, d,
+                                  None if result is None else bytes(result), err, note,
+                                  self.codec)  # fmt: skip
+        except (ValueError, orjson.JSONDecodeError) as e:
+            log.warning("jobengine: skipping instance %s in %s: bad record (%s)", uuid,
+                        self._t["i"], e)  # fmt: skip
+            return None
 
     def get_instance(self, uuid: str) -> InstanceRecord | None:
         rows = self._query(
@@ -129,15 +284,14 @@ class SQLStore(Store):
         sql += f" ORDER BY {self._order}"
         if query.limit is not None:
             sql += f" LIMIT {int(query.limit)}"
-        return [self._instance(r) for r in self._query(sql, tuple(args))]
+        return [i for r in self._query(sql, tuple(args)) if (i := self._instance(r)) is not None]
 
     def lookup_history(self, uuid: str) -> list[StateRecord]:
         rows = self._query(
-            f"SELECT uuid, kind, state, time_ns, attempt, worker, run, cause FROM {self._t['s']}"
-            f" WHERE uuid = {self._ph} ORDER BY id",
+            f"SELECT kind, records FROM {self._t['s']} WHERE uuid = {self._ph} ORDER BY id",
             (uuid,),
         )
-        return [StateRecord(u, k, State(s), t, a, w, r, c) for u, k, s, t, a, w, r, c in rows]
+        return expand_history(uuid, rows, self._t["s"])
 
     def lookup_logs(self, uuid: str) -> list[LogRecord]:
         rows = self._query(
@@ -239,7 +393,37 @@ class SQLStore(Store):
         return self._execute(sql, tuple(args))
 
     def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
-        return self._delete(self._t["s"], before_ns, after_ns)
+        t, ph = self._t, self._ph
+        where, args = [], []
+        if after_ns is not None:
+            where.append(f"last_ns >= {ph}")
+            args.append(after_ns)
+        if before_ns is not None:
+            where.append(f"first_ns < {ph}")
+            args.append(before_ns)
+        sql = f"SELECT id, records FROM {t['s']}" + (
+            " WHERE " + " AND ".join(where) if where else ""
+        )
+        n = 0
+        for row_id, records in self._query(sql, tuple(args)):
+            recs = orjson.loads(records)
+            keep = [r for r in recs if not _in_window(r[1], before_ns, after_ns)]
+            n += len(recs) - len(keep)
+            if not keep:
+                self._execute(f"DELETE FROM {t['s']} WHERE id = {ph}", (row_id,))
+            elif len(keep) < len(recs):
+                self._execute(
+                    f"UPDATE {t['s']} SET records = {ph}, first_ns = {ph}, last_ns = {ph} "
+                    f"WHERE id = {ph}",
+                    (orjson.dumps(keep).decode(), keep[0][1], keep[-1][1], row_id),
+                )
+        # finished instances left with no history go too
+        self._delete_instances(
+            f"state IN ({FINAL}) AND NOT EXISTS (SELECT 1 FROM {t['s']} s WHERE s.uuid = "
+            f"{t['i']}.uuid)",
+            (),
+        )
+        return n
 
     def clear_logs(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
         return self._delete(self._t["l"], before_ns, after_ns)
