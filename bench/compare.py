@@ -292,10 +292,67 @@ def load_rows(quick: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def store_rows(quick: bool) -> list[Row]:
+    """End-to-end no-op jobs/s on 2 workers through each durable store, against the
+    memory store, interleaved round by round (issue 12: at least 0.5x, goal 0.8x)."""
+    import os
+    import tempfile
+
+    from jobengine import Manager, open_store
+
+    n = 5_000 if quick else 20_000
+    rounds = 3 if quick else 5
+    urls = {
+        "memory store": "memory://",
+        "SQLite store": "sqlite:///" + os.path.join(tempfile.mkdtemp(), "bench.db"),
+        "Redis store": os.environ.get("JOBENGINE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "PostgreSQL store": os.environ.get(
+            "JOBENGINE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    }
+    managers, skipped = {}, []
+    for name, url in urls.items():
+        try:
+            store = open_store(url, namespace=f"bench_{os.getpid()}")
+        except Exception as e:  # a server that is not running here
+            skipped.append((name, str(e).splitlines()[0]))
+            continue
+        store.clear()
+        m = Manager(2, store=store).start()
+        while len([w for w in m.workers if w.pid]) < 2:
+            time.sleep(0.005)
+        ew.jobengine_submit_noop(m, 1_000)  # warm: executor shipped, writer started
+        managers[name] = m
+    times: dict[str, list[float]] = {name: [] for name in managers}
+    try:
+        for r in range(rounds):
+            order = list(managers) if r % 2 == 0 else list(reversed(managers))
+            for name in order:
+                times[name].append(ew.jobengine_submit_noop(managers[name], n))
+    finally:
+        for m in managers.values():
+            m.stop()
+            m.store.clear()
+    base = statistics.median(times["memory store"])
+    rate = lambda sec: f"{n / sec / 1e3:,.1f} k jobs/s"  # noqa: E731
+    rows = []
+    for name in managers:
+        if name == "memory store":
+            continue
+        t = statistics.median(times[name])
+        rows.append(Row(f"no-op jobs end to end, 2 workers, {name}", "memory store", rate(base),
+                        rate(t), base / t, ">= 0.5x (goal 0.8x)", base / t >= 0.5))  # fmt: skip
+    for name, why in skipped:
+        rows.append(Row(f"no-op jobs end to end, 2 workers, {name}", "memory store", "-",
+                        f"not measured: {why}", None, ">= 0.5x", None))  # fmt: skip
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[bool], list[Row]]]] = [
     ("compiled core (DESIGN.md §4 row 1)", core_rows),
     ("engine (DESIGN.md §4 rows 2-5)", engine_rows),
     ("load (issue 4)", load_rows),
+    ("stores (issue 12)", store_rows),
 ]
 
 
@@ -307,7 +364,7 @@ def render(rows: list[Row], markdown: bool) -> str:
             r.peer,
             r.peer_figure,
             r.ours,
-            f"{r.ratio:.1f}x" if r.ratio else "-",
+            (f"{r.ratio:.2f}x" if r.ratio < 1 else f"{r.ratio:.1f}x") if r.ratio else "-",
             r.goal,
             r.verdict(),
         ]
@@ -328,11 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    ap.add_argument("--only", choices=["core", "engine", "load"], help="measure one section")
+    ap.add_argument(
+        "--only", choices=["core", "engine", "load", "stores"], help="measure one section"
+    )
     args = ap.parse_args(argv)
     rows: list[Row] = []
     for title, section in SECTIONS:
-        prefix = {"core": "compiled", "engine": "engine", "load": "load"}
+        prefix = {"core": "compiled", "engine": "engine", "load": "load", "stores": "stores"}
         if args.only and not title.startswith(prefix[args.only]):
             continue
         print(f"measuring {title} ...", file=sys.stderr, flush=True)

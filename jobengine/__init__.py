@@ -54,6 +54,7 @@ from .errors import (  # noqa: E402
 from .instance import Instance  # noqa: E402
 from .job import Job  # noqa: E402
 from .manager import Manager  # noqa: E402
+from .payloads import PayloadError  # noqa: E402
 from .pool.pool import WorkerEvent, WorkerInfo  # noqa: E402
 from .pool.worker import WorkerInstance  # noqa: E402
 from .query import Query  # noqa: E402
@@ -109,6 +110,7 @@ __all__ = [
     "ManagerStateError",
     "MemoryLimitExceeded",
     "MemoryStore",
+    "PayloadError",
     "PostgresStore",
     "Query",
     "RecurrenceRecord",
