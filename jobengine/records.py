@@ -420,3 +420,87 @@ class RecurrenceRecord:
             f"RecurrenceRecord({self.uuid}, {self.kind!r}, run {self.run} at "
             f"{self.fire_at.isoformat()}, owner {self.owner!r})"
         )
+
+
+class QueueEntry:
+    """A one-off instance waiting in (or claimed from) a store's shared queue.
+
+    uuid, kind, priority, due_ns (Unix ns) and seq (the store's enqueue order) place it:
+    claims take the highest priority first, then the earliest due, then the first
+    enqueued.  payload holds its [args, kwargs] under the store's payload policy;
+    target ("module:qualname") or executor (a payload: the callable, with a callable
+    backoff) tell a manager without a job of this kind how to run it; options are the
+    job's (max_retries, timeout and backoff in seconds; "fn" for a callable backoff);
+    attempts counts attempts started before it was enqueued (0).  origin is the
+    manager that enqueued it (told when it finishes); owner and lease_until_ns say
+    which manager has claimed it, until when; reaped says a claim once took it from a
+    manager whose lease had lapsed (that one may have started it); canceled says a
+    cancel was asked while it was claimed."""
+
+    __slots__ = (
+        "attempts",
+        "canceled",
+        "created_ns",
+        "due_ns",
+        "executor",
+        "kind",
+        "lease_until_ns",
+        "options",
+        "origin",
+        "owner",
+        "payload",
+        "priority",
+        "reaped",
+        "seq",
+        "target",
+        "uuid",
+    )
+
+    FIELDS = ("uuid", "kind", "priority", "due_ns", "seq", "payload", "target", "executor",
+              "options", "attempts", "created_ns", "origin", "owner", "lease_until_ns",
+              "reaped", "canceled")  # fmt: skip
+
+    def __init__(
+        self,
+        uuid: str,
+        kind: str,
+        priority: int,
+        due_ns: int,
+        seq: int = 0,
+        payload: bytes = b"",
+        target: str | None = None,
+        executor: bytes | None = None,
+        options: dict[str, Any] | None = None,
+        attempts: int = 0,
+        created_ns: int = 0,
+        origin: str | None = None,
+        owner: str | None = None,
+        lease_until_ns: int = 0,
+        reaped: bool = False,
+        canceled: bool = False,
+    ):
+        self.uuid = uuid
+        self.kind = kind
+        self.priority = int(priority)
+        self.due_ns = int(due_ns)
+        self.seq = int(seq or 0)
+        self.payload = bytes(payload or b"")
+        self.target = target or None
+        self.executor = bytes(executor) if executor else None
+        self.options = options or {}
+        self.attempts = int(attempts or 0)
+        self.created_ns = int(created_ns or 0)
+        self.origin = origin or None
+        self.owner = owner or None
+        self.lease_until_ns = int(lease_until_ns or 0)
+        self.reaped = bool(int(reaped or 0))
+        self.canceled = bool(int(canceled or 0))
+
+    def as_tuple(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.FIELDS)
+
+    def __repr__(self) -> str:
+        return (
+            f"QueueEntry({self.uuid}, {self.kind!r}, priority {self.priority}, "
+            f"owner {self.owner!r})"
+        )

@@ -32,6 +32,7 @@ from ..query import Query
 from ..records import (
     InstanceRecord,
     LogRecord,
+    QueueEntry,
     RecurrenceRecord,
     StateRecord,
     log_record,
@@ -208,6 +209,78 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def lookup_recurrences(self, kind: str | None = None) -> list[RecurrenceRecord]:
         """Every recurrence (of `kind`, if given), oldest first."""
+
+    # -- the shared queue of one-off instances (atomic) ----------------------------------
+    # A durable store is also a queue shared by every manager on it: producers enqueue,
+    # managers with workers claim what is due in priority order under a lease for
+    # their node, renew it while they run, and finish.  A lapsed lease (its manager
+    # died) makes its entries claimable again (reaped).  Every verb is atomic (one
+    # transaction or one script), so two managers never both claim one entry.
+    # MemoryStore keeps these verbs for the contract; a manager on it queues in its
+    # own memory.
+    supports_queue = False
+
+    def enqueue(
+        self,
+        entries: Sequence[QueueEntry],
+        instances: Sequence[tuple] = (),
+        states: Sequence[tuple] = (),
+    ) -> int:
+        """Add entries, with their instances' first records (INSTANCE_ROW, STATE_ROW
+        tuples, as write_batch takes), in one atomic step and one round trip; each
+        entry gets the store's next seq.  An entry whose uuid the store knows already
+        (a retried call whose first try went through) is skipped with its records.
+        Returns how many were added."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def claim(self, owner: str, limit: int, now_ns: int, lease_until_ns: int) -> list[QueueEntry]:
+        """Take up to `limit` entries that are due (due_ns <= now_ns) and unclaimed, or
+        whose owner's lease ended before now_ns (reaped), best first: highest priority,
+        then earliest due, then first enqueued.  They are `owner`'s until
+        lease_until_ns, and so is everything else `owner` holds."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def renew_claims(self, owner: str, lease_until_ns: int) -> int:
+        """Extend the lease on everything `owner` holds; return how many entries."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def reap(self, now_ns: int) -> list[str]:
+        """Entries whose owner's lease ended before now_ns become unclaimed (marked
+        reaped); return their uuids.  (claim() reaps as it goes; this is for tools.)"""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def finish(self, uuids: Sequence[str]) -> None:
+        """Remove these entries (their instances reached a final state) and tell each
+        origin other than its owner (take_finished).  write_batch does the same, in
+        its own transaction, for every instance row it writes in a final state."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def release(self, owner: str, uuids: Sequence[str] | None = None) -> int:
+        """Give back `owner`'s claims on these entries (all of them if None): they are
+        claimable at once by anyone.  Returns how many."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def cancel_queued(
+        self, query: Query, owner: str, lease_until_ns: int
+    ) -> tuple[list[QueueEntry], list[str]]:
+        """Cancel across managers: the unclaimed entries matching `query` (uuid, kind,
+        created after/before) are claimed by `owner`, who records them CANCELED (which
+        finishes them); those claimed by others are flagged for their owners
+        (cancel_requests).  Returns (the entries taken, the uuids flagged)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        """The uuids flagged for cancel among `owner`'s claims, each returned once."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def take_finished(self, origin: str, limit: int = 1000) -> list[InstanceRecord]:
+        """The records of up to `limit` instances `origin` enqueued that finished on
+        another manager since the last call (each returned once)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
+
+    def queue_length(self) -> int:
+        """Entries in the queue, claimed or not."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared queue")
 
     # -- deletes -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,6 +24,7 @@ from ..records import (
     InstanceRecord,
     LogLevel,
     LogRecord,
+    QueueEntry,
     RecurrenceRecord,
     StateRecord,
 )
@@ -62,7 +63,7 @@ class MemoryStore(Store):
     ):
         self.namespace = namespace
         self.set_retention(max_instances, max_age)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (enqueue writes its records under it)
         self._rows: dict[str, list] = {}  # uuid -> header + flattened history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
@@ -70,6 +71,10 @@ class MemoryStore(Store):
         self._finished: dict[str, int] = {}  # uuid -> completed_ns, oldest finished first
         self._recurrences: dict[str, tuple] = {}  # uuid -> RecurrenceRecord fields
         self._ticks: dict[str, int] = {}  # schedule key -> its latest claimed tick
+        self._queue: dict[str, list] = {}  # uuid -> QueueEntry fields (a list)
+        self._queue_seq = 0
+        self._cancels: dict[str, list[str]] = {}  # owner -> uuids flagged for cancel
+        self._done: dict[str, list[str]] = {}  # origin -> uuids finished elsewhere
 
     def _row(self, uuid: str, kind: str) -> list:
         row = self._rows.get(uuid)
@@ -97,6 +102,8 @@ class MemoryStore(Store):
                     row = rows[uuid] = [r[1], None, 0, 0, 0, None, None, None]
                 row[0:8] = r[1:9]
                 if r[2] in FINAL_STATES:
+                    if self._queue:
+                        self._finish_locked(uuid)
                     finished.pop(uuid, None)  # (again, for a recurrence: now the newest)
                     finished[uuid] = r[8] or 0
                     if r[9] is not None:
@@ -285,6 +292,116 @@ class MemoryStore(Store):
         rows.sort(key=lambda f: f[7])
         return [RecurrenceRecord(*f) for f in rows if kind is None or f[1] == kind]
 
+    # -- the shared queue (for the contract: one process has nobody to share it with) ---
+    supports_queue = True
+    # entry fields (QueueEntry.FIELDS order) in a list; these indexes change
+    _OWNER, _LEASE, _REAPED, _CANCELED = 12, 13, 14, 15
+
+    def enqueue(
+        self,
+        entries: Sequence[QueueEntry],
+        instances: Sequence[tuple] = (),
+        states: Sequence[tuple] = (),
+    ) -> int:
+        with self._lock:
+            new = {
+                e.uuid for e in entries if e.uuid not in self._queue and e.uuid not in self._rows
+            }
+            for e in entries:
+                if e.uuid in new:
+                    self._queue_seq += 1
+                    f = self._queue[e.uuid] = list(e.as_tuple())
+                    f[4] = self._queue_seq
+            self.write_batch([r for r in instances if r[0] in new],
+                             [r for r in states if r[0] in new], ())  # fmt: skip
+        return len(new)
+
+    def _reap_locked(self, now_ns: int) -> list[str]:
+        out = []
+        for u, f in self._queue.items():
+            if f[self._OWNER] is not None and f[self._LEASE] < now_ns:
+                f[self._OWNER], f[self._LEASE], f[self._REAPED] = None, 0, True
+                out.append(u)
+        return out
+
+    def claim(self, owner: str, limit: int, now_ns: int, lease_until_ns: int) -> list[QueueEntry]:
+        with self._lock:
+            self._reap_locked(now_ns)
+            for f in self._queue.values():
+                if f[self._OWNER] == owner:
+                    f[self._LEASE] = lease_until_ns
+            free = [f for f in self._queue.values() if f[3] <= now_ns and f[self._OWNER] is None]
+            free.sort(key=lambda f: (-f[2], f[3], f[4]))
+            out = []
+            for f in free[: max(0, limit)]:
+                f[self._OWNER], f[self._LEASE] = owner, lease_until_ns
+                out.append(QueueEntry(*f))
+            return out
+
+    def renew_claims(self, owner: str, lease_until_ns: int) -> int:
+        with self._lock:
+            mine = [f for f in self._queue.values() if f[self._OWNER] == owner]
+            for f in mine:
+                f[self._LEASE] = lease_until_ns
+            return len(mine)
+
+    def reap(self, now_ns: int) -> list[str]:
+        with self._lock:
+            return self._reap_locked(now_ns)
+
+    def _finish_locked(self, uuid: str) -> None:
+        f = self._queue.pop(uuid, None)
+        if f is not None and f[11] is not None and f[11] != f[self._OWNER]:
+            self._done.setdefault(f[11], []).append(uuid)
+
+    def finish(self, uuids: Sequence[str]) -> None:
+        with self._lock:
+            for u in uuids:
+                self._finish_locked(u)
+
+    def release(self, owner: str, uuids: Sequence[str] | None = None) -> int:
+        with self._lock:
+            n = 0
+            for u, f in self._queue.items():
+                if f[self._OWNER] == owner and (uuids is None or u in uuids):
+                    f[self._OWNER], f[self._LEASE] = None, 0
+                    n += 1
+            return n
+
+    def cancel_queued(
+        self, query: Query, owner: str, lease_until_ns: int
+    ) -> tuple[list[QueueEntry], list[str]]:
+        taken, flagged = [], []
+        with self._lock:
+            for u, f in self._queue.items():
+                if not query.matches(u, f[1], State.SCHEDULED, f[10]):
+                    continue
+                if f[self._OWNER] is None:
+                    f[self._OWNER], f[self._LEASE] = owner, lease_until_ns
+                    f[self._CANCELED] = True
+                    taken.append(QueueEntry(*f))
+                elif not f[self._CANCELED]:
+                    f[self._CANCELED] = True
+                    self._cancels.setdefault(f[self._OWNER], []).append(u)
+                    flagged.append(u)
+        return taken, flagged
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        with self._lock:
+            asked = self._cancels.pop(owner, [])
+            return [u for u in asked if u in self._queue and self._queue[u][self._OWNER] == owner]
+
+    def take_finished(self, origin: str, limit: int = 1000) -> list[InstanceRecord]:
+        with self._lock:
+            done = self._done.get(origin, [])
+            uuids, self._done[origin] = done[:limit], done[limit:]
+            rows = [(u, self._rows.get(u)) for u in uuids]
+            return [self._instance(u, row) for u, row in rows if row is not None and row[1]]
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
     # -- deletes -----------------------------------------------------------------------
     def clear_history(self, before_ns: int | None = None, after_ns: int | None = None) -> int:
         n = 0
@@ -325,3 +442,6 @@ class MemoryStore(Store):
             self._finished.clear()
             self._recurrences.clear()
             self._ticks.clear()
+            self._queue.clear()
+            self._cancels.clear()
+            self._done.clear()

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StoreError
+from ..records import FINAL_STATES, QueueEntry
 from .sql import ADDED_INSTANCE_COLUMNS, SQLStore
 
 try:
@@ -39,6 +41,7 @@ class PostgresStore(SQLStore):
     _driver_error = psycopg.Error if psycopg is not None else Exception
     _lost_connection = (psycopg.OperationalError,) if psycopg is not None else ()
     requires_signed_pickles = True
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(
         self,
@@ -103,6 +106,26 @@ class PostgresStore(SQLStore):
                 self._db.execute(
                     f"CREATE TABLE IF NOT EXISTS {ns}_writers (node TEXT PRIMARY KEY, seq BIGINT)"
                 )
+                self._db.execute(f"""
+                    CREATE TABLE IF NOT EXISTS {ns}_queue (
+                        seq BIGSERIAL, uuid TEXT PRIMARY KEY, kind TEXT, priority INTEGER,
+                        due_ns BIGINT, payload BYTEA, target TEXT, executor BYTEA,
+                        options TEXT, attempts INTEGER, created_ns BIGINT, origin TEXT,
+                        owner TEXT, lease_until_ns BIGINT DEFAULT 0, reaped INTEGER DEFAULT 0,
+                        canceled INTEGER DEFAULT 0)""")
+                self._db.execute(
+                    f"CREATE INDEX IF NOT EXISTS {ns}_queue_order"
+                    f" ON {ns}_queue(priority DESC, due_ns, seq)"
+                )
+                self._db.execute(
+                    f"CREATE INDEX IF NOT EXISTS {ns}_queue_owner ON {ns}_queue(owner)"
+                )
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {ns}_done (origin TEXT, uuid TEXT, t BIGINT)"
+                )
+                self._db.execute(
+                    f"CREATE INDEX IF NOT EXISTS {ns}_done_origin ON {ns}_done(origin)"
+                )
         except psycopg.Error as e:
             raise StoreError(f"cannot open PostgreSQL store {dsn!r}: {e}") from e
 
@@ -128,6 +151,13 @@ class PostgresStore(SQLStore):
 
     def _fail(self, e: Exception) -> StoreError:
         return StoreError(f"PostgreSQL store {self.dsn!r}: {e}")
+
+    def _tx(self, fn):
+        def go():
+            with self._db.transaction(), self._db.cursor() as cur:
+                return fn(cur)
+
+        return self._call(go)
 
     def _scratch(self) -> str:
         """A temporary table shaped as the instances' columns, emptied at every commit
@@ -162,10 +192,12 @@ class PostgresStore(SQLStore):
         states: Sequence[tuple],
         logs: Sequence[tuple],
         token: tuple[str, int] | None = None,
-    ) -> None:
-        if not (instances or states or logs):
-            return
+        entries: Sequence[QueueEntry] = (),
+    ) -> int:
+        if not (instances or states or logs or entries):
+            return 0
         t = self._t
+        added = 0
         with self._lock:
             try:
                 with self._db.transaction(), self._db.cursor() as cur:
@@ -173,8 +205,14 @@ class PostgresStore(SQLStore):
                         read, record = self._token_sql()
                         last = cur.execute(read + " FOR UPDATE", (token[0],)).fetchone()
                         if last is not None and last[0] >= token[1]:
-                            return  # applied already: at most once
+                            return 0  # applied already: at most once
                         cur.execute(record, token)
+                    if entries:
+                        rows, instances, states = self._new_entries(cur, entries, instances, states)
+                        added = len(rows)
+                    final = [r[0] for r in instances if r[2] in FINAL_STATES]
+                    if final:
+                        self._finish_in(cur, final, time.time_ns())
                     if instances:  # COPY into a scratch table, then one upsert from it
                         with cur.copy(f"COPY {self._scratch()} FROM STDIN") as copy:
                             for row in instances:
@@ -190,3 +228,4 @@ class PostgresStore(SQLStore):
                                     copy.write_row(row)
             except psycopg.Error as e:
                 raise self._fail(e) from e
+        return added

@@ -12,6 +12,17 @@ Keys, all under the namespace prefix `<ns>:` (clear() deletes only those):
   <ns>:r:<uuid>         hash: a RecurrenceRecord (one field per attribute)
   <ns>:rk               hash: schedule key -> uuid;  <ns>:rs  set of recurrence uuids
   <ns>:tick             hash: schedule key -> its latest claimed tick (ns)
+The shared queue of one-off instances:
+  <ns>:q:e:<uuid>       hash: a QueueEntry (k kind, p priority, d due, s seq, y payload,
+                        t target, x executor, o options, a attempts, c created, g origin,
+                        w owner, l lease, r reaped, z canceled, m its ready member)
+  <ns>:qa               set: every queued uuid;   <ns>:qseq  the enqueue counter
+  <ns>:qt               sorted set: unclaimed entries not yet due, scored by due time
+  <ns>:qr               sorted set: unclaimed due entries, scored by -priority, member
+                        "<due:20><seq:12>:<uuid>" (so equal scores sort by due, then seq)
+  <ns>:ql               sorted set: owner -> its lease end (one lease per manager)
+  <ns>:qo:<owner>       set: the uuids it holds;  <ns>:qx:<owner>  those asked to cancel
+  <ns>:qd:<origin>      list: uuids it enqueued that finished elsewhere (kept a day)
 A batch of records is one Lua script call (one round trip; Redis runs it atomically);
 each recurrence verb is one Lua script too, so two managers claiming at once never both
 win.  Shared over the network: it keeps a pickle only if it is signed (payloads.py).  A
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +51,7 @@ from ..records import (
     InstanceRecord,
     LogLevel,
     LogRecord,
+    QueueEntry,
     RecurrenceRecord,
     StateRecord,
 )
@@ -58,10 +71,51 @@ log = logging.getLogger("jobengine")
 # token: at most once per node otherwise), each entry [uuid, its JSON or "", its result
 # payload or "", its completion time if finished and a retention bound is set, else "",
 # "1" if this batch holds its CREATED record (its first) else "", [state records],
-# [log records]], the records themselves JSON text.  One argument for the whole batch:
+# [log records], "1" if its state is final (its queue entry is finished) else ""], the
+# records themselves JSON text.  One argument for the whole batch:
 # redis-py packs each argument in Python, cjson unpacks this one in C.  Lua builds
 # the key names itself: fine on one server (not Redis Cluster).
-_WRITE = """
+_FINISH_FN = """
+local function finish(p, u)
+  local key = p .. 'q:e:' .. u
+  local f = redis.call('HMGET', key, 'g', 'w', 'm')
+  if not f[3] then return end
+  redis.call('DEL', key)
+  redis.call('SREM', p .. 'qa', u)
+  redis.call('ZREM', p .. 'qr', f[3])
+  redis.call('ZREM', p .. 'qt', u)
+  if f[2] and f[2] ~= '' then
+    redis.call('SREM', p .. 'qo:' .. f[2], u)
+    redis.call('SREM', p .. 'qx:' .. f[2], u)
+  end
+  if f[1] and f[1] ~= '' and f[1] ~= f[2] then
+    redis.call('RPUSH', p .. 'qd:' .. f[1], u)
+    redis.call('EXPIRE', p .. 'qd:' .. f[1], 86400)
+  end
+end
+local function write_entries(p, entries, skip)
+  for _, e in ipairs(entries) do
+    local u, j, r, done, first, ss, ls, final = e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8]
+    if not skip[u] then
+      if j ~= '' then
+        if r ~= '' then
+          redis.call('HSET', p .. 'i:' .. u, 'j', j, 'r', r)
+        else
+          redis.call('HSET', p .. 'i:' .. u, 'j', j)
+        end
+        if first ~= '' then redis.call('RPUSH', p .. 'order', u) end
+        if done ~= '' then redis.call('ZADD', p .. 'done', done, u) end
+        if final ~= '' then finish(p, u) end
+      end
+      if #ss > 0 then redis.call('RPUSH', p .. 's:' .. u, unpack(ss)) end
+      if #ls > 0 then redis.call('RPUSH', p .. 'l:' .. u, unpack(ls)) end
+    end
+  end
+end
+"""
+_WRITE = (
+    _FINISH_FN
+    + """
 local p = ARGV[1]
 local doc = cjson.decode(ARGV[2])
 local node, seq = doc[1], doc[2]
@@ -70,22 +124,10 @@ if seq ~= '' then
   if last and tonumber(last) >= tonumber(seq) then return 0 end
   redis.call('HSET', p .. 'w', node, seq)
 end
-for _, e in ipairs(doc[3]) do
-  local u, j, r, done, first, ss, ls = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
-  if j ~= '' then
-    if r ~= '' then
-      redis.call('HSET', p .. 'i:' .. u, 'j', j, 'r', r)
-    else
-      redis.call('HSET', p .. 'i:' .. u, 'j', j)
-    end
-    if first ~= '' then redis.call('RPUSH', p .. 'order', u) end
-    if done ~= '' then redis.call('ZADD', p .. 'done', done, u) end
-  end
-  if #ss > 0 then redis.call('RPUSH', p .. 's:' .. u, unpack(ss)) end
-  if #ls > 0 then redis.call('RPUSH', p .. 'l:' .. u, unpack(ls)) end
-end
+write_entries(p, doc[3], {})
 return 1
 """
+)
 MAX_ENTRY_RECORDS = 4000  # Lua's stack takes ~8000 values per unpack
 B64 = b"B"  # a result payload that is not text travels (and is kept) base64-encoded
 
@@ -131,6 +173,207 @@ for _, u in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     redis.call('HSET', ARGV[1] .. u, 'owner', ARGV[3], 'lease_until_ns', ARGV[4])
     table.insert(out, u)
   end
+end
+return out
+"""
+
+# -- the shared queue: one script per verb ----------------------------------------------
+# Lua numbers are doubles: times travel as strings and are compared as numbers only
+# against each other (a rounding of ~256 ns is harmless there); seq fits exactly.
+_QUEUE_FNS = (
+    _FINISH_FN
+    + """
+local function unclaim(p, u, now)
+  local key = p .. 'q:e:' .. u
+  local f = redis.call('HMGET', key, 'p', 'm', 'd')
+  if not f[2] then return false end
+  if tonumber(f[3]) <= tonumber(now) then
+    redis.call('ZADD', p .. 'qr', -tonumber(f[1]), f[2])
+  else
+    redis.call('ZADD', p .. 'qt', f[3], u)
+  end
+  return true
+end
+local function reap(p, now, except)
+  local out = {}
+  for _, o in ipairs(redis.call('ZRANGEBYSCORE', p .. 'ql', '-inf', '(' .. now)) do
+    if o ~= except then
+      for _, u in ipairs(redis.call('SMEMBERS', p .. 'qo:' .. o)) do
+        if unclaim(p, u, now) then
+          redis.call('HSET', p .. 'q:e:' .. u, 'w', '', 'l', '0', 'r', '1')
+          out[#out + 1] = u
+        end
+      end
+      redis.call('DEL', p .. 'qo:' .. o, p .. 'qx:' .. o)
+      redis.call('ZREM', p .. 'ql', o)
+    end
+  end
+  return out
+end
+local function take(p, u, m, owner, lease)
+  local key = p .. 'q:e:' .. u
+  redis.call('ZREM', p .. 'qr', m)
+  redis.call('HSET', key, 'w', owner, 'l', lease)
+  redis.call('SADD', p .. 'qo:' .. owner, u)
+  return redis.call('HGETALL', key)
+end
+"""
+)
+# ARGV: prefix, now, JSON [[uuid, kind, priority, due (20 digits), payload, target,
+# executor, options, attempts, created, origin], ...], JSON _WRITE entries
+_ENQUEUE = (
+    _QUEUE_FNS
+    + """
+local p, now = ARGV[1], ARGV[2]
+local skip, n = {}, 0
+for _, e in ipairs(cjson.decode(ARGV[3])) do
+  local u = e[1]
+  local key = p .. 'q:e:' .. u
+  if skip[u] or redis.call('EXISTS', key, p .. 'i:' .. u) > 0 then
+    skip[u] = true
+  else
+    local seq = redis.call('INCR', p .. 'qseq')
+    local m = e[4] .. string.format('%012d', seq) .. ':' .. u
+    redis.call('HSET', key, 'k', e[2], 'p', e[3], 'd', e[4], 's', seq, 'y', e[5], 't', e[6],
+      'x', e[7], 'o', e[8], 'a', e[9], 'c', e[10], 'g', e[11], 'w', '', 'l', '0', 'r', '0',
+      'z', '0', 'm', m)
+    redis.call('SADD', p .. 'qa', u)
+    if tonumber(e[4]) <= tonumber(now) then
+      redis.call('ZADD', p .. 'qr', -tonumber(e[3]), m)
+    else
+      redis.call('ZADD', p .. 'qt', e[4], u)
+    end
+    n = n + 1
+  end
+end
+write_entries(p, cjson.decode(ARGV[4]), skip)
+return n
+"""
+)
+# ARGV: prefix, owner, limit, now, lease end, now as 20 digits.  An entry lands in the
+# ready set when it is due by the producer's clock; one not due yet by the claimer's
+# goes back to the timed set.
+_QCLAIM = (
+    _QUEUE_FNS
+    + """
+local p, owner, limit, now, lease = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local nowpad = ARGV[6]
+reap(p, now, owner)
+redis.call('ZADD', p .. 'ql', lease, owner)
+local out = {}
+if limit <= 0 then return out end
+for _, u in ipairs(redis.call('ZRANGEBYSCORE', p .. 'qt', '-inf', now, 'LIMIT', 0, 10000)) do
+  unclaim(p, u, now)
+  redis.call('ZREM', p .. 'qt', u)
+end
+while #out < limit do
+  local ms = redis.call('ZRANGE', p .. 'qr', 0, limit - #out - 1)
+  if #ms == 0 then break end
+  for _, m in ipairs(ms) do
+    local u = string.sub(m, 34)
+    if string.sub(m, 1, 20) > nowpad then
+      redis.call('ZREM', p .. 'qr', m)
+      redis.call('ZADD', p .. 'qt', string.sub(m, 1, 20), u)
+    else
+      out[#out + 1] = take(p, u, m, owner, lease)
+    end
+  end
+end
+return out
+"""
+)
+_QRENEW = """
+redis.call('ZADD', ARGV[1] .. 'ql', ARGV[3], ARGV[2])
+return redis.call('SCARD', ARGV[1] .. 'qo:' .. ARGV[2])
+"""
+_QREAP = (
+    _QUEUE_FNS
+    + """
+return reap(ARGV[1], ARGV[2], '')
+"""
+)
+_QFINISH = (
+    _QUEUE_FNS
+    + """
+for i = 2, #ARGV do finish(ARGV[1], ARGV[i]) end
+return 1
+"""
+)
+# ARGV: prefix, owner, uuids... (none: all of them)
+_QRELEASE = (
+    _QUEUE_FNS
+    + """
+local p, owner = ARGV[1], ARGV[2]
+local uuids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do uuids[#uuids + 1] = ARGV[i] end
+else
+  uuids = redis.call('SMEMBERS', p .. 'qo:' .. owner)
+end
+local n = 0
+for _, u in ipairs(uuids) do
+  if redis.call('SREM', p .. 'qo:' .. owner, u) == 1 then
+    redis.call('SREM', p .. 'qx:' .. owner, u)
+    redis.call('HSET', p .. 'q:e:' .. u, 'w', '', 'l', '0')
+    unclaim(p, u, '+inf')
+    n = n + 1
+  end
+end
+if #ARGV == 2 then
+  redis.call('DEL', p .. 'qo:' .. owner, p .. 'qx:' .. owner)
+  redis.call('ZREM', p .. 'ql', owner)
+end
+return n
+"""
+)
+# ARGV: prefix, owner, lease end, uuid or '', kind or '', created after or '', before or ''
+_QCANCEL = (
+    _QUEUE_FNS
+    + """
+local p, owner, lease = ARGV[1], ARGV[2], ARGV[3]
+local uuid, kind, after, before = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local candidates
+if uuid ~= '' then candidates = {uuid} else candidates = redis.call('SMEMBERS', p .. 'qa') end
+local taken, flagged = {}, {}
+for _, u in ipairs(candidates) do
+  local key = p .. 'q:e:' .. u
+  local f = redis.call('HMGET', key, 'k', 'c', 'w', 'z', 'm')
+  if f[5] and (kind == '' or f[1] == kind)
+      and (after == '' or tonumber(f[2]) >= tonumber(after))
+      and (before == '' or tonumber(f[2]) < tonumber(before)) then
+    if f[3] == '' then
+      redis.call('ZREM', p .. 'qt', u)
+      redis.call('HSET', key, 'z', '2')
+      taken[#taken + 1] = take(p, u, f[5], owner, lease)
+    elseif f[3] ~= owner and f[4] == '0' then
+      redis.call('HSET', key, 'z', '1')
+      redis.call('SADD', p .. 'qx:' .. f[3], u)
+      flagged[#flagged + 1] = u
+    end
+  end
+end
+if #taken > 0 then redis.call('ZADD', p .. 'ql', lease, owner) end
+return {taken, flagged}
+"""
+)
+_QREQUESTS = """
+local p, owner = ARGV[1], ARGV[2]
+local out = redis.call('SMEMBERS', p .. 'qx:' .. owner)
+for _, u in ipairs(out) do
+  local key = p .. 'q:e:' .. u
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'z', '2') end
+end
+redis.call('DEL', p .. 'qx:' .. owner)
+return out
+"""
+_QTAKEN = """
+local p, key, limit = ARGV[1], ARGV[1] .. 'qd:' .. ARGV[2], tonumber(ARGV[3])
+local uuids = redis.call('LRANGE', key, 0, limit - 1)
+redis.call('LTRIM', key, limit, -1)
+local out = {}
+for _, u in ipairs(uuids) do
+  local f = redis.call('HMGET', p .. 'i:' .. u, 'j', 'r')
+  out[#out + 1] = {u, f[1], f[2]}
 end
 return out
 """
@@ -229,22 +472,31 @@ class RedisStore(Store):
         logs: Sequence[tuple],
         token: tuple[str, int] | None = None,
     ) -> Any:
+        node = token[0] if token is not None else ""
+        seq = str(token[1]) if token is not None else ""
+        return orjson.dumps((node, seq, self._batch_entries(instances, states, logs)))
+
+    def _batch_entries(
+        self, instances: Sequence[tuple], states: Sequence[tuple], logs: Sequence[tuple]
+    ) -> list[tuple]:
+        """The rows of one batch as _WRITE's per-uuid entries."""
         codec = self.codec
         dumps = orjson.dumps
         retained = self.max_instances is not None or self.max_age is not None
-        per: dict[str, list] = {}  # uuid -> [json, result, done, first, states, logs]
+        per: dict[str, list] = {}  # uuid -> [json, result, done, first, states, logs, final]
         for r in instances:
             payload, error, note = outcome_columns(r[9], codec)
             # the instance as a JSON array: its fields in INSTANCE_FIELDS order, then its
             # error and note
             j = dumps((*r[:9], error, note) if error is not None or note is not None else r[:9])
-            done = str(r[8] or 0) if retained and r[2] in FINAL_STATES else ""
-            per[r[0]] = [j.decode(), _text(payload), done, "", None, None]
+            final = r[2] in FINAL_STATES
+            done = str(r[8] or 0) if retained and final else ""
+            per[r[0]] = [j.decode(), _text(payload), done, "", None, None, "1" if final else ""]
         for r in states:
             u = r[0]
             entry = per.get(u)
             if entry is None:
-                entry = per[u] = ["", "", "", "", None, None]
+                entry = per[u] = ["", "", "", "", None, None, ""]
             group = entry[4]
             if group is None:
                 group = entry[4] = [r[1], []]
@@ -254,26 +506,24 @@ class RedisStore(Store):
         for u, k, lv, t, m, a in logs:
             entry = per.get(u)
             if entry is None:
-                entry = per[u] = ["", "", "", "", None, None]
+                entry = per[u] = ["", "", "", "", None, None, ""]
             if entry[5] is None:
                 entry[5] = []
             entry[5].append(dumps((lv, t, m, a, k)).decode())
         entries = []
-        for u, (j, res, done, first, group, ls) in per.items():
+        for u, (j, res, done, first, group, ls, final) in per.items():
             history = [dumps(group).decode()] if group is not None else []
             if ls is None:
-                entries.append((u, j, res, done, first, history, ()))
+                entries.append((u, j, res, done, first, history, (), final))
                 continue
             # (an instance with thousands of log lines in one batch goes in slices)
             for i in range(0, len(ls), MAX_ENTRY_RECORDS):
                 part = ls[i : i + MAX_ENTRY_RECORDS]
                 if i == 0:
-                    entries.append((u, j, res, done, first, history, part))
+                    entries.append((u, j, res, done, first, history, part, final))
                 else:
-                    entries.append((u, "", "", "", "", (), part))
-        node = token[0] if token is not None else ""
-        seq = str(token[1]) if token is not None else ""
-        return dumps((node, seq, entries))
+                    entries.append((u, "", "", "", "", (), part, ""))
+        return entries
 
     def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
         if not batch:
@@ -609,6 +859,89 @@ class RedisStore(Store):
             return [r for r in recs if r is not None and (kind is None or r.kind == kind)]
 
         return sorted(self._run(go), key=lambda r: r.created_ns)
+
+    # -- the shared queue --------------------------------------------------------------
+    supports_queue = True
+
+    def _qrun(self, name: str, src: str, *args: Any) -> Any:
+        script = self._script(name, src)
+        return self._run(lambda: script(keys=[], args=[self._p, *args]))
+
+    def _entry(self, flat: Sequence[bytes]) -> QueueEntry:
+        f = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        m = f["m"].decode()
+        return QueueEntry(
+            m[33:], f["k"].decode(), int(f["p"]), int(f["d"]), int(f["s"]),
+            _payload(f["y"]) or b"", f["t"].decode() or None, _payload(f["x"]) or None,
+            orjson.loads(f["o"]) if f["o"] else {}, int(f["a"]), int(f["c"]),
+            f["g"].decode() or None, f["w"].decode() or None, int(f["l"]), f["r"] == b"1",
+            f["z"] != b"0",
+        )  # fmt: skip
+
+    def enqueue(
+        self,
+        entries: Sequence[QueueEntry],
+        instances: Sequence[tuple] = (),
+        states: Sequence[tuple] = (),
+    ) -> int:
+        if not entries:
+            return 0
+        rows = [(e.uuid, e.kind, str(e.priority), f"{e.due_ns:020d}", _text(e.payload),
+                 e.target or "", _text(e.executor), orjson.dumps(e.options).decode(),
+                 str(e.attempts), str(e.created_ns), e.origin or "")
+                for e in entries]  # fmt: skip
+        batch = self._batch_entries(instances, states, ())
+        return int(self._qrun("enqueue", _ENQUEUE, time.time_ns(), orjson.dumps(rows),
+                              orjson.dumps(batch)))  # fmt: skip
+
+    def claim(self, owner: str, limit: int, now_ns: int, lease_until_ns: int) -> list[QueueEntry]:
+        flat = self._qrun("qclaim", _QCLAIM, owner, max(0, int(limit)), now_ns, lease_until_ns,
+                          f"{now_ns:020d}")  # fmt: skip
+        return [self._entry(f) for f in flat]
+
+    def renew_claims(self, owner: str, lease_until_ns: int) -> int:
+        return int(self._qrun("qrenew", _QRENEW, owner, lease_until_ns))
+
+    def reap(self, now_ns: int) -> list[str]:
+        return [u.decode() for u in self._qrun("qreap", _QREAP, now_ns)]
+
+    def finish(self, uuids: Sequence[str]) -> None:
+        for i in range(0, len(uuids), 1000):
+            self._qrun("qfinish", _QFINISH, *uuids[i : i + 1000])
+
+    def release(self, owner: str, uuids: Sequence[str] | None = None) -> int:
+        if uuids is None:
+            return int(self._qrun("qrelease", _QRELEASE, owner))
+        return sum(int(self._qrun("qrelease", _QRELEASE, owner, *uuids[i : i + 1000]))
+                   for i in range(0, len(uuids), 1000))  # fmt: skip
+
+    def cancel_queued(
+        self, query: Query, owner: str, lease_until_ns: int
+    ) -> tuple[list[QueueEntry], list[str]]:
+        if query.state is not None and not query.state & (State.SCHEDULED | State.PROCESSING):
+            return [], []  # nothing queued is in that state
+
+        def text(v: Any) -> str:
+            return "" if v is None else str(v)
+
+        taken, flagged = self._qrun(
+            "qcancel", _QCANCEL, owner, lease_until_ns, text(query.uuid), text(query.kind),
+            text(query.after_ns), text(query.before_ns),
+        )  # fmt: skip
+        return [self._entry(f) for f in taken], [u.decode() for u in flagged]
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        return [u.decode() for u in self._qrun("qrequests", _QREQUESTS, owner)]
+
+    def take_finished(self, origin: str, limit: int = 1000) -> list[InstanceRecord]:
+        out = []
+        for u, raw, result in self._qrun("qtaken", _QTAKEN, origin, int(limit)):
+            if raw and (rec := self._instance(u.decode(), raw, result or None)) is not None:
+                out.append(rec)
+        return out
+
+    def queue_length(self) -> int:
+        return int(self._run(lambda: self._r.scard(self._k("qa"))))
 
     def clear(self) -> None:
         def go():

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from ..records import (
     InstanceRecord,
     LogLevel,
     LogRecord,
+    QueueEntry,
     RecurrenceRecord,
     StateRecord,
 )
@@ -92,7 +94,8 @@ class SQLStore(Store):
         self._lock = threading.Lock()
         self._t = {"i": f"{namespace}_instances", "s": f"{namespace}_history",
                    "l": f"{namespace}_logs", "r": f"{namespace}_recurrences",
-                   "t": f"{namespace}_ticks", "w": f"{namespace}_writers"}  # fmt: skip
+                   "t": f"{namespace}_ticks", "w": f"{namespace}_writers",
+                   "q": f"{namespace}_queue", "d": f"{namespace}_done"}  # fmt: skip
 
     # -- driver hooks, and the statements every driver runs the same way -------------
     def _fail(self, e: Exception) -> StoreError:
@@ -202,10 +205,14 @@ class SQLStore(Store):
         states: Sequence[tuple],
         logs: Sequence[tuple],
         token: tuple[str, int] | None = None,
-    ) -> None:
+        entries: Sequence[QueueEntry] = (),
+    ) -> int:
         """Upsert the instance rows (INSTANCE_COLUMNS order) and append the state and log
         rows, all in one transaction; with a token, only if its seq is newer than the
-        last one applied for its node (recorded in the same transaction)."""
+        last one applied for its node (recorded in the same transaction).  Queue
+        entries of instances written in a final state are finished (_finish_in).
+        entries: enqueue these first (_new_entries: the known ones are dropped with
+        their records); returns how many were."""
         raise NotImplementedError
 
     def _token_sql(self) -> tuple[str, str]:
@@ -379,6 +386,211 @@ class SQLStore(Store):
             args = (kind,)
         rows = self._query(sql + " ORDER BY created_ns", args)
         return [RecurrenceRecord(*r) for r in rows]
+
+    # -- the shared queue --------------------------------------------------------------
+    # One transaction per verb (_tx): SQLite takes its write lock at BEGIN IMMEDIATE, so
+    # claims queue up instead of failing half-way; PostgreSQL claims with FOR UPDATE
+    # SKIP LOCKED, so claimers never wait on each other's rows.
+    supports_queue = True
+    QUEUE_COLUMNS = ", ".join(QueueEntry.FIELDS)
+    _ENQUEUE_COLUMNS = ("uuid, kind, priority, due_ns, payload, target, executor, options, "
+                        "attempts, created_ns, origin")  # fmt: skip
+    _skip_locked = ""  # PostgreSQL: " FOR UPDATE SKIP LOCKED"
+    DONE_KEPT_NS = 86_400 * 10**9  # a notice for an origin that never reads it: kept a day
+
+    def _tx(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(cursor) in one write transaction (the driver's)."""
+        raise NotImplementedError
+
+    def _entry(self, row: Sequence[Any]) -> QueueEntry:
+        f = list(row)
+        f[8] = orjson.loads(f[8]) if f[8] else {}
+        return QueueEntry(*f)
+
+    def _chunks(self, uuids: Sequence[str], n: int = 500):
+        for i in range(0, len(uuids), n):
+            chunk = tuple(uuids[i : i + n])
+            yield chunk, self._marks(len(chunk))
+
+    def _known_uuids(self, cur: Any, uuids: Sequence[str]) -> set[str]:
+        """Of uuids, those the store has an instance row or a queue entry for."""
+        t = self._t
+        known: set[str] = set()
+        for chunk, marks in self._chunks(uuids):
+            for table in (t["i"], t["q"]):
+                rows = cur.execute(f"SELECT uuid FROM {table} WHERE uuid IN ({marks})", chunk)
+                known.update(r[0] for r in rows.fetchall())
+        return known
+
+    def _new_entries(
+        self,
+        cur: Any,
+        entries: Sequence[QueueEntry],
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+    ) -> tuple[list[tuple], list[tuple], list[tuple]]:
+        """Inside _write: (queue rows, instance rows, state rows) of the entries the
+        store does not know yet (see enqueue), the queue row inserted."""
+        known = self._known_uuids(cur, [e.uuid for e in entries])
+        rows = [(e.uuid, e.kind, e.priority, e.due_ns, e.payload, e.target, e.executor,
+                 orjson.dumps(e.options).decode(), e.attempts, e.created_ns, e.origin)
+                for e in entries if e.uuid not in known]  # fmt: skip
+        if rows:
+            cur.executemany(
+                f"INSERT INTO {self._t['q']} ({self._ENQUEUE_COLUMNS}) VALUES ({self._marks(11)})",
+                rows,
+            )
+        if known:
+            instances = [r for r in instances if r[0] not in known]
+            states = [r for r in states if r[0] not in known]
+        return rows, list(instances), list(states)
+
+    def _finish_in(self, cur: Any, uuids: Sequence[str], now_ns: int) -> None:
+        """Inside a transaction: remove these queue entries; note each for its origin
+        when another manager finished it."""
+        q, d = self._t["q"], self._t["d"]
+        notices = []
+        for chunk, marks in self._chunks(uuids):
+            rows = cur.execute(
+                f"DELETE FROM {q} WHERE uuid IN ({marks}) RETURNING uuid, origin, owner", chunk
+            ).fetchall()
+            notices += [(o, u, now_ns) for u, o, w in rows if o is not None and o != w]
+        if notices:
+            cur.executemany(f"INSERT INTO {d} (origin, uuid, t) VALUES ({self._marks(3)})",
+                            notices)  # fmt: skip
+
+    def enqueue(
+        self,
+        entries: Sequence[QueueEntry],
+        instances: Sequence[tuple] = (),
+        states: Sequence[tuple] = (),
+    ) -> int:
+        if not entries:
+            return 0
+        codec = self.codec
+        rows = []
+        for r in instances:
+            payload, error, note = outcome_columns(r[9], codec)
+            rows.append((*r[:9], payload, None if error is None else orjson.dumps(error).decode(),
+                         note))  # fmt: skip
+        return self._write(rows, group_history(states), (), None, entries)
+
+    def claim(self, owner: str, limit: int, now_ns: int, lease_until_ns: int) -> list[QueueEntry]:
+        q, ph = self._t["q"], self._ph
+
+        def go(cur: Any) -> list[tuple]:
+            cur.execute(f"UPDATE {q} SET lease_until_ns = {ph} WHERE owner = {ph}",
+                        (lease_until_ns, owner))  # fmt: skip
+            if limit <= 0:
+                return []
+            return cur.execute(
+                f"UPDATE {q} SET owner = {ph}, lease_until_ns = {ph},"
+                f" reaped = CASE WHEN owner IS NULL THEN reaped ELSE 1 END"
+                f" WHERE uuid IN (SELECT uuid FROM {q} WHERE due_ns <= {ph}"
+                f" AND (owner IS NULL OR lease_until_ns < {ph})"
+                f" ORDER BY priority DESC, due_ns, seq LIMIT {int(limit)}{self._skip_locked})"
+                f" RETURNING {self.QUEUE_COLUMNS}",
+                (owner, lease_until_ns, now_ns, now_ns),
+            ).fetchall()
+
+        entries = [self._entry(r) for r in self._tx(go)]
+        entries.sort(key=lambda e: (-e.priority, e.due_ns, e.seq))
+        return entries
+
+    def renew_claims(self, owner: str, lease_until_ns: int) -> int:
+        ph = self._ph
+        return self._execute(
+            f"UPDATE {self._t['q']} SET lease_until_ns = {ph} WHERE owner = {ph}",
+            (lease_until_ns, owner),
+        )
+
+    def reap(self, now_ns: int) -> list[str]:
+        q, ph = self._t["q"], self._ph
+        return [r[0] for r in self._tx(lambda cur: cur.execute(
+            f"UPDATE {q} SET owner = NULL, lease_until_ns = 0, reaped = 1"
+            f" WHERE owner IS NOT NULL AND lease_until_ns < {ph} RETURNING uuid",
+            (now_ns,)).fetchall())]  # fmt: skip
+
+    def finish(self, uuids: Sequence[str]) -> None:
+        if uuids:
+            self._tx(lambda cur: self._finish_in(cur, uuids, time.time_ns()))
+
+    def release(self, owner: str, uuids: Sequence[str] | None = None) -> int:
+        q, ph = self._t["q"], self._ph
+        sql = f"UPDATE {q} SET owner = NULL, lease_until_ns = 0 WHERE owner = {ph}"
+
+        def go(cur: Any) -> int:
+            if uuids is None:
+                return cur.execute(sql, (owner,)).rowcount
+            return sum(cur.execute(f"{sql} AND uuid IN ({marks})", (owner, *chunk)).rowcount
+                       for chunk, marks in self._chunks(uuids))  # fmt: skip
+
+        return self._tx(go)
+
+    def _queue_where(self, query: Query) -> tuple[str, tuple]:
+        where, args = [], []
+        ph = self._ph
+        for cond, value in (
+            (f"uuid = {ph}", query.uuid),
+            (f"kind = {ph}", query.kind),
+            (f"created_ns >= {ph}", query.after_ns),
+            (f"created_ns < {ph}", query.before_ns),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        if query.state is not None and not query.state & (State.SCHEDULED | State.PROCESSING):
+            where.append("1 = 0")  # nothing queued is in that state
+        return (" AND ".join(where) or "1 = 1"), tuple(args)
+
+    def cancel_queued(
+        self, query: Query, owner: str, lease_until_ns: int
+    ) -> tuple[list[QueueEntry], list[str]]:
+        q, ph = self._t["q"], self._ph
+        where, args = self._queue_where(query)
+
+        def go(cur: Any) -> tuple[list[tuple], list[tuple]]:
+            taken = cur.execute(
+                f"UPDATE {q} SET owner = {ph}, lease_until_ns = {ph}, canceled = 2"
+                f" WHERE owner IS NULL AND {where} RETURNING {self.QUEUE_COLUMNS}",
+                (owner, lease_until_ns, *args),
+            ).fetchall()
+            flagged = cur.execute(
+                f"UPDATE {q} SET canceled = 1 WHERE owner IS NOT NULL AND owner <> {ph}"
+                f" AND canceled = 0 AND {where} RETURNING uuid",
+                (owner, *args),
+            ).fetchall()
+            return taken, flagged
+
+        taken, flagged = self._tx(go)
+        return [self._entry(r) for r in taken], [r[0] for r in flagged]
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        q, ph = self._t["q"], self._ph
+        return [r[0] for r in self._tx(lambda cur: cur.execute(
+            f"UPDATE {q} SET canceled = 2 WHERE owner = {ph} AND canceled = 1 RETURNING uuid",
+            (owner,)).fetchall())]  # fmt: skip
+
+    def take_finished(self, origin: str, limit: int = 1000) -> list[InstanceRecord]:
+        t, ph = self._t, self._ph
+
+        def go(cur: Any) -> list[tuple]:
+            uuids = [r[0] for r in cur.execute(
+                f"DELETE FROM {t['d']} WHERE uuid IN (SELECT uuid FROM {t['d']}"
+                f" WHERE origin = {ph} LIMIT {int(limit)}) AND origin = {ph} RETURNING uuid",
+                (origin, origin)).fetchall()]  # fmt: skip
+            cur.execute(f"DELETE FROM {t['d']} WHERE t < {ph}",
+                        (time.time_ns() - self.DONE_KEPT_NS,))  # fmt: skip
+            rows = []
+            for chunk, marks in self._chunks(uuids):
+                rows += cur.execute(f"SELECT {INSTANCE_COLUMNS} FROM {t['i']}"
+                                    f" WHERE uuid IN ({marks})", chunk).fetchall()  # fmt: skip
+            return rows
+
+        return [i for r in self._tx(go) if (i := self._instance(r)) is not None]
+
+    def queue_length(self) -> int:
+        return self._query(f"SELECT count(*) FROM {self._t['q']}")[0][0]
 
     # -- deletes -----------------------------------------------------------------------
     def _delete(self, table: str, before_ns: int | None, after_ns: int | None) -> int:

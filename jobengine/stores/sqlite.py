@@ -16,10 +16,12 @@ import contextlib
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StoreError
+from ..records import FINAL_STATES, QueueEntry
 from .sql import ADDED_INSTANCE_COLUMNS, SQLStore
 
 _NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -70,6 +72,17 @@ class SQLiteStore(SQLStore):
                     owner TEXT, lease_until_ns INTEGER);
                 CREATE TABLE IF NOT EXISTS {ns}_ticks (key TEXT PRIMARY KEY, fire_ns INTEGER);
                 CREATE TABLE IF NOT EXISTS {ns}_writers (node TEXT PRIMARY KEY, seq INTEGER);
+                CREATE TABLE IF NOT EXISTS {ns}_queue (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT UNIQUE, kind TEXT,
+                    priority INTEGER, due_ns INTEGER, payload BLOB, target TEXT,
+                    executor BLOB, options TEXT, attempts INTEGER, created_ns INTEGER,
+                    origin TEXT, owner TEXT, lease_until_ns INTEGER DEFAULT 0,
+                    reaped INTEGER DEFAULT 0, canceled INTEGER DEFAULT 0);
+                CREATE INDEX IF NOT EXISTS {ns}_queue_order
+                    ON {ns}_queue(priority DESC, due_ns, seq);
+                CREATE INDEX IF NOT EXISTS {ns}_queue_owner ON {ns}_queue(owner);
+                CREATE TABLE IF NOT EXISTS {ns}_done (origin TEXT, uuid TEXT, t INTEGER);
+                CREATE INDEX IF NOT EXISTS {ns}_done_origin ON {ns}_done(origin);
             """)  # fmt: skip
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({ns}_instances)")}
             for column, sql_type in ADDED_INSTANCE_COLUMNS:  # a file made by an older version
@@ -114,34 +127,56 @@ class SQLiteStore(SQLStore):
     def _fail(self, e: Exception) -> StoreError:
         return StoreError(f"SQLite store {self.path!r}: {e}")
 
+    def _tx(self, fn):
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                out = fn(self._db)
+                self._db.execute("COMMIT")
+                return out
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise self._fail(e) from e
+
     def _write(
         self,
         instances: Sequence[tuple],
         states: Sequence[tuple],
         logs: Sequence[tuple],
         token: tuple[str, int] | None = None,
-    ) -> None:
-        if not (instances or states or logs):
-            return
+        entries: Sequence[QueueEntry] = (),
+    ) -> int:
+        if not (instances or states or logs or entries):
+            return 0
+        added = 0
         with self._lock:
             try:
-                self._db.execute("BEGIN")
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
                 if token is not None:
                     read, record = self._token_sql()
-                    last = self._db.execute(read, (token[0],)).fetchone()
+                    last = db.execute(read, (token[0],)).fetchone()
                     if last is not None and last[0] >= token[1]:
-                        self._db.execute("COMMIT")  # applied already: at most once
-                        return
-                    self._db.execute(record, token)
+                        db.execute("COMMIT")  # applied already: at most once
+                        return 0
+                    db.execute(record, token)
+                if entries:
+                    rows, instances, states = self._new_entries(db, entries, instances, states)
+                    added = len(rows)
+                final = [r[0] for r in instances if r[2] in FINAL_STATES]
+                if final:
+                    self._finish_in(db, final, time.time_ns())
                 for sql, rows in (
                     (self._upsert_instances_sql(), instances),
                     (self._states_sql(), states),
                     (self._logs_sql(), logs),
                 ):
                     if rows:
-                        self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
+                        db.executemany(sql, rows)
+                db.execute("COMMIT")
             except sqlite3.Error as e:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise self._fail(e) from e
+        return added
