@@ -126,7 +126,7 @@ def decode_error(payload: bytes) -> tuple[BaseException, str]:
 
 def _pending(inst: Instance) -> bool:
     """An instance in the inbox that wait() waits for (a recurrence never ends by itself)."""
-    return inst.counted and inst.state is not _CANCELED
+    return inst.counted and inst.state is not _CANCELED and not inst.withdrawn
 
 
 class Engine:
@@ -185,6 +185,7 @@ class Engine:
         self.broken: BaseException | None = None
         self._forget: deque[int] = deque()  # kind ids of dropped jobs, for the workers
         self.pool: Pool | None = None
+        self.shared_queue: Any = None  # the manager's SharedQueue on a durable store
         self.dispatcher: Dispatcher | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -214,7 +215,8 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Resume the store's recurrences, start the supervisor and the engine thread."""
-        self.ticks.claim()
+        if self.target_workers:  # (a manager with no workers only queues one-off instances)
+            self.ticks.claim()
         self.pool = Pool(self.init_blob, self._doorbell)
         self.pool.start(
             {
@@ -369,7 +371,7 @@ class Engine:
         free = self._free_handles
         while inbox:
             inst, due = inbox.popleft()
-            if inst.state is _CANCELED:  # canceled while still in the inbox
+            if inst.state is _CANCELED or inst.withdrawn:  # canceled / given back meanwhile
                 continue
             if free:  # new_handle, inlined: this loop runs once per scheduled instance
                 h = free.pop()
@@ -400,12 +402,12 @@ class Engine:
             self._free_handles.append(h)
             self._active -= unit.counted
             if unit.job.transient:
-                self._job_settled(unit.job)
+                self.job_settled(unit.job)
         unit.handle = -1
         if self._active == 0 and not self.inbox:
             self._idle.notify_all()
 
-    def _job_settled(self, job: Any) -> None:
+    def job_settled(self, job: Any) -> None:
         """An instance of a transient job (submit()'s of a lambda, partial, bound
         method...) settled: when it was the last, the registry drops the job, which
         lets go of the callable, and the workers drop its executor."""
@@ -424,7 +426,7 @@ class Engine:
         self.recorder.outcome(inst, ("e", type(exc).__name__, str(exc), ""))
         self.recorder.transition(inst, _TERMINATED, now, cause)
         if inst.job.transient:
-            self._job_settled(inst.job)
+            self.job_settled(inst.job)
         self.recorder.flush()
         inst.set_exception(exc)
         return inst
@@ -462,7 +464,7 @@ class Engine:
                 with self.lock:
                     self.core.cancel(unit.handle)
         elif unit.job.transient:
-            self._job_settled(unit.job)
+            self.job_settled(unit.job)
         unit.completed_ns = now
         rec.outcome(unit, ("e", type(err).__name__, cause, ""))
         rec.transition(unit, _TERMINATED, now, cause)
@@ -489,7 +491,7 @@ class Engine:
             elif inst.worker is not None:
                 return False
             elif inst.job.transient:  # still in the inbox: it never got a handle
-                self._job_settled(inst.job)
+                self.job_settled(inst.job)
             # (in the inbox, the engine skips it once it is CANCELED)
             now = self.clock.time_ns()
             inst.completed_ns = now
@@ -500,6 +502,21 @@ class Engine:
                 self._idle.notify_all()
         self.recorder.flush()
         inst.cancel_future()
+        return True
+
+    def withdraw(self, inst: Instance) -> bool:
+        """Take back an instance no worker has taken, recording nothing (the shared
+        queue hands it back to the store at stop); True if it was."""
+        with self.lock:
+            if inst.state is not _SCHEDULED or inst.worker is not None or inst.attempts:
+                return False  # (one waiting for a retry is canceled by the stop)
+            if inst.handle >= 0:
+                if not self.core.cancel(inst.handle):
+                    return False  # handed to a worker already
+                self._release(inst)
+            inst.withdrawn = True
+            if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+                self._idle.notify_all()
         return True
 
     def request_cancel(self, inst: Instance) -> bool:

@@ -85,6 +85,7 @@ class Instance(LogMethods, Future[T]):
     timeout_sent = False
     replaced_exc: BaseException | None = None  # what an error_handler returned instead
     lost = 0  # times a worker died holding it before it started
+    withdrawn = False  # given back to the store's shared queue unstarted (queue.py)
 
     def __init__(
         self,
@@ -250,6 +251,11 @@ class Instance(LogMethods, Future[T]):
         if self._owner is None:
             return super().cancel()
         return self._owner.cancel_queued(self)
+
+    def hand_to(self, owner: Owner) -> None:
+        """Make `owner` the one cancel() and the log methods go to (the shared queue
+        while the instance waits in the store, the engine once it runs here)."""
+        self._owner = owner
 
     # -- settling, for the engine ------------------------------------------------------
     def cancel_future(self) -> None:

@@ -33,10 +33,11 @@ from .errors import (
 from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds
-from .payloads import dumps_value, secret_from
+from .payloads import PayloadError, dumps_value, secret_from
 from .pool.inherit import dumps_for_workers
 from .pool.pool import WorkerEvent, WorkerInfo
 from .query import Query
+from .queue import SharedQueue
 from .records import InstanceRecord, LogRecord, StateRecord, datetime_to_ns
 from .registry import JobRegistry, importable
 from .signals import SignalStop
@@ -67,6 +68,13 @@ def _at_exit() -> None:
         if engine.state == "new":
             engine.stop_unstarted()
             continue
+        queue = engine.shared_queue
+        if queue is not None:
+            if engine.target_workers and engine.running:
+                while not queue.wait_produced(0.5):  # what it queued runs here, as in a
+                    if not engine.running or engine.broken is not None:  # pool
+                        break
+            queue.stop()  # (a producer's instances wait in the store for other managers)
         engine.drain()
         while True:
             try:
@@ -97,6 +105,8 @@ def _abandon(engine: Engine) -> None:
     if engine.state == "new":
         engine.stop_unstarted()
     else:
+        if engine.shared_queue is not None:
+            engine.shared_queue.stop()  # what it claimed and did not start goes back
         engine.drain()
 
 
@@ -158,6 +168,7 @@ class Manager(Executor):
         lease: float = 30.0,
         worker_limit: int | None = None,
         secret: str | bytes | None = None,
+        queue: bool | None = None,
     ):
         # mp_context is accepted for ProcessPoolExecutor's signature and ignored:
         # workers are always forked by the manager's supervisor, a fresh interpreter
@@ -172,8 +183,26 @@ class Manager(Executor):
             num_workers = os.cpu_count() or 1
         if not isinstance(num_workers, int) or isinstance(num_workers, bool):
             raise InvalidArgumentTypeError(f"{name} must be an int, got {num_workers!r}")
-        if num_workers < 1:
-            raise InvalidArgumentError(f"{name} must be greater than 0, got {num_workers}")
+        if store is not None and not isinstance(store, Store):
+            raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
+        if queue not in (None, True, False):
+            raise InvalidArgumentTypeError(f"queue must be True, False or None, got {queue!r}")
+        shared = store is not None and store.supports_queue and not isinstance(store, MemoryStore)
+        if queue and not shared:
+            raise InvalidArgumentError(
+                "queue=True needs a durable store with a shared queue (SQLite, Redis, "
+                f"PostgreSQL), got {type(store or MemoryStore()).__name__}"
+            )
+        shared = shared and queue is not False
+        if num_workers < (0 if shared else 1):
+            raise InvalidArgumentError(
+                f"{name} must be greater than 0, got {num_workers}"
+                + (
+                    " (0, a producer-only manager, needs a store with a shared queue)"
+                    if num_workers == 0
+                    else ""
+                )
+            )
         if worker_limit is None:
             worker_limit = DEFAULT_WORKER_LIMIT
         elif not isinstance(worker_limit, int) or isinstance(worker_limit, bool):
@@ -184,8 +213,6 @@ class Manager(Executor):
                 f"Manager(worker_limit=...) raises it), got {num_workers}"
             )
         self._worker_limit = worker_limit
-        if store is not None and not isinstance(store, Store):
-            raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
         if max_tasks_per_child is not None:
             if max_jobs_per_worker is not None:
                 raise InvalidArgumentTypeError(
@@ -236,6 +263,10 @@ class Manager(Executor):
             init_fds=init_fds,
         )
         self.node = engine.node
+        # On a durable store one-off instances live in its shared queue (queue.py).
+        lease_s = check_seconds(lease, "lease", allow_zero=False)
+        self._queue = SharedQueue(engine, self._registry, self.store, lease_s) if shared else None
+        engine.shared_queue = self._queue
         self._lifecycle = threading.RLock()  # start() once, even from racing submit()s
         if handle_signals is None:  # see SignalStop.wanted
             handle_signals = SignalStop.wanted()
@@ -305,9 +336,17 @@ class Manager(Executor):
             job, args, kwargs, priority, schedule_at, schedule_after
         )
         if job.crontab is not None:
+            if self._engine.target_workers == 0:
+                raise ManagerStateError(
+                    "a manager with no workers only queues one-off instances; schedule "
+                    f"the recurring job {job.kind!r} on a manager with workers"
+                )
             # A recurring instance: one run per tick, all under this uuid.
             explicit = at is not None or after is not None
             return self._engine.ticks.schedule(inst, key_material, explicit)
+        if self._queue is not None:
+            self._queue.produce([(inst, self._queue.entry_of(inst))])
+            return inst
         return self._engine.admit(inst, due)
 
     def _check_accepting(self, error: type[Exception] = ManagerStateError) -> None:
@@ -403,11 +442,14 @@ class Manager(Executor):
         replaced) and becomes CANCELED moments later.  Canceled instances are never
         retried.  Returns the instances it canceled or is canceling."""
         engine = self._engine
-        return [
+        canceled = [
             inst
             for inst in engine.live_matching(query)
             if inst.cancel() or engine.request_cancel(inst)
         ]
+        if self._queue is not None:  # queued in the store, or held by other managers
+            canceled += self._queue.cancel(query)
+        return canceled
 
     def lookup_instance_history(self, ji: Instance | str) -> list[StateRecord]:
         """The state history of an instance (or uuid), oldest first."""
@@ -485,6 +527,8 @@ class Manager(Executor):
             if state != "new":
                 raise ManagerStateError(f"start() on a manager that is {state}")
             self._engine.start()
+            if self._queue is not None:
+                self._queue.start()
         if self._signals is not None:
             self._signals.install()
         return self
@@ -492,7 +536,12 @@ class Manager(Executor):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every scheduled instance has reached a final state.  True if
         it did, False on timeout."""
-        return self._engine.wait_idle(timeout)
+        if self._queue is None:
+            return self._engine.wait_idle(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        if not self._queue.wait_produced(timeout):
+            return False
+        return self._engine.wait_idle(None if end is None else max(0.0, end - time.monotonic()))
 
     def stop(self, wait: bool = False, grace: float | None = None) -> None:
         """Stop: cancel instances still queued, let running ones finish (within `grace`
@@ -502,18 +551,25 @@ class Manager(Executor):
         next manager.  A manager never started cancels what was scheduled on it."""
         grace = check_seconds(grace, "grace")
         engine = self._engine
+        queue = self._queue
         with self._lifecycle:
             if engine.state == "new":
-                if not (wait and engine.has_pending()):
+                if not (wait and (engine.has_pending() or (queue and queue.produced))):
                     engine.stop_unstarted()
+                    if queue is not None:
+                        queue.abandon_produced()  # they stay queued in the store
                     return
                 self.start()  # stop_with_wait() runs what was scheduled before start()
         if engine.state == "stopped" and engine.error is None:
             return
         if wait:
             self.wait()
+        if queue is not None:
+            queue.stop()  # no more claims; what was claimed and not started goes back
         engine.begin_stop(grace)
         engine.join()
+        if queue is not None:
+            queue.abandon_produced()
         if self._signals is not None:
             self._signals.restore()
         engine.raise_if_failed()
@@ -529,6 +585,9 @@ class Manager(Executor):
         manager runs what is left and then stops by itself.  Recurring instances are
         suspended in the store, as by stop()."""
         engine = self._engine
+        if cancel_futures and self._queue is not None:
+            for inst in list(self._queue.produced.values()):
+                inst.cancel()
         if cancel_futures:
             # What free workers can take right now is handed out first (the stdlib's
             # call queue does the same); only the rest is canceled.
@@ -542,6 +601,8 @@ class Manager(Executor):
                 self.start()  # what was scheduled before start() runs, as for a pool
         if wait:
             self.stop(wait=True)
+        elif self._queue is not None:  # run what is left, then stop, in the background
+            threading.Thread(target=self.stop, args=(True,), daemon=True).start()
         else:
             engine.drain()
 
@@ -572,6 +633,13 @@ class Manager(Executor):
         if isinstance(inst.payload, SerializationError):
             err, inst.payload = inst.payload, b""
             return self._engine.fail_unadmitted(inst, err, str(err))
+        if self._queue is not None:
+            try:
+                entry = self._queue.entry_of(inst)
+            except (SerializationError, PayloadError) as err:  # fails the Future, as above
+                return self._engine.fail_unadmitted(inst, err, str(err))
+            self._queue.produce([(inst, entry)])
+            return inst
         return self._engine.admit(inst, due)
 
     def _ensure_started(self) -> None:
@@ -579,6 +647,29 @@ class Manager(Executor):
             with self._lifecycle:
                 if self._engine.state == "new" and not _exiting:
                     self.start()
+
+    def _map_through_queue(self, fn: Callable, iterables: tuple) -> list[Instance[Any]]:
+        """map() on a shared queue: every call enqueued in a few store calls."""
+        self._ensure_started()
+        self._check_accepting(RuntimeError)
+        queue = self._queue
+        futures: list[Instance[Any]] = []
+        made = []
+        for a in zip(*iterables, strict=False):
+            job = self._registry.implicit(fn)
+            inst, *_ = self._new_instance(job, a, None, None, None, None, False)
+            if isinstance(inst.payload, SerializationError):
+                err, inst.payload = inst.payload, b""
+                futures.append(self._engine.fail_unadmitted(inst, err, str(err)))
+                continue
+            try:
+                made.append((inst, queue.entry_of(inst)))
+            except (SerializationError, PayloadError) as err:
+                futures.append(self._engine.fail_unadmitted(inst, err, str(err)))
+                continue
+            futures.append(inst)
+        queue.produce(made)
+        return futures
 
     def map(
         self,
@@ -593,7 +684,9 @@ class Manager(Executor):
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise InvalidArgumentError(f"chunksize must be an int >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
-        if chunksize == 1:
+        if chunksize == 1 and self._queue is not None:
+            futures = self._map_through_queue(fn, iterables)
+        elif chunksize == 1:
             futures = [self.submit(fn, *a) for a in zip(*iterables, strict=False)]
         else:
             self._ensure_started()

@@ -65,6 +65,12 @@ class JobRegistry:
                     f"another job of kind {job.kind!r} is registered; schedule that one"
                 )
 
+    def foreign(self, job: Job) -> None:
+        """Give a job made from a shared-queue entry an id for the workers, without
+        taking its kind's name (a job registered here later under it is another)."""
+        with self._lock:
+            self._ids.setdefault(job, next(self._seq))
+
     def unregister(self, kind: str) -> Job:
         """Remove the job of `kind` (UnknownJobError if none)."""
         with self._lock:

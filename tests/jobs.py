@@ -81,6 +81,10 @@ def echo(x):
     return x
 
 
+def as_tuple(items):
+    return tuple(items)
+
+
 def unpicklable_result():
     import threading
 

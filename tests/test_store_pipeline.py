@@ -153,7 +153,7 @@ def test_without_a_secret_a_shared_store_keeps_only_json_results():
     try:
         with Manager(1, store=store) as m:
             a = m.submit(jobs.echo, {"x": [1, "two"]})
-            b = m.submit(jobs.echo, (1, 2))
+            b = m.submit(jobs.as_tuple, [1, 2])  # JSON arguments, a tuple result
             a.result(timeout=30)
             b.result(timeout=30)
             recs = {r.uuid: r for r in m.store.lookup_instances(Query())}
@@ -274,7 +274,9 @@ def test_a_redis_restart_loses_no_record_and_duplicates_none(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="jobengine")
     try:
         store = RedisStore(server.url, namespace="outage")
-        with Manager(2, store=store) as m:
+        # the record pipeline of instances queued in memory (the shared queue's own
+        # outage behaviour: tests/test_queue.py)
+        with Manager(2, store=store, queue=False) as m:
             m.submit(jobs.noop).result(timeout=30)
             server.stop()  # down for 3 seconds, and back empty
             during = [m.submit(jobs.add, i, i) for i in range(300)]
@@ -325,7 +327,7 @@ def test_a_terminated_postgres_backend_loses_no_record_and_duplicates_none():
 def test_a_locked_sqlite_file_delays_records_and_loses_none(tmp_path):
     path = str(tmp_path / "locked.db")
     store = SQLiteStore(path)
-    with Manager(2, store=store) as m:
+    with Manager(2, store=store, queue=False) as m:  # (the shared queue: test_queue.py)
         m.submit(jobs.noop).result(timeout=30)
         blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
         blocker.execute("BEGIN EXCLUSIVE")  # nobody else writes until it lets go
@@ -444,5 +446,15 @@ def test_a_program_that_never_stops_leaves_every_instance_final_in_the_store(tmp
     store = SQLiteStore(str(path))
     recs = store.lookup_instances(Query())
     assert len(recs) == 500 and all(r.state is State.COMPLETED for r in recs)
-    never = SQLiteStore(str(path), namespace="never_started").lookup_instances(Query())
-    assert [r.state for r in never] == [State.CANCELED]
+    # a manager never started leaves what it queued in the store's shared queue, for
+    # the next manager on it (a manager without a shared queue cancels it: nothing
+    # would ever run it)
+    never_store = SQLiteStore(str(path), namespace="never_started")
+    never = never_store.lookup_instances(Query())
+    assert [r.state for r in never] == [State.SCHEDULED] and never_store.queue_length() == 1
+    with Manager(1, store=never_store):
+        deadline = time.monotonic() + 30
+        while never_store.get_instance(never[0].uuid).state is not State.COMPLETED:
+            assert time.monotonic() < deadline, "the queued instance never ran"
+            time.sleep(0.05)
+    assert never_store.queue_length() == 0
