@@ -30,6 +30,8 @@ import uuid as _uuid
 from concurrent.futures import wait as _wait_futures
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
+
 from .errors import JobEngineError, ManagerStateError, SerializationError, StoreError
 from .instance import Instance
 from .job import Job
@@ -115,8 +117,8 @@ class SharedQueue:
         target = target_of(job.executor)
         executor = None
         if target is None:
-            try:
-                raw = dumps_value(job.executor)
+            try:  # by value: a lambda, a closure, a bound method travel whole
+                raw = cloudpickle.dumps(job.executor, protocol=5)
             except Exception as e:
                 raise SerializationError(
                     f"the executor of job {job.kind!r} cannot travel through the store: "
@@ -350,24 +352,35 @@ class SharedQueue:
             inst.set_exception(err)
 
     def _admit(self, entries: list[QueueEntry]) -> None:
+        """Hand claimed entries to the engine; one that fails here goes back to the
+        queue (never held without running: this manager's lease would keep it)."""
+        for i, e in enumerate(entries):
+            try:
+                self._admit_one(e)
+            except Exception:
+                log.exception("jobengine: could not take queued instance %s", e.uuid)
+                rest = [x.uuid for x in entries[i:] if x.uuid not in self.claimed]
+                self.store.release(self.node, rest)
+                return
+
+    def _admit_one(self, e: QueueEntry) -> None:
         engine = self.engine
-        for e in entries:
-            inst = self.produced.get(e.uuid) if e.origin == self.node else None
+        inst = self.produced.get(e.uuid) if e.origin == self.node else None
+        if inst is None:
+            inst = self._instance(e)
             if inst is None:
-                inst = self._instance(e)
-                if inst is None:
-                    continue
-                engine.remember(inst)
-            else:
-                inst.hand_to(engine)
-            if e.reaped and not self._resume(e, inst):
-                continue
-            if e.canceled:
-                self._cancel_taken(inst)
-                continue
-            with self._lock:
-                self.claimed[e.uuid] = inst
-            engine.admit(inst, 0, new=False)
+                return
+            engine.remember(inst)
+        else:
+            inst.hand_to(engine)
+        if e.reaped and not self._resume(e, inst):
+            return
+        if e.canceled:
+            self._cancel_taken(inst)
+            return
+        with self._lock:
+            self.claimed[e.uuid] = inst
+        engine.admit(inst, 0, new=False)
 
     def _resume(self, e: QueueEntry, inst: Instance) -> bool:
         """A reaped entry: its manager died holding it.  True to run it now."""

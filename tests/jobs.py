@@ -81,6 +81,16 @@ def echo(x):
     return x
 
 
+def touch_then_sleep(path, seconds):
+    """A job to kill mid-run: its first attempt creates `path` (the test sees it has
+    started) and sleeps; a later attempt finds the mark and returns at once."""
+    if os.path.exists(path):
+        return "again"
+    open(path, "a").close()
+    time.sleep(seconds)
+    return "first"
+
+
 def as_tuple(items):
     return tuple(items)
 

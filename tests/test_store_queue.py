@@ -7,7 +7,6 @@ import pickle
 import threading
 import time
 
-import pytest
 from test_store_contract import make_store  # noqa: F401  (the fixture: every store)
 
 from jobengine import Query, State

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import StoreError
+
 log = logging.getLogger("jobengine")
 
 MAX_HELD_RECORDS = 500_000  # about 50-100 MB: past this the manager's scheduling waits
@@ -303,7 +305,7 @@ def _run(channel_fd: int, doorbell_fd: int, parent_pid: int) -> int:
                 from ..stores import open_store
 
                 spec, secret, node = pickle.loads(read_payload(tag, payload))
-                store = open_store(**spec)
+                store = _open_patiently(open_store, spec)
                 store.use_secret(secret)
                 loop = WriteLoop(store, node, publish)
             elif kind == T_STOP:
@@ -321,6 +323,21 @@ def _run(channel_fd: int, doorbell_fd: int, parent_pid: int) -> int:
         return 1
     loop.store.close()
     return 0
+
+
+def _open_patiently(open_store: Any, spec: dict) -> Any:
+    """The manager opened this store a moment ago: a failure now is a blip (a server
+    restarting, a lock held by another process creating its tables): retry for a while."""
+    delay, give_up = 0.05, time.monotonic() + 60.0
+    while True:
+        try:
+            return open_store(**spec)
+        except StoreError as e:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("jobengine: the store writer cannot open the store yet (%s); retrying", e)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def main() -> None:

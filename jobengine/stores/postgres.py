@@ -64,6 +64,9 @@ class PostgresStore(SQLStore):
         self._connect()
         try:
             with self._lock, self._db.transaction():
+                # One creator at a time: concurrent CREATE/ALTER of one namespace's tables
+                # deadlock each other (managers starting together on a fresh namespace).
+                self._db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (ns,))
                 self._db.execute(f"""
                     CREATE TABLE IF NOT EXISTS {ns}_instances (
                         seq BIGSERIAL, uuid TEXT PRIMARY KEY, kind TEXT, state INTEGER,

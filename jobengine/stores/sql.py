@@ -483,14 +483,17 @@ class SQLStore(Store):
                         (lease_until_ns, owner))  # fmt: skip
             if limit <= 0:
                 return []
+            # The choice in a CTE: PostgreSQL may run a plain IN (subquery) more than
+            # once, and with SKIP LOCKED each run can pick other rows (over the limit).
             return cur.execute(
-                f"UPDATE {q} SET owner = {ph}, lease_until_ns = {ph},"
-                f" reaped = CASE WHEN owner IS NULL THEN reaped ELSE 1 END"
-                f" WHERE uuid IN (SELECT uuid FROM {q} WHERE due_ns <= {ph}"
+                f"WITH chosen AS (SELECT uuid FROM {q} WHERE due_ns <= {ph}"
                 f" AND (owner IS NULL OR lease_until_ns < {ph})"
                 f" ORDER BY priority DESC, due_ns, seq LIMIT {int(limit)}{self._skip_locked})"
+                f" UPDATE {q} SET owner = {ph}, lease_until_ns = {ph},"
+                f" reaped = CASE WHEN owner IS NULL THEN reaped ELSE 1 END"
+                f" WHERE uuid IN (SELECT uuid FROM chosen)"
                 f" RETURNING {self.QUEUE_COLUMNS}",
-                (owner, lease_until_ns, now_ns, now_ns),
+                (now_ns, now_ns, owner, lease_until_ns),
             ).fetchall()
 
         entries = [self._entry(r) for r in self._tx(go)]
