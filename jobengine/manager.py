@@ -112,6 +112,8 @@ def _abandon(engine: Engine) -> None:
 
 def _stop_on_signal(engine: Engine) -> None:
     if engine.running:
+        if engine.shared_queue is not None:  # unstarted instances go back to the store
+            engine.shared_queue.stop()
         engine.begin_stop(engine.kill_grace)
 
 
