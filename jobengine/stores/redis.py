@@ -76,21 +76,27 @@ log = logging.getLogger("jobengine")
 # redis-py packs each argument in Python, cjson unpacks this one in C.  Lua builds
 # the key names itself: fine on one server (not Redis Cluster).
 _FINISH_FN = """
+local noticed = {}  -- origins told in this call (their list's expiry set once)
 local function finish(p, u)
   local key = p .. 'q:e:' .. u
-  local f = redis.call('HMGET', key, 'g', 'w', 'm')
+  local f = redis.call('HMGET', key, 'g', 'w', 'm', 'z')
   if not f[3] then return end
   redis.call('DEL', key)
   redis.call('SREM', p .. 'qa', u)
-  redis.call('ZREM', p .. 'qr', f[3])
-  redis.call('ZREM', p .. 'qt', u)
-  if f[2] and f[2] ~= '' then
+  if f[2] and f[2] ~= '' then  -- claimed (the usual case): in no ready or timed set
     redis.call('SREM', p .. 'qo:' .. f[2], u)
-    redis.call('SREM', p .. 'qx:' .. f[2], u)
+    if f[4] == '1' then redis.call('SREM', p .. 'qx:' .. f[2], u) end
+  else
+    redis.call('ZREM', p .. 'qr', f[3])
+    redis.call('ZREM', p .. 'qt', u)
   end
   if f[1] and f[1] ~= '' and f[1] ~= f[2] then
-    redis.call('RPUSH', p .. 'qd:' .. f[1], u)
-    redis.call('EXPIRE', p .. 'qd:' .. f[1], 86400)
+    local list = p .. 'qd:' .. f[1]
+    redis.call('RPUSH', list, u)
+    if not noticed[list] then
+      noticed[list] = true
+      redis.call('EXPIRE', list, 86400)
+    end
   end
 end
 local function write_entries(p, entries, skip)
@@ -185,12 +191,13 @@ _QUEUE_FNS = (
     + """
 local function unclaim(p, u, now)
   local key = p .. 'q:e:' .. u
-  local f = redis.call('HMGET', key, 'p', 'm', 'd')
+  local f = redis.call('HMGET', key, 'p', 'm')
   if not f[2] then return false end
-  if tonumber(f[3]) <= tonumber(now) then
+  local due = string.sub(f[2], 1, 20)
+  if tonumber(due) <= tonumber(now) then
     redis.call('ZADD', p .. 'qr', -tonumber(f[1]), f[2])
   else
-    redis.call('ZADD', p .. 'qt', f[3], u)
+    redis.call('ZADD', p .. 'qt', due, u)
   end
   return true
 end
@@ -200,7 +207,7 @@ local function reap(p, now, except)
     if o ~= except then
       for _, u in ipairs(redis.call('SMEMBERS', p .. 'qo:' .. o)) do
         if unclaim(p, u, now) then
-          redis.call('HSET', p .. 'q:e:' .. u, 'w', '', 'l', '0', 'r', '1')
+          redis.call('HSET', p .. 'q:e:' .. u, 'w', '', 'r', '1')
           out[#out + 1] = u
         end
       end
@@ -213,30 +220,35 @@ end
 local function take(p, u, m, owner, lease)
   local key = p .. 'q:e:' .. u
   redis.call('ZREM', p .. 'qr', m)
-  redis.call('HSET', key, 'w', owner, 'l', lease)
+  redis.call('HSET', key, 'w', owner)
   redis.call('SADD', p .. 'qo:' .. owner, u)
-  return redis.call('HGETALL', key)
+  local f = redis.call('HMGET', key, 'v', 'r', 'z')
+  local seq = tonumber(string.sub(m, 21, 32))
+  -- JSON by concatenation: v is JSON already; one string to parse, in C
+  return '[' .. f[1] .. ',' .. seq .. ',"' .. owner .. '",' .. lease .. ',' .. f[2] .. ','
+    .. f[3] .. ',"' .. u .. '"]'
 end
 """
 )
-# ARGV: prefix, now, JSON [[uuid, kind, priority, due (20 digits), payload, target,
-# executor, options, attempts, created, origin], ...], JSON _WRITE entries
+# ARGV: prefix, now, JSON [[uuid, kind, priority, due (20 digits), v, created, origin],
+# ...], JSON _WRITE entries; v: the entry's fixed fields as JSON text (_entry)
 _ENQUEUE = (
     _QUEUE_FNS
     + """
 local p, now = ARGV[1], ARGV[2]
+local entries = cjson.decode(ARGV[3])
 local skip, n = {}, 0
-for _, e in ipairs(cjson.decode(ARGV[3])) do
+local seq = redis.call('INCRBY', p .. 'qseq', #entries) - #entries
+for _, e in ipairs(entries) do
   local u = e[1]
   local key = p .. 'q:e:' .. u
   if skip[u] or redis.call('EXISTS', key, p .. 'i:' .. u) > 0 then
     skip[u] = true
   else
-    local seq = redis.call('INCR', p .. 'qseq')
+    seq = seq + 1
     local m = e[4] .. string.format('%012d', seq) .. ':' .. u
-    redis.call('HSET', key, 'k', e[2], 'p', e[3], 'd', e[4], 's', seq, 'y', e[5], 't', e[6],
-      'x', e[7], 'o', e[8], 'a', e[9], 'c', e[10], 'g', e[11], 'w', '', 'l', '0', 'r', '0',
-      'z', '0', 'm', m)
+    redis.call('HSET', key, 'k', e[2], 'p', e[3], 'v', e[5], 'c', e[6], 'g', e[7], 'w', '',
+      'r', '0', 'z', '0', 'm', m)
     redis.call('SADD', p .. 'qa', u)
     if tonumber(e[4]) <= tonumber(now) then
       redis.call('ZADD', p .. 'qr', -tonumber(e[3]), m)
@@ -261,7 +273,7 @@ local nowpad = ARGV[6]
 reap(p, now, owner)
 redis.call('ZADD', p .. 'ql', lease, owner)
 local out = {}
-if limit <= 0 then return out end
+if limit <= 0 then return '[]' end
 for _, u in ipairs(redis.call('ZRANGEBYSCORE', p .. 'qt', '-inf', now, 'LIMIT', 0, 10000)) do
   unclaim(p, u, now)
   redis.call('ZREM', p .. 'qt', u)
@@ -279,7 +291,7 @@ while #out < limit do
     end
   end
 end
-return out
+return '[' .. table.concat(out, ',') .. ']'
 """
 )
 _QRENEW = """
@@ -314,7 +326,7 @@ local n = 0
 for _, u in ipairs(uuids) do
   if redis.call('SREM', p .. 'qo:' .. owner, u) == 1 then
     redis.call('SREM', p .. 'qx:' .. owner, u)
-    redis.call('HSET', p .. 'q:e:' .. u, 'w', '', 'l', '0')
+    redis.call('HSET', p .. 'q:e:' .. u, 'w', '')
     unclaim(p, u, '+inf')
     n = n + 1
   end
@@ -353,7 +365,7 @@ for _, u in ipairs(candidates) do
   end
 end
 if #taken > 0 then redis.call('ZADD', p .. 'ql', lease, owner) end
-return {taken, flagged}
+return {'[' .. table.concat(taken, ',') .. ']', flagged}
 """
 )
 _QREQUESTS = """
@@ -867,16 +879,19 @@ class RedisStore(Store):
         script = self._script(name, src)
         return self._run(lambda: script(keys=[], args=[self._p, *args]))
 
-    def _entry(self, flat: Sequence[bytes]) -> QueueEntry:
-        f = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
-        m = f["m"].decode()
-        return QueueEntry(
-            m[33:], f["k"].decode(), int(f["p"]), int(f["d"]), int(f["s"]),
-            _payload(f["y"]) or b"", f["t"].decode() or None, _payload(f["x"]) or None,
-            orjson.loads(f["o"]) if f["o"] else {}, int(f["a"]), int(f["c"]),
-            f["g"].decode() or None, f["w"].decode() or None, int(f["l"]), f["r"] == b"1",
-            f["z"] != b"0",
-        )  # fmt: skip
+    @staticmethod
+    def _entries(reply: bytes) -> list[QueueEntry]:
+        """A claim's reply: a JSON list of [v, seq, owner, lease, reaped, canceled, uuid],
+        v = [kind, priority, due, payload, target, executor, options, attempts, created,
+        origin] (the fields fixed at enqueue)."""
+        out = []
+        for v, seq, owner, lease, reaped, canceled, uuid in orjson.loads(reply):
+            k, prio, due, payload, target, executor, options, attempts, created, origin = v
+            out.append(QueueEntry(uuid, k, prio, due, seq, _payload(payload.encode()) or b"",
+                                  target, executor and _payload(executor.encode()), options,
+                                  attempts, created, origin, owner, lease, reaped == 1,
+                                  canceled != 0))  # fmt: skip
+        return out
 
     def enqueue(
         self,
@@ -886,18 +901,20 @@ class RedisStore(Store):
     ) -> int:
         if not entries:
             return 0
-        rows = [(e.uuid, e.kind, str(e.priority), f"{e.due_ns:020d}", _text(e.payload),
-                 e.target or "", _text(e.executor), orjson.dumps(e.options).decode(),
-                 str(e.attempts), str(e.created_ns), e.origin or "")
+        dumps = orjson.dumps
+        rows = [(e.uuid, e.kind, str(e.priority), f"{e.due_ns:020d}",
+                 dumps((e.kind, e.priority, e.due_ns, _text(e.payload), e.target,
+                        _text(e.executor) or None, e.options, e.attempts, e.created_ns,
+                        e.origin)).decode(),
+                 str(e.created_ns), e.origin or "")
                 for e in entries]  # fmt: skip
         batch = self._batch_entries(instances, states, ())
         return int(self._qrun("enqueue", _ENQUEUE, time.time_ns(), orjson.dumps(rows),
                               orjson.dumps(batch)))  # fmt: skip
 
     def claim(self, owner: str, limit: int, now_ns: int, lease_until_ns: int) -> list[QueueEntry]:
-        flat = self._qrun("qclaim", _QCLAIM, owner, max(0, int(limit)), now_ns, lease_until_ns,
-                          f"{now_ns:020d}")  # fmt: skip
-        return [self._entry(f) for f in flat]
+        return self._entries(self._qrun("qclaim", _QCLAIM, owner, max(0, int(limit)), now_ns,
+                                        lease_until_ns, f"{now_ns:020d}"))  # fmt: skip
 
     def renew_claims(self, owner: str, lease_until_ns: int) -> int:
         return int(self._qrun("qrenew", _QRENEW, owner, lease_until_ns))
@@ -928,7 +945,7 @@ class RedisStore(Store):
             "qcancel", _QCANCEL, owner, lease_until_ns, text(query.uuid), text(query.kind),
             text(query.after_ns), text(query.before_ns),
         )  # fmt: skip
-        return [self._entry(f) for f in taken], [u.decode() for u in flagged]
+        return self._entries(taken), [u.decode() for u in flagged]
 
     def cancel_requests(self, owner: str) -> list[str]:
         return [u.decode() for u in self._qrun("qrequests", _QREQUESTS, owner)]
