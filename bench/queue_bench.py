@@ -5,8 +5,8 @@ each (jobengine: two managers with 2 workers; Huey: two `huey_consumer -k proces
 Dramatiq: two `dramatiq -p 2`; RQ: four `rq worker` with SimpleWorker, which runs a job
 without forking, RQ's fastest) on the Redis at JOBENGINE_REDIS_URL:
 
-- pre-filled: the queue holds the jobs before the consumers start; the time from their
-  start until the queue is drained, minus the same for a small queue (what starting the
+- pre-filled: the queue holds the jobs before the consumers start; the rate from the
+  moment the first job leaves the queue until it is drained (what starting the
   consumers costs is not counted against anyone);
 - end to end: consumers running and warm; the time from the first enqueue (by this
   process, one call per job, or one map() for jobengine) until the queue is drained.
@@ -71,25 +71,29 @@ class System:
     def reset(self) -> None: ...
     def fill(self, n: int) -> None: ...
     def start(self) -> list[subprocess.Popen]: ...
-    def drained(self) -> bool: ...
+    def remaining(self) -> int: ...
     def close(self) -> None: ...
+
+    def drained(self) -> bool:
+        return self.remaining() == 0
 
 
 class JobEngine(System):
     name = "jobengine"
-    WORKER = (
-        "import sys\n"
-        "from jobengine import Manager, open_store\n"
-        f"m = Manager(2, store=open_store({URL!r}, namespace={NS!r})).start()\n"
-        "sys.stdin.read()\n"
-        "m.stop()\n"
-    )
 
-    def __init__(self) -> None:
-        from jobengine import Manager, RedisStore
+    def __init__(self, url: str = URL) -> None:
+        from jobengine import Manager, open_store
 
-        self.store = RedisStore(URL, namespace=NS)
+        self.url = url
+        self.store = open_store(url, namespace=NS)
         self.producer = Manager(0, store=self.store).start()
+        self.worker = (
+            "import sys\n"
+            "from jobengine import Manager, open_store\n"
+            f"m = Manager(2, store=open_store({url!r}, namespace={NS!r})).start()\n"
+            "sys.stdin.read()\n"
+            "m.stop()\n"
+        )
 
     def reset(self) -> None:
         self.store.clear()
@@ -100,10 +104,10 @@ class JobEngine(System):
         self.producer.map(peer_tasks.noop, range(n))  # returns once all are in Redis
 
     def start(self) -> list[subprocess.Popen]:
-        return [_spawn([sys.executable, "-c", self.WORKER]) for _ in range(CONSUMERS)]
+        return [_spawn([sys.executable, "-c", self.worker]) for _ in range(CONSUMERS)]
 
-    def drained(self) -> bool:
-        return self.store.queue_length() == 0
+    def remaining(self) -> int:
+        return self.store.queue_length()
 
     def close(self) -> None:
         self.producer.stop()
@@ -131,8 +135,8 @@ class Huey(System):
                "-k", "process", "-w", "2", "-n", "-d", "0.01", "-m", "0.1"]  # fmt: skip
         return [_spawn(cmd) for _ in range(CONSUMERS)]
 
-    def drained(self) -> bool:
-        return self.huey.pending_count() == 0
+    def remaining(self) -> int:
+        return self.huey.pending_count()
 
 
 class Dramatiq(System):
@@ -157,8 +161,8 @@ class Dramatiq(System):
         cmd = [str(Path(sys.executable).with_name("dramatiq")), "peer_tasks", "-p", "2"]
         return [_spawn(cmd) for _ in range(CONSUMERS)]
 
-    def drained(self) -> bool:  # a message leaves the .msgs hash when it is acknowledged
-        return self.r.hlen("dramatiq:jobengine_bench.msgs") == 0
+    def remaining(self) -> int:  # a message leaves the .msgs hash when it is acknowledged
+        return self.r.hlen("dramatiq:jobengine_bench.msgs")
 
 
 class RQ(System):
@@ -187,25 +191,22 @@ class RQ(System):
                "--url", URL, "jobengine_bench"]  # fmt: skip
         return [_spawn(cmd) for _ in range(2 * CONSUMERS)]  # RQ: one job at a time each
 
-    def drained(self) -> bool:
-        return self.q.count == 0 and self.started.count == 0
+    def remaining(self) -> int:
+        return self.q.count + self.started.count
 
 
-def prefilled(system: System, n: int, small: int) -> float:
-    """jobs/s draining a pre-filled queue: (n - small) jobs over the seconds to drain n
-    less those to drain `small` (the consumers' start-up cancels out)."""
-
-    def once(k: int) -> float:
-        system.reset()
-        system.fill(k)
+def prefilled(system: System, n: int) -> float:
+    """jobs/s draining a pre-filled queue of n, from the first job taken to the last."""
+    system.reset()
+    system.fill(n)
+    procs = system.start()
+    try:
+        while (left := system.remaining()) >= n:
+            time.sleep(0.001)
         t0 = time.perf_counter()
-        procs = system.start()
-        try:
-            return _until(system.drained) - t0
-        finally:
-            _stop(procs)
-
-    return (n - small) / (once(n) - once(small))
+        return left / (_until(system.drained) - t0)
+    finally:
+        _stop(procs)
 
 
 def end_to_end(system: System, n: int) -> float:
@@ -241,13 +242,37 @@ def measure(quick: bool) -> dict[str, dict[str, float]]:
         for r in range(rounds):
             for s in systems if r % 2 == 0 else list(reversed(systems)):
                 n = sizes[s.name]
-                runs[s.name]["prefilled"].append(prefilled(s, n, max(50, n // 20)))
+                runs[s.name]["prefilled"].append(prefilled(s, n))
                 runs[s.name]["end_to_end"].append(n / end_to_end(s, n))
                 print(f"  round {r + 1}: {s.name} {runs[s.name]}", file=sys.stderr, flush=True)
     finally:
         for s in systems:
             s.close()
     return {name: {k: statistics.median(v) for k, v in d.items()} for name, d in runs.items()}
+
+
+def durable_prefilled(quick: bool) -> dict[str, float]:
+    """jobengine's pre-filled rate on SQLite (one machine) and PostgreSQL, as above."""
+    import tempfile
+
+    out = {}
+    urls = {
+        "SQLite": f"sqlite:///{tempfile.mkdtemp()}/queue.db",
+        "PostgreSQL": os.environ.get("JOBENGINE_POSTGRES_DSN",
+                                     "postgresql://postgres@127.0.0.1:5432/test"),
+    }  # fmt: skip
+    for name, url in urls.items():
+        try:
+            system = JobEngine(url)
+        except Exception as e:  # a server that is not running here
+            print(f"  {name}: not measured ({e})", file=sys.stderr)
+            continue
+        try:
+            n = 5_000 if quick else 20_000
+            out[name] = statistics.median(prefilled(system, n) for _ in range(1 if quick else 3))
+        finally:
+            system.close()
+    return out
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ log = logging.getLogger("jobengine")
 
 CREDITS_PER_WORKER = 64  # the claim window: what a manager may hold per worker
 ENQUEUE_CHUNK = 1000  # entries per enqueue call
-IDLE_POLL_S = 0.1  # the longest wait between claims when the queue looks empty
+IDLE_POLL_S = 0.05  # the longest wait between claims when the queue looks empty
+HOT_S = 0.5  # after a claim that took something, poll every millisecond this long
 CANCEL_POLL_S = 0.5  # how often a manager asks for cancels of what it runs
 ENQUEUE_PATIENCE_S = 15.0  # how long a producer retries a failing enqueue before it raises
 
@@ -232,17 +233,25 @@ class SharedQueue:
         self._wake.set()
 
     def _window(self) -> int:
-        return self.engine.target_workers * CREDITS_PER_WORKER
+        """What this manager may hold: credits for each live worker (a manager whose
+        workers are still starting takes nothing it could not run yet)."""
+        pool = self.engine.pool
+        if pool is None:
+            return 0
+        live = sum(1 for w in list(pool.workers.values()) if w.pid is not None and not w.retiring)
+        return live * CREDITS_PER_WORKER
 
     def _loop(self) -> None:
         store = self.store
-        last_renew = last_cancel = last_watch = 0.0
+        last_renew = last_cancel = last_watch = last_got = last_prune = 0.0
         idle = 0.001
         failures = 0
         while not self._stopping:
             try:
                 now = time.monotonic()
-                self._prune()
+                self._prune(now - last_prune > 0.5)
+                if now - last_prune > 0.5:
+                    last_prune = now
                 window = self._window()
                 held = len(self.claimed)
                 got = 0
@@ -272,21 +281,23 @@ class SharedQueue:
                 self._wake.clear()
                 continue
             if got:
-                idle = 0.001
+                idle, last_got = 0.001, time.monotonic()
                 if len(self.claimed) <= self._window() // 2:
                     continue  # more may be waiting: claim again at once
-            else:
-                idle = min(IDLE_POLL_S, idle * 2)
+            elif time.monotonic() - last_got > HOT_S:  # a producer may be mid-batch: stay
+                idle = min(IDLE_POLL_S, idle * 2)  # quick a while, then back off
             self._wake.wait(idle if len(self.claimed) <= self._window() // 2 else 0.002)
             self._wake.clear()
 
-    def _prune(self) -> None:
-        """Forget claimed instances that ended (their final records finish the entries)."""
+    def _prune(self, produced: bool) -> None:
+        """Forget claimed instances that ended (their final records finish the entries),
+        and (`produced`: now and then, there may be many) settled produced ones."""
         with self._lock:
             for u in [u for u, i in self.claimed.items() if int(i.state) in FINAL_STATES]:
                 del self.claimed[u]
-            for u in [u for u, i in self.produced.items() if i.done()]:
-                del self.produced[u]
+            if produced:
+                for u in [u for u, i in self.produced.items() if i.done()]:
+                    del self.produced[u]
 
     def _job_for(self, e: QueueEntry) -> Job:
         """The job an entry runs: the one registered here under its kind (if it runs
