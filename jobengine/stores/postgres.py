@@ -116,9 +116,14 @@ class PostgresStore(SQLStore):
                         options TEXT, attempts INTEGER, created_ns BIGINT, origin TEXT,
                         owner TEXT, lease_until_ns BIGINT DEFAULT 0, reaped INTEGER DEFAULT 0,
                         canceled INTEGER DEFAULT 0)""")
+                self._db.execute(f"DROP INDEX IF EXISTS {ns}_queue_order")
                 self._db.execute(
-                    f"CREATE INDEX IF NOT EXISTS {ns}_queue_order"
-                    f" ON {ns}_queue(priority DESC, due_ns, seq)"
+                    f"CREATE INDEX IF NOT EXISTS {ns}_queue_ready"
+                    f" ON {ns}_queue(priority DESC, due_ns, seq) WHERE owner IS NULL"
+                )
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {ns}_leases"
+                    " (owner TEXT PRIMARY KEY, lease_until_ns BIGINT)"
                 )
                 self._db.execute(
                     f"CREATE INDEX IF NOT EXISTS {ns}_queue_owner ON {ns}_queue(owner)"

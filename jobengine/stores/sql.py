@@ -95,7 +95,8 @@ class SQLStore(Store):
         self._t = {"i": f"{namespace}_instances", "s": f"{namespace}_history",
                    "l": f"{namespace}_logs", "r": f"{namespace}_recurrences",
                    "t": f"{namespace}_ticks", "w": f"{namespace}_writers",
-                   "q": f"{namespace}_queue", "d": f"{namespace}_done"}  # fmt: skip
+                   "q": f"{namespace}_queue", "d": f"{namespace}_done",
+                   "o": f"{namespace}_leases"}  # fmt: skip
 
     # -- driver hooks, and the statements every driver runs the same way -------------
     def _fail(self, e: Exception) -> StoreError:
@@ -475,25 +476,46 @@ class SQLStore(Store):
                          note))  # fmt: skip
         return self._write(rows, group_history(states), (), None, entries)
 
+    # One lease per manager (the leases table), not per entry: renewing is one row, and
+    # claiming touches only the rows it takes.  The ready index holds unclaimed rows
+    # only, so a claim reads the best ones first and skips none that are held.
+    def _lease(self, cur: Any, owner: str, lease_until_ns: int) -> None:
+        o, ph = self._t["o"], self._ph
+        cur.execute(f"INSERT INTO {o} (owner, lease_until_ns) VALUES ({ph}, {ph})"
+                    f" ON CONFLICT (owner) DO UPDATE SET lease_until_ns = excluded.lease_until_ns",
+                    (owner, lease_until_ns))  # fmt: skip
+
+    def _reap_in(self, cur: Any, now_ns: int, keep: str | None = None) -> list[str]:
+        """Inside a transaction: the entries of managers whose lease ended before now_ns
+        (but `keep`'s) become unclaimed, marked reaped; their leases go."""
+        q, o, ph = self._t["q"], self._t["o"], self._ph
+        lapsed = [r[0] for r in cur.execute(
+            f"DELETE FROM {o} WHERE lease_until_ns < {ph} AND owner <> {ph} RETURNING owner",
+            (now_ns, keep or "")).fetchall()]  # fmt: skip
+        out: list[str] = []
+        for chunk, marks in self._chunks(lapsed):
+            out += [r[0] for r in cur.execute(
+                f"UPDATE {q} SET owner = NULL, reaped = 1 WHERE owner IN ({marks}) RETURNING uuid",
+                chunk).fetchall()]  # fmt: skip
+        return out
+
     def claim(self, owner: str, limit: int, now_ns: int, lease_until_ns: int) -> list[QueueEntry]:
         q, ph = self._t["q"], self._ph
 
         def go(cur: Any) -> list[tuple]:
-            cur.execute(f"UPDATE {q} SET lease_until_ns = {ph} WHERE owner = {ph}",
-                        (lease_until_ns, owner))  # fmt: skip
+            self._reap_in(cur, now_ns, owner)
+            self._lease(cur, owner, lease_until_ns)
             if limit <= 0:
                 return []
             # The choice in a CTE: PostgreSQL may run a plain IN (subquery) more than
             # once, and with SKIP LOCKED each run can pick other rows (over the limit).
             return cur.execute(
-                f"WITH chosen AS (SELECT uuid FROM {q} WHERE due_ns <= {ph}"
-                f" AND (owner IS NULL OR lease_until_ns < {ph})"
+                f"WITH chosen AS (SELECT uuid FROM {q} WHERE owner IS NULL AND due_ns <= {ph}"
                 f" ORDER BY priority DESC, due_ns, seq LIMIT {int(limit)}{self._skip_locked})"
-                f" UPDATE {q} SET owner = {ph}, lease_until_ns = {ph},"
-                f" reaped = CASE WHEN owner IS NULL THEN reaped ELSE 1 END"
-                f" WHERE uuid IN (SELECT uuid FROM chosen)"
+                f" UPDATE {q} SET owner = {ph}, lease_until_ns = {ph}"
+                f" WHERE uuid IN (SELECT uuid FROM chosen) AND owner IS NULL"
                 f" RETURNING {self.QUEUE_COLUMNS}",
-                (now_ns, now_ns, owner, lease_until_ns),
+                (now_ns, owner, lease_until_ns),
             ).fetchall()
 
         entries = [self._entry(r) for r in self._tx(go)]
@@ -501,18 +523,17 @@ class SQLStore(Store):
         return entries
 
     def renew_claims(self, owner: str, lease_until_ns: int) -> int:
-        ph = self._ph
-        return self._execute(
-            f"UPDATE {self._t['q']} SET lease_until_ns = {ph} WHERE owner = {ph}",
-            (lease_until_ns, owner),
-        )
+        q, ph = self._t["q"], self._ph
+
+        def go(cur: Any) -> int:
+            self._lease(cur, owner, lease_until_ns)
+            return cur.execute(f"SELECT count(*) FROM {q} WHERE owner = {ph}",
+                               (owner,)).fetchone()[0]  # fmt: skip
+
+        return self._tx(go)
 
     def reap(self, now_ns: int) -> list[str]:
-        q, ph = self._t["q"], self._ph
-        return [r[0] for r in self._tx(lambda cur: cur.execute(
-            f"UPDATE {q} SET owner = NULL, lease_until_ns = 0, reaped = 1"
-            f" WHERE owner IS NOT NULL AND lease_until_ns < {ph} RETURNING uuid",
-            (now_ns,)).fetchall())]  # fmt: skip
+        return self._tx(lambda cur: self._reap_in(cur, now_ns))
 
     def finish(self, uuids: Sequence[str]) -> None:
         if uuids:
@@ -524,6 +545,7 @@ class SQLStore(Store):
 
         def go(cur: Any) -> int:
             if uuids is None:
+                cur.execute(f"DELETE FROM {self._t['o']} WHERE owner = {ph}", (owner,))
                 return cur.execute(sql, (owner,)).rowcount
             return sum(cur.execute(f"{sql} AND uuid IN ({marks})", (owner, *chunk)).rowcount
                        for chunk, marks in self._chunks(uuids))  # fmt: skip
@@ -553,6 +575,7 @@ class SQLStore(Store):
         where, args = self._queue_where(query)
 
         def go(cur: Any) -> tuple[list[tuple], list[tuple]]:
+            self._lease(cur, owner, lease_until_ns)
             taken = cur.execute(
                 f"UPDATE {q} SET owner = {ph}, lease_until_ns = {ph}, canceled = 2"
                 f" WHERE owner IS NULL AND {where} RETURNING {self.QUEUE_COLUMNS}",

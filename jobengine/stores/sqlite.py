@@ -78,8 +78,11 @@ class SQLiteStore(SQLStore):
                     executor BLOB, options TEXT, attempts INTEGER, created_ns INTEGER,
                     origin TEXT, owner TEXT, lease_until_ns INTEGER DEFAULT 0,
                     reaped INTEGER DEFAULT 0, canceled INTEGER DEFAULT 0);
-                CREATE INDEX IF NOT EXISTS {ns}_queue_order
-                    ON {ns}_queue(priority DESC, due_ns, seq);
+                DROP INDEX IF EXISTS {ns}_queue_order;
+                CREATE INDEX IF NOT EXISTS {ns}_queue_ready
+                    ON {ns}_queue(priority DESC, due_ns, seq) WHERE owner IS NULL;
+                CREATE TABLE IF NOT EXISTS {ns}_leases (owner TEXT PRIMARY KEY,
+                    lease_until_ns INTEGER);
                 CREATE INDEX IF NOT EXISTS {ns}_queue_owner ON {ns}_queue(owner);
                 CREATE TABLE IF NOT EXISTS {ns}_done (origin TEXT, uuid TEXT, t INTEGER);
                 CREATE INDEX IF NOT EXISTS {ns}_done_origin ON {ns}_done(origin);
