@@ -77,12 +77,19 @@ def durable(request, tmp_path):
 
 
 # -- the engine never waits on store I/O; read-your-writes ---------------------------------
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # a child of an earlier test that exited (a zombie) or is gone
+        return ""
+
+
 def test_durable_stores_are_written_by_a_process_of_their_own(durable):
     store = durable()
     me = psutil.Process()
     with Manager(2, store=store) as m:
         m.submit(jobs.noop).result(timeout=30)
-        writers = [p for p in me.children() if "store writer" in " ".join(p.cmdline())]
+        writers = [p for p in me.children() if "store writer" in _cmdline(p)]
         assert len(writers) == 1
         # the engine thread never writes: block the store writer, and jobs still run
         writers[0].suspend()
