@@ -258,7 +258,8 @@ def test_an_enqueue_waits_out_a_locked_sqlite_file(tmp_path):
     path = str(tmp_path / "locked.db")
     with Manager(1, store=SQLiteStore(path)) as m:
         m.submit(jobs.noop).result(timeout=30)
-        blocker = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+        # (timeout: the claimer polls in short transactions; wait for a gap between them)
+        blocker = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
         blocker.execute("BEGIN EXCLUSIVE")
         threading.Timer(1.5, lambda: (blocker.execute("COMMIT"), blocker.close())).start()
         t0 = time.monotonic()
