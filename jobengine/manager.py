@@ -147,6 +147,11 @@ class Manager(Executor):
     - secret: the key that signs pickled payloads the store keeps (default: the
       JOBENGINE_SECRET environment variable); Redis and PostgreSQL keep a value that is
       not JSON-native only signed (payloads.py).
+    - queue: on a durable store (SQLite, Redis, PostgreSQL) one-off instances live in
+      the store's shared queue (queue.py: they survive this manager, and every manager
+      on the store may run them); schedule_*, submit and map return once they are
+      stored.  queue=False keeps them in this manager's memory, as on MemoryStore.  A
+      manager with num_workers=0 (on a shared queue only) queues and never runs.
 
     Recurring (crontab) instances are kept in the store as well: stop() suspends them
     and a manager started on the same store later resumes them (misfire policy for the
@@ -655,6 +660,7 @@ class Manager(Executor):
         self._ensure_started()
         self._check_accepting(RuntimeError)
         queue = self._queue
+        assert queue is not None  # (map() comes here only on a shared queue)
         futures: list[Instance[Any]] = []
         made = []
         for a in zip(*iterables, strict=False):
