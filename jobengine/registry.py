@@ -89,8 +89,6 @@ class JobRegistry:
         partial, a bound method, a callable object) gets a transient Job, counted per
         call: settled() drops it when its last instance settles, so the manager does
         not keep the callable (or what it holds) alive."""
-        if named is None:
-            named = importable(fn)
         try:
             job = self._implicit.get(fn)
         except TypeError:  # an unhashable callable: never shared between calls
@@ -99,7 +97,9 @@ class JobRegistry:
                 self._refs[job] = 1
             return job
         if job is not None and not job.transient:
-            return job
+            return job  # (the common case first: importable() costs ~1 us a call)
+        if named is None:
+            named = importable(fn)
         with self._lock:
             job = self._implicit.get(fn)
             if job is None:
