@@ -52,7 +52,7 @@ from .errors import (  # noqa: E402
     WorkerCrashed,
 )
 from .instance import Instance  # noqa: E402
-from .job import Job  # noqa: E402
+from .job import RETRY_FOREVER, Job  # noqa: E402
 from .manager import Manager  # noqa: E402
 from .payloads import PayloadError  # noqa: E402
 from .pool.pool import WorkerEvent, WorkerInfo  # noqa: E402
@@ -88,6 +88,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "RETRY_FOREVER",
     "ArgumentBindingError",
     "DuplicateJobError",
     "EngineFailedError",

@@ -1077,11 +1077,16 @@ class Engine:
     ) -> None:
         rec = self.recorder
         job = unit.job
+        if unit.cancel_requested and unit.parent is None:
+            # A cancel was asked while this attempt ran and it failed before the kill
+            # landed: the cancel wins (a retry, RETRY_FOREVER's above all, would undo it).
+            self._canceled(unit, t, "canceled")
+            return
         rec.transition(unit, state, t, cause)
         if job.error_handler is not None:
             # At once, not deferred: the handler must see the attempt that failed.
             self._run_error_handler(unit, exc)
-        if unit.attempts <= job.max_retries:
+        if unit.attempts <= job.max_retries or job.max_retries < 0:  # (< 0: RETRY_FOREVER)
             try:
                 delay = job.backoff_seconds(unit.attempts)
             except Exception as e:  # the backoff callable raised or returned nonsense

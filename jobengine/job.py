@@ -28,6 +28,9 @@ PRIORITY_MAX = _core.PRIORITY_MAX
 MAX_SECONDS = 100 * 365.25 * 86400
 
 
+RETRY_FOREVER = -1  # max_retries: retry until an attempt succeeds or it is canceled
+
+
 def check_priority(priority: Any, what: str = "priority") -> int:
     """An int within [PRIORITY_MIN, PRIORITY_MAX], or a named error."""
     if not isinstance(priority, int) or isinstance(priority, bool):
@@ -122,7 +125,9 @@ class Job:
     local time skipped or repeated by daylight saving fires; jitter (seconds, or a
     callable returning them) is drawn once per fire; misfire="coalesce"|"skip" says what
     a tick later than misfire_grace seconds does (run once now, or wait for the next);
-    max_overlap is how many runs of one recurring instance may run at once."""
+    max_overlap is how many runs of one recurring instance may run at once.
+    max_retries=RETRY_FOREVER (-1) retries until an attempt succeeds or the instance is
+    canceled; timeout=0 (as None) means no timeout, as in go-job."""
 
     __slots__ = (
         "_arity",
@@ -225,8 +230,10 @@ class Job:
             raise InvalidArgumentTypeError(
                 f"Job {kind!r}: max_retries must be an int, got {max_retries!r}"
             )
-        if max_retries < 0:
-            raise InvalidArgumentError(f"Job {kind!r}: max_retries must be >= 0, got {max_retries}")
+        if max_retries < RETRY_FOREVER:
+            raise InvalidArgumentError(
+                f"Job {kind!r}: max_retries must be >= 0, or -1 (RETRY_FOREVER), got {max_retries}"
+            )
         if backoff is not None and not callable(backoff):
             check_seconds(backoff, f"Job {kind!r}: backoff")
         self.kind = kind
@@ -245,7 +252,8 @@ class Job:
         self.max_overlap = max_overlap
         self.max_retries = max_retries
         self.backoff = backoff
-        self.timeout = check_seconds(timeout, f"Job {kind!r}: timeout", allow_zero=False)
+        # go-job's rule: a zero timeout is no timeout
+        self.timeout = check_seconds(timeout, f"Job {kind!r}: timeout") or None
         self.response_handler = response_handler
         self.error_handler = error_handler
         self.state_change_handler = state_change_handler

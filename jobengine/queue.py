@@ -313,7 +313,7 @@ class SharedQueue:
                 fn = import_target(e.target)
             else:
                 fn = self.store.codec.decode(e.executor, f"the executor of {e.uuid}")
-            job = Job(e.kind, fn, max_retries=int(o.get("r") or 0), timeout=o.get("t"),
+            job = Job(e.kind, fn, max_retries=int(o.get("r") or 0), timeout=o.get("t") or None,
                       backoff=o.get("b"))  # fmt: skip
             self.registry.foreign(job)
             self._foreign[key] = job
@@ -403,7 +403,7 @@ class SharedQueue:
             return False
         if rec.attempts > 0:  # started: this is its next attempt, if one is left
             inst.attempts = rec.attempts
-            if rec.attempts > inst.job.max_retries:
+            if 0 <= inst.job.max_retries < rec.attempts:  # (-1: RETRY_FOREVER)
                 inst.worker = None
                 self._end(inst, _PROCESSING, ManagerLost(
                     "manager lost: the manager running it died and no retry was left"),

@@ -91,6 +91,13 @@ def touch_then_sleep(path, seconds):
     return "first"
 
 
+def fail_until(ok_attempt, ji):
+    """Fails its attempts before `ok_attempt`, then returns the attempt that succeeded."""
+    if ji.attempt < ok_attempt:
+        raise RuntimeError(f"attempt {ji.attempt} fails")
+    return ji.attempt
+
+
 def as_tuple(items):
     return tuple(items)
 
