@@ -1,8 +1,24 @@
+import os
 import time
 
 import pytest
 
-from jobengine import Manager
+from jobengine import Manager, StoreError
+
+# The external stores' servers (.ci/run starts them; defaults are this machine's).
+REDIS_URL = os.environ.get("JOBENGINE_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("JOBENGINE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def reachable(make):
+    """make() opens a store on an external server: skip when the server is down here,
+    fail in CI (CI is set), where it must run."""
+    try:
+        make().close()
+    except StoreError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"store unreachable in CI: {e}")
+        pytest.skip(f"store unreachable: {e}")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.005):

@@ -16,7 +16,7 @@ import time
 
 import jobs
 import pytest
-from conftest import wait_for
+from conftest import POSTGRES_DSN, REDIS_URL, reachable, wait_for
 
 from jobengine import (
     Job,
@@ -27,7 +27,6 @@ from jobengine import (
     RedisStore,
     SQLiteStore,
     State,
-    StoreError,
     open_store,
 )
 from jobengine.errors import InvalidArgumentError, ManagerStateError, RemoteError
@@ -36,18 +35,6 @@ from jobengine.queue import CREDITS_PER_WORKER
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-REDIS_URL = os.environ.get("JOBENGINE_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_DSN = os.environ.get("JOBENGINE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-URLS = {"redis": REDIS_URL, "postgres": POSTGRES_DSN}
-
-
-def _reachable(make):
-    try:
-        make().close()
-    except StoreError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"store unreachable in CI: {e}")
-        pytest.skip(f"store unreachable: {e}")
 
 
 @pytest.fixture(params=["sqlite", "redis", "postgres"])
@@ -71,7 +58,7 @@ def shared(request, tmp_path):
         def make():
             return PostgresStore(POSTGRES_DSN, namespace=ns)
 
-    _reachable(make)
+    reachable(make)
     make().clear()
     yield make, url, ns
     make().clear()
@@ -174,7 +161,7 @@ def test_a_lambda_travels_by_value_through_sqlite(tmp_path):
 
 
 def test_without_a_secret_a_network_store_refuses_pickled_arguments():
-    _reachable(lambda: RedisStore(REDIS_URL, namespace="q_nosecret"))
+    reachable(lambda: RedisStore(REDIS_URL, namespace="q_nosecret"))
     os.environ.pop("JOBENGINE_SECRET", None)
     store = RedisStore(REDIS_URL, namespace="q_nosecret")
     store.clear()

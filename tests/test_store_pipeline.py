@@ -19,7 +19,7 @@ import psutil
 import psycopg
 import pytest
 import redis
-from conftest import wait_for
+from conftest import POSTGRES_DSN, REDIS_URL, reachable, wait_for
 
 from jobengine import (
     Job,
@@ -37,18 +37,7 @@ from jobengine.payloads import PayloadError
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-REDIS_URL = os.environ.get("JOBENGINE_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_DSN = os.environ.get("JOBENGINE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 HAPPY = [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
-
-
-def _reachable(make):
-    try:
-        make().close()
-    except StoreError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"store unreachable in CI: {e}")
-        pytest.skip(f"store unreachable: {e}")
 
 
 @pytest.fixture(params=["sqlite", "redis", "postgres"])
@@ -61,7 +50,7 @@ def durable(request, tmp_path):
         "postgres": lambda: PostgresStore(POSTGRES_DSN, namespace=ns),
     }
     make = makers[request.param]
-    _reachable(make)
+    reachable(make)
     made = []
 
     def factory():
@@ -153,7 +142,7 @@ def test_results_and_errors_are_kept_with_the_final_record(durable):
 
 
 def test_without_a_secret_a_shared_store_keeps_only_json_results():
-    _reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_nosecret"))
+    reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_nosecret"))
     store = RedisStore(REDIS_URL, namespace="pipe_nosecret")
     store.clear()
     os.environ.pop("JOBENGINE_SECRET", None)
@@ -173,7 +162,7 @@ def test_without_a_secret_a_shared_store_keeps_only_json_results():
 
 # -- payloads: signed or refused ---------------------------------------------------------
 def test_a_shared_store_refuses_unsigned_pickled_arguments_at_schedule_time():
-    _reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_refuse"))
+    reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_refuse"))
     store = RedisStore(REDIS_URL, namespace="pipe_refuse")
     os.environ.pop("JOBENGINE_SECRET", None)
     try:
@@ -190,7 +179,7 @@ def test_a_shared_store_refuses_unsigned_pickled_arguments_at_schedule_time():
 
 
 def test_a_tampered_payload_is_refused_never_unpickled(tmp_path):
-    _reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_tamper"))
+    reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_tamper"))
     marker = tmp_path / "pwned"
     store = RedisStore(REDIS_URL, namespace="pipe_tamper")
     store.clear()
@@ -306,7 +295,7 @@ def shutil_which(name):
 
 
 def test_a_terminated_postgres_backend_loses_no_record_and_duplicates_none():
-    _reachable(lambda: PostgresStore(POSTGRES_DSN, namespace="pipe_outage"))
+    reachable(lambda: PostgresStore(POSTGRES_DSN, namespace="pipe_outage"))
     store = PostgresStore(POSTGRES_DSN, namespace="pipe_outage")
     store.clear()
     admin = psycopg.connect(POSTGRES_DSN, autocommit=True)
@@ -376,7 +365,7 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(tmp_path,
 
 # -- bad records are named, never hide the others ------------------------------------------
 def test_a_garbage_record_is_skipped_with_a_warning_naming_its_key(caplog):
-    _reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_garbage"))
+    reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_garbage"))
     store = RedisStore(REDIS_URL, namespace="pipe_garbage")
     store.clear()
     try:

@@ -468,13 +468,8 @@ class SQLStore(Store):
     ) -> int:
         if not entries:
             return 0
-        codec = self.codec
-        rows = []
-        for r in instances:
-            payload, error, note = outcome_columns(r[9], codec)
-            rows.append((*r[:9], payload, None if error is None else orjson.dumps(error).decode(),
-                         note))  # fmt: skip
-        return self._write(rows, group_history(states), (), None, entries)
+        rows, grouped, _, _ = self.prepare_batch(instances, states, ())
+        return self._write(rows, grouped, (), None, entries)
 
     # One lease per manager (the leases table), not per entry: renewing is one row, and
     # claiming touches only the rows it takes.  The ready index holds unclaimed rows
