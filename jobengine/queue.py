@@ -114,7 +114,9 @@ class SharedQueue:
         job = inst.job
         codec = self.store.codec
         args, kwargs = inst.args, inst.kwargs
-        payload = codec.encode_pickled(dumps_value((args, kwargs)), [list(args), kwargs])
+        # the worker's payload is (args, kwargs) already unless it carries the uuid too
+        raw = dumps_value((args, kwargs)) if job.instance_param else inst.payload
+        payload = codec.encode_pickled(raw, [list(args), kwargs])
         target = target_of(job.executor)
         executor = None
         if target is None:

@@ -160,6 +160,9 @@ def test_cancel_by_uuid_and_by_state(make_store):
     s = make_store()
     s.enqueue([entry("a"), entry("b")])
     assert s.cancel_queued(Query(state=State.COMPLETED), "A", LEASE) == ([], [])
+    # an entry may be SCHEDULED or (claimed) PROCESSING: either filter reaches it
+    taken, _ = s.cancel_queued(Query(uuid="a", state=State.PROCESSING), "A", LEASE)
+    assert [e.uuid for e in taken] == ["a"]
     taken, flagged = s.cancel_queued(Query(uuid="b"), "A", LEASE)
     assert [e.uuid for e in taken] == ["b"] and flagged == []
 

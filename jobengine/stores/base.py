@@ -38,6 +38,13 @@ from ..records import (
     log_record,
     state_record,
 )
+from ..state import State
+
+
+def may_be_queued(query: Query) -> bool:
+    """Whether an instance in a shared queue (SCHEDULED, or PROCESSING once claimed: a
+    queue entry does not say which) can match `query`'s state filter."""
+    return query.state is None or bool(query.state & (State.SCHEDULED | State.PROCESSING))
 
 
 class Store(abc.ABC):
@@ -218,7 +225,7 @@ class Store(abc.ABC):
     # transaction or one script), so two managers never both claim one entry.
     # MemoryStore keeps these verbs for the contract; a manager on it queues in its
     # own memory.
-    supports_queue = False
+    supports_queue = False  # (see may_be_queued for cancel_queued's state filter)
 
     def enqueue(
         self,

@@ -29,7 +29,7 @@ from ..records import (
     StateRecord,
 )
 from ..state import State
-from .base import Store
+from .base import Store, may_be_queued
 
 _STATE = {int(s): s for s in State if s in (
     State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED,
@@ -372,9 +372,12 @@ class MemoryStore(Store):
         self, query: Query, owner: str, lease_until_ns: int
     ) -> tuple[list[QueueEntry], list[str]]:
         taken, flagged = [], []
+        if not may_be_queued(query):
+            return taken, flagged
+        state = query.state or State.SCHEDULED  # (passes the filter: see may_be_queued)
         with self._lock:
             for u, f in self._queue.items():
-                if not query.matches(u, f[1], State.SCHEDULED, f[10]):
+                if not query.matches(u, f[1], state, f[10]):
                     continue
                 if f[self._OWNER] is None:
                     f[self._OWNER], f[self._LEASE] = owner, lease_until_ns

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StoreError
-from ..records import FINAL_STATES, QueueEntry
+from ..records import QueueEntry
 from .sql import ADDED_INSTANCE_COLUMNS, SQLStore
 
 try:
@@ -215,12 +214,7 @@ class PostgresStore(SQLStore):
                         if last is not None and last[0] >= token[1]:
                             return 0  # applied already: at most once
                         cur.execute(record, token)
-                    if entries:
-                        rows, instances, states = self._new_entries(cur, entries, instances, states)
-                        added = len(rows)
-                    final = [r[0] for r in instances if r[2] in FINAL_STATES]
-                    if final:
-                        self._finish_in(cur, final, time.time_ns())
+                    added, instances, states = self._queue_in(cur, instances, states, entries)
                     if instances:  # COPY into a scratch table, then one upsert from it
                         with cur.copy(f"COPY {self._scratch()} FROM STDIN") as copy:
                             for row in instances:

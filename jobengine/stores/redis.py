@@ -56,7 +56,7 @@ from ..records import (
     StateRecord,
 )
 from ..state import State
-from .base import Store
+from .base import Store, may_be_queued
 
 _CREATED = int(State.CREATED)
 
@@ -935,8 +935,8 @@ class RedisStore(Store):
     def cancel_queued(
         self, query: Query, owner: str, lease_until_ns: int
     ) -> tuple[list[QueueEntry], list[str]]:
-        if query.state is not None and not query.state & (State.SCHEDULED | State.PROCESSING):
-            return [], []  # nothing queued is in that state
+        if not may_be_queued(query):
+            return [], []
 
         def text(v: Any) -> str:
             return "" if v is None else str(v)

@@ -36,7 +36,7 @@ from ..records import (
     StateRecord,
 )
 from ..state import State
-from .base import Store
+from .base import Store, may_be_queued
 
 log = logging.getLogger("jobengine")
 
@@ -273,19 +273,28 @@ class SQLStore(Store):
         )
         return self._instance(rows[0]) if rows else None
 
-    def lookup_instances(self, query: Query) -> list[InstanceRecord]:
+    def _where(self, query: Query, state: bool = True) -> tuple[list[str], list[Any]]:
+        """The conditions (and their arguments) of `query` on a table with uuid, kind
+        and created_ns columns (and a state column, if `state`)."""
         where, args = [], []
         ph = self._ph
         for cond, value in (
             (f"uuid = {ph}", query.uuid),
             (f"kind = {ph}", query.kind),
-            (f"(state & {ph}) <> 0", None if query.state is None else int(query.state)),
+            (
+                f"(state & {ph}) <> 0",
+                None if query.state is None or not state else int(query.state),
+            ),
             (f"created_ns >= {ph}", query.after_ns),
             (f"created_ns < {ph}", query.before_ns),
         ):
             if value is not None:
                 where.append(cond)
                 args.append(value)
+        return where, args
+
+    def lookup_instances(self, query: Query) -> list[InstanceRecord]:
+        where, args = self._where(query)
         sql = f"SELECT {INSTANCE_COLUMNS} FROM {self._t['i']}"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -446,6 +455,26 @@ class SQLStore(Store):
             states = [r for r in states if r[0] not in known]
         return rows, list(instances), list(states)
 
+    def _queue_in(
+        self,
+        cur: Any,
+        instances: Sequence[tuple],
+        states: Sequence[tuple],
+        entries: Sequence[QueueEntry],
+    ) -> tuple[int, Sequence[tuple], Sequence[tuple]]:
+        """Inside _write's transaction, before the records go in: enqueue `entries`
+        (the records of those the store knows already are dropped), and finish the
+        entries of instances written in a final state.  Returns (how many entries were
+        added, the instance rows, the state rows) to write."""
+        added = 0
+        if entries:
+            rows, instances, states = self._new_entries(cur, entries, instances, states)
+            added = len(rows)
+        final = [r[0] for r in instances if r[2] in FINAL_STATES]
+        if final:
+            self._finish_in(cur, final, time.time_ns())
+        return added, instances, states
+
     def _finish_in(self, cur: Any, uuids: Sequence[str], now_ns: int) -> None:
         """Inside a transaction: remove these queue entries; note each for its origin
         when another manager finished it."""
@@ -548,19 +577,9 @@ class SQLStore(Store):
         return self._tx(go)
 
     def _queue_where(self, query: Query) -> tuple[str, tuple]:
-        where, args = [], []
-        ph = self._ph
-        for cond, value in (
-            (f"uuid = {ph}", query.uuid),
-            (f"kind = {ph}", query.kind),
-            (f"created_ns >= {ph}", query.after_ns),
-            (f"created_ns < {ph}", query.before_ns),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
-        if query.state is not None and not query.state & (State.SCHEDULED | State.PROCESSING):
-            where.append("1 = 0")  # nothing queued is in that state
+        where, args = self._where(query, state=False)  # (queue rows have no state)
+        if not may_be_queued(query):
+            where.append("1 = 0")
         return (" AND ".join(where) or "1 = 1"), tuple(args)
 
     def cancel_queued(

@@ -16,12 +16,11 @@ import contextlib
 import os
 import re
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StoreError
-from ..records import FINAL_STATES, QueueEntry
+from ..records import QueueEntry
 from .sql import ADDED_INSTANCE_COLUMNS, SQLStore
 
 _NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -152,34 +151,22 @@ class SQLiteStore(SQLStore):
     ) -> int:
         if not (instances or states or logs or entries):
             return 0
-        added = 0
-        with self._lock:
-            try:
-                db = self._db
-                db.execute("BEGIN IMMEDIATE")
-                if token is not None:
-                    read, record = self._token_sql()
-                    last = db.execute(read, (token[0],)).fetchone()
-                    if last is not None and last[0] >= token[1]:
-                        db.execute("COMMIT")  # applied already: at most once
-                        return 0
-                    db.execute(record, token)
-                if entries:
-                    rows, instances, states = self._new_entries(db, entries, instances, states)
-                    added = len(rows)
-                final = [r[0] for r in instances if r[2] in FINAL_STATES]
-                if final:
-                    self._finish_in(db, final, time.time_ns())
-                for sql, rows in (
-                    (self._upsert_instances_sql(), instances),
-                    (self._states_sql(), states),
-                    (self._logs_sql(), logs),
-                ):
-                    if rows:
-                        db.executemany(sql, rows)
-                db.execute("COMMIT")
-            except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise self._fail(e) from e
-        return added
+
+        def go(db: sqlite3.Connection) -> int:
+            if token is not None:
+                read, record = self._token_sql()
+                last = db.execute(read, (token[0],)).fetchone()
+                if last is not None and last[0] >= token[1]:
+                    return 0  # applied already: at most once
+                db.execute(record, token)
+            added, rows, history = self._queue_in(db, instances, states, entries)
+            for sql, batch in (
+                (self._upsert_instances_sql(), rows),
+                (self._states_sql(), history),
+                (self._logs_sql(), logs),
+            ):
+                if batch:
+                    db.executemany(sql, batch)
+            return added
+
+        return self._tx(go)
