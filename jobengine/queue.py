@@ -445,8 +445,10 @@ class SharedQueue:
         (unstarted instances are not canceled: another manager runs them)."""
         self._stopping = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            # bounded: stop() also runs in a signal handler, on a thread the claimer may
+            # be waiting for; what it has not handed back comes back when its lease lapses
+            self._thread.join(2.0)
         given_back = []
         with self._lock:
             held = list(self.claimed.items())
