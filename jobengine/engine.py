@@ -320,17 +320,26 @@ class Engine:
     def admit(self, inst: Instance, due: int, *, new: bool = True) -> Instance:
         """Queue `inst` to run at `due` (monotonic ns; 0: now).  new: record its
         CREATED and SCHEDULED first (the caller recorded them otherwise)."""
+        self.admit_many([(inst, due)], new=new)
+        return inst
+
+    def admit_many(self, batch: list[tuple[Instance, int]], *, new: bool = True) -> None:
+        """admit() for many instances at once: one inbox extend and one doorbell ring
+        (what makes submit_many cheaper per job than a loop of submit)."""
         if new:
-            # Records first: once the engine has it, it may run at once.
-            self.recorder.created(inst, inst.created_ns)
-            self.remember(inst)
-        self.inbox.append((inst, due))
+            # Records first: once the engine has one, it may run at once.
+            created = self.recorder.created
+            remember = self.remember
+            for inst, _due in batch:
+                created(inst, inst.created_ns)
+                remember(inst)
+        self.inbox.extend(batch)
         pool = self.pool
         if pool is not None:
             pool.doorbell.ring()
-        if self.state == "stopped":  # lost a race with stop(): nothing will run it
-            self.cancel_queued(inst)
-        return inst
+        if self.state == "stopped":  # lost a race with stop(): nothing will run them
+            for inst, _due in batch:
+                self.cancel_queued(inst)
 
     def remember(self, inst: Instance) -> None:
         """Let lookups find `inst` by uuid while anyone holds it."""

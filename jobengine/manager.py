@@ -351,10 +351,7 @@ class Manager(Executor):
             # A recurring instance: one run per tick, all under this uuid.
             explicit = at is not None or after is not None
             return self._engine.ticks.schedule(inst, key_material, explicit)
-        if self._queue is not None:
-            self._queue.produce([(inst, self._queue.entry_of(inst))])
-            return inst
-        return self._engine.admit(inst, due)
+        return self._admit_batch([(inst, due)], raising=True)[0]
 
     def _check_accepting(self, error: type[Exception] = ManagerStateError) -> None:
         """Raise unless new instances may be scheduled: the broken error, or `error`
@@ -637,17 +634,7 @@ class Manager(Executor):
             if job.transient:
                 self._registry.settled(job)
             raise
-        if isinstance(inst.payload, SerializationError):
-            err, inst.payload = inst.payload, b""
-            return self._engine.fail_unadmitted(inst, err, str(err))
-        if self._queue is not None:
-            try:
-                entry = self._queue.entry_of(inst)
-            except (SerializationError, PayloadError) as err:  # fails the Future, as above
-                return self._engine.fail_unadmitted(inst, err, str(err))
-            self._queue.produce([(inst, entry)])
-            return inst
-        return self._engine.admit(inst, due)
+        return self._admit_batch([(inst, due)])[0]
 
     def _ensure_started(self) -> None:
         if self._engine.state == "new":
@@ -655,29 +642,86 @@ class Manager(Executor):
                 if self._engine.state == "new" and not _exiting:
                     self.start()
 
-    def _map_through_queue(self, fn: Callable, iterables: tuple) -> list[Instance[Any]]:
-        """map() on a shared queue: every call enqueued in a few store calls."""
+    def submit_many(self, fn: Callable[..., T], /, *iterables: Iterable[Any]) -> list[Instance[T]]:
+        """submit() for many calls at once: fn(*args) for each args in
+        zip(*iterables), one Instance (Future) each, in order -- map() without the
+        waiting.  Cheaper per job than a loop of submit(): the checks run once and the
+        instances reach the engine (or the store's shared queue) as one batch.  An
+        argument that cannot be pickled fails its own Future, as in submit(); a call
+        that does not fit fn's signature raises before anything is scheduled."""
         self._ensure_started()
         self._check_accepting(RuntimeError)
+        calls = list(zip(*iterables, strict=False))
+        if not calls:
+            return []
+        registry = self._registry
+        job = registry.implicit(fn)  # holds it for one instance; the rest below
+        registry.hold(job, len(calls) - 1)
+        try:
+            made = [self._new_instance(job, a, None, None, None, None, False) for a in calls]
+        except BaseException:
+            registry.settled(job, len(calls))
+            raise
+        return self._admit_batch([(inst, due) for inst, due, *_ in made])
+
+    def schedule_many(
+        self,
+        job: Job,
+        args_list: Iterable[Iterable[Any]],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        priority: int | None = None,
+        schedule_at: datetime | None = None,
+        schedule_after: float | timedelta | None = None,
+    ) -> list[Instance[Any]]:
+        """schedule_job() for many instances of `job` at once: one per argument tuple
+        in args_list (kwargs and the options shared by all), in order, admitted as
+        one batch.  Every instance is checked and pickled first: a bad one raises
+        (SerializationError, a binding error, ...) and none is scheduled.  A recurring
+        job's instances are scheduled one by one (each is its own recurrence)."""
+        self._check_accepting()
+        if isinstance(args_list, (str, bytes, dict)) or not isinstance(args_list, Iterable):
+            raise InvalidArgumentTypeError(
+                f"args_list must be an iterable of argument tuples, got {args_list!r}"
+            )
+        options = dict(
+            kwargs=kwargs, priority=priority, schedule_at=schedule_at, schedule_after=schedule_after
+        )
+        if isinstance(job, Job) and job.crontab is not None:
+            return [self.schedule_job(job, args=a, **options) for a in args_list]
+        made = [
+            self._new_instance(job, a, kwargs, priority, schedule_at, schedule_after)
+            for a in args_list
+        ]
+        return self._admit_batch([(inst, due) for inst, due, *_ in made], raising=True)
+
+    def _admit_batch(
+        self, made: list[tuple[Instance[Any], int]], *, raising: bool = False
+    ) -> list[Instance[Any]]:
+        """Hand new one-off instances to the engine, or to the shared queue, as one
+        batch, and return them in order.  One whose arguments cannot be pickled or
+        stored fails its own Future (the Executor rule), or with `raising` (the go-job
+        rule) raises before any of them is handed over."""
         queue = self._queue
-        assert queue is not None  # (map() comes here only on a shared queue)
-        futures: list[Instance[Any]] = []
-        made = []
-        for a in zip(*iterables, strict=False):
-            job = self._registry.implicit(fn)
-            inst, *_ = self._new_instance(job, a, None, None, None, None, False)
-            if isinstance(inst.payload, SerializationError):
-                err, inst.payload = inst.payload, b""
-                futures.append(self._engine.fail_unadmitted(inst, err, str(err)))
-                continue
+        failed: list[tuple[Instance[Any], Exception]] = []
+        batch: list = []
+        for inst, due in made:
             try:
-                made.append((inst, queue.entry_of(inst)))
-            except (SerializationError, PayloadError) as err:
-                futures.append(self._engine.fail_unadmitted(inst, err, str(err)))
-                continue
-            futures.append(inst)
-        queue.produce(made)
-        return futures
+                if isinstance(inst.payload, SerializationError):
+                    err, inst.payload = inst.payload, b""
+                    raise err
+                batch.append((inst, queue.entry_of(inst) if queue is not None else due))
+            except (SerializationError, PayloadError) as e:
+                if raising:
+                    raise
+                failed.append((inst, e))
+        if queue is not None:
+            queue.produce(batch)
+        else:
+            self._engine.admit_many(batch)
+        for inst, e in failed:
+            self._engine.fail_unadmitted(inst, e, str(e))
+        return [inst for inst, _ in made]
 
     def map(
         self,
@@ -692,10 +736,8 @@ class Manager(Executor):
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise InvalidArgumentError(f"chunksize must be an int >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
-        if chunksize == 1 and self._queue is not None:
-            futures = self._map_through_queue(fn, iterables)
-        elif chunksize == 1:
-            futures = [self.submit(fn, *a) for a in zip(*iterables, strict=False)]
+        if chunksize == 1:
+            futures = self.submit_many(fn, *iterables)
         else:
             self._ensure_started()
             self._check_accepting(RuntimeError)

@@ -124,20 +124,20 @@ class JobRegistry:
             self._keys[job] = key
         return job
 
-    def hold(self, job: Job) -> None:
-        """One more unsettled instance of `job` (a no-op unless it is transient)."""
-        if job.transient:
+    def hold(self, job: Job, n: int = 1) -> None:
+        """`n` more unsettled instances of `job` (a no-op unless it is transient)."""
+        if job.transient and n:
             with self._lock:
-                self._refs[job] = self._refs.get(job, 0) + 1
+                self._refs[job] = self._refs.get(job, 0) + n
 
-    def settled(self, job: Job) -> int | None:
-        """An instance of transient `job` settled.  When it was the last, forget the
-        job and let go of its executor; return its kind id (for the workers to drop),
-        else None."""
+    def settled(self, job: Job, n: int = 1) -> int | None:
+        """`n` instances of transient `job` settled.  When they were the last, forget
+        the job and let go of its executor; return its kind id (for the workers to
+        drop), else None."""
         if not job.transient:
             return None
         with self._lock:
-            n = self._refs.get(job, 0) - 1
+            n = self._refs.get(job, 0) - n
             if n > 0:
                 self._refs[job] = n
                 return None
