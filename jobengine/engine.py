@@ -567,6 +567,13 @@ class Engine:
         return [i for i in self.live() if query.matches(i.uuid_str, i.kind, i.state, i.created_ns)]
 
     # -- logs from the manager's side ----------------------------------------------------
+    def read_records(self, uuid: str, logs: bool) -> list:
+        """The state (or log) records of `uuid` in the store, once what was recorded
+        so far is there."""
+        rec = self.recorder
+        rec.sync()
+        return rec.store.lookup_logs(uuid) if logs else rec.store.lookup_history(uuid)
+
     def append_log(self, inst: Instance, level: LogLevel, message: str) -> None:
         self.recorder.log(inst, level, self.clock.time_ns(), message)
 

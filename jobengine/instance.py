@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
 
 # Enum attribute access costs ~0.1 us (metaclass lookup); the hot paths use these.
+_CANCELED = State.CANCELED
 _CREATED = State.CREATED
 _PROCESSING = State.PROCESSING
+_TERMINATED = State.TERMINATED
+_TIMED_OUT = State.TIMED_OUT
 _SCHEDULED = State.SCHEDULED
 
 T = TypeVar("T")
@@ -40,6 +43,8 @@ class Owner(Protocol):
     def cancel_queued(self, inst: Instance) -> bool: ...
 
     def append_log(self, inst: Instance, level: LogLevel, message: str) -> None: ...
+
+    def read_records(self, uuid: str, logs: bool) -> list: ...
 
 
 class Instance(LogMethods, Future[T]):
@@ -162,6 +167,48 @@ class Instance(LogMethods, Future[T]):
     def completed_at(self) -> datetime | None:
         """When it reached its final state (or its latest run ended), or None."""
         return ns_to_datetime(self.completed_ns)
+
+    def _final_at(self, state: State) -> datetime | None:
+        return ns_to_datetime(self.completed_ns) if self.state is state else None
+
+    @property
+    def terminated_at(self) -> datetime | None:
+        """When it ended TERMINATED (failed for good), or None."""
+        return self._final_at(_TERMINATED)
+
+    @property
+    def canceled_at(self) -> datetime | None:
+        """When it was CANCELED, or None."""
+        return self._final_at(_CANCELED)
+
+    @property
+    def timed_out_at(self) -> datetime | None:
+        """When it ended TIMED_OUT, or None."""
+        return self._final_at(_TIMED_OUT)
+
+    # -- options and records -------------------------------------------------------------
+    @property
+    def max_retries(self) -> int:
+        """Retries it may take after a failed attempt (-1: RETRY_FOREVER)."""
+        return self.job.max_retries
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds an attempt may run before it is interrupted (None: no timeout)."""
+        return self.job.timeout
+
+    def history(self) -> list:
+        """Its state history, oldest first (Manager.lookup_instance_history(self))."""
+        return self._records(logs=False)
+
+    def logs(self) -> list:
+        """Its log history, oldest first (Manager.lookup_instance_logs(self))."""
+        return self._records(logs=True)
+
+    def _records(self, logs: bool) -> list:
+        if self._owner is None:
+            raise ManagerStateError(f"{self!r} belongs to no manager: no records to read")
+        return self._owner.read_records(self.uuid_str, logs)
 
     # -- Future overrides ----------------------------------------------------------------
     if TYPE_CHECKING:

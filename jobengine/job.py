@@ -95,6 +95,27 @@ def instance_parameter(executor: Callable) -> str | None:
     return "ji" if "ji" in params else None
 
 
+PLACEHOLDER = "?"
+
+
+def task_payload(job: Job, args: tuple, kwargs: dict, uuid: str) -> tuple:
+    """What a worker unpickles for one instance: (args, kwargs), plus the uuid when the
+    executor is handed its Instance -- by a parameter (instance_parameter) or by go-job's
+    "?" placeholder among the arguments, which the worker replaces with it."""
+    if job.instance_param or _has_placeholder(args, kwargs):
+        return args, kwargs, uuid
+    return args, kwargs
+
+
+def _is_placeholder(value: Any) -> bool:
+    # `type(...) is str` first: `x == "?"` on an arbitrary object may not return a bool
+    return type(value) is str and value == PLACEHOLDER
+
+
+def _has_placeholder(args: tuple, kwargs: dict) -> bool:
+    return any(map(_is_placeholder, args)) or any(map(_is_placeholder, kwargs.values()))
+
+
 def _positional_arity(sig: inspect.Signature) -> tuple[int, float] | None:
     """(min, max) positional arguments that bind when no keyword is given, or None when
     a keyword-only parameter is required (then only a full bind can tell)."""
@@ -148,6 +169,7 @@ class Job:
         "misfire_grace",
         "nonexistent",
         "priority",
+        "registered_at",
         "response_handler",
         "schedule_after",
         "schedule_at",
@@ -258,6 +280,7 @@ class Job:
         self.error_handler = error_handler
         self.state_change_handler = state_change_handler
         self.instance_param = instance_parameter(executor)
+        self.registered_at: datetime | None = None  # set by the first manager it joins
         # Where the worker puts the Instance: at this index among the positional
         # arguments (it may stand anywhere), or by keyword (None).
         self.instance_pos: int | None = None
@@ -290,6 +313,12 @@ class Job:
         arity = self._arity
         if arity is not None and not kwargs and arity[0] <= len(args) <= arity[1]:
             return  # the common case, decided without Signature.bind (~3 us)
+        name, pos = self.instance_param, self.instance_pos
+        if name is not None:  # a "?" in the instance parameter's own place fills it
+            if _is_placeholder(kwargs.get(name)):
+                kwargs = {k: v for k, v in kwargs.items() if k != name}
+            elif pos is not None and len(args) > pos and _is_placeholder(args[pos]):
+                args = args[:pos] + args[pos + 1 :]
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as e:

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .ids import uuid7_int
 from .instance import Instance
-from .job import Job, check_priority, check_schedule_at, check_seconds
+from .job import Job, check_priority, check_schedule_at, check_seconds, task_payload
 from .payloads import PayloadError, dumps_value, secret_from
 from .pool.inherit import dumps_for_workers
 from .pool.pool import WorkerEvent, WorkerInfo
@@ -408,8 +408,7 @@ class Manager(Executor):
         key_material = b""
         try:
             self._registry.executor_blob(job)  # made once per Job, then a dict lookup
-            payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
-            inst.payload = dumps_value(payload)
+            inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
             if job.crontab is not None:
                 key_material = dumps_value((job.kind, args, kwargs))
         except SerializationError as e:
@@ -455,21 +454,56 @@ class Manager(Executor):
             canceled += self._queue.cancel(query)
         return canceled
 
-    def lookup_instance_history(self, ji: Instance | str) -> list[StateRecord]:
-        """The state history of an instance (or uuid), oldest first."""
-        self._engine.recorder.sync()
-        return self.store.lookup_history(_uuid_of(ji))
+    def lookup_instance_history(
+        self, ji: Instance | InstanceRecord | str | Query, query: Query | None = None
+    ) -> list[StateRecord]:
+        """The state history of an instance (or uuid), oldest first.  Given a Query
+        instead, the records of every instance it matches by uuid, kind and (current)
+        state.  A query's after/before bound the records' own times and its limit their
+        number."""
+        return self._records(ji, query, self.store.lookup_history)
 
-    def lookup_instance_logs(self, ji: Instance | str) -> list[LogRecord]:
-        """The log history of an instance (or uuid), oldest first."""
+    def lookup_instance_logs(
+        self, ji: Instance | InstanceRecord | str | Query, query: Query | None = None
+    ) -> list[LogRecord]:
+        """The log history of an instance (or uuid), oldest first; or, given a Query,
+        of every instance it matches, as lookup_instance_history.  Query(level=...)
+        keeps the records at that LogLevel or more severe; after/before bound their
+        times: mgr.lookup_instance_logs(ji, Query(level=LogLevel.WARN, after=t))."""
+        return self._records(ji, query, self.store.lookup_logs)
+
+    def _records(self, ji: Any, query: Query | None, read: Callable[[str], list]) -> list:
+        if query is not None and not isinstance(query, Query):
+            raise InvalidArgumentTypeError(f"query must be a Query, got {query!r}")
         self._engine.recorder.sync()
-        return self.store.lookup_logs(_uuid_of(ji))
+        if not isinstance(ji, Query):
+            records = read(_uuid_of(ji))
+        else:  # ji picks the instances; its times, level and limit the records unless
+            query = query or ji  # a second query is given for them
+            which = Query(uuid=ji.uuid, kind=ji.kind, state=ji.state)
+            records = [r for i in self.store.lookup_instances(which) for r in read(i.uuid)]
+            records.sort(key=lambda r: r.time_ns)  # stable: each instance's order holds
+        if query is None:
+            return records
+        records = [r for r in records if query.matches_record(r)]
+        return records if query.limit is None else records[: query.limit]
+
+    def clear(self) -> None:
+        """Delete everything the store keeps in this manager's namespace: instances,
+        histories, logs, recurrences, queued entries (go-job's ClearInstances).  What
+        this manager holds in memory (registered jobs, running instances) stays."""
+        self._engine.recorder.sync()
+        self.store.clear()
 
     def lookup_instances(self, query: Query | None = None) -> list[Instance | InstanceRecord]:
         """Instances matching `query`, oldest first.  Instances this manager created and
         that are still referenced are returned as their Instance objects; others (made by
         another manager, or forgotten) as the store's InstanceRecords, which have the
         same read-only fields."""
+        if query is not None and not isinstance(query, Query):
+            raise InvalidArgumentTypeError(f"lookup_instances needs a Query, got {query!r}")
+        if query is not None and query.level is not None:
+            raise InvalidArgumentError("Query.level filters log records, not instances")
         engine = self._engine
         engine.recorder.sync()
         records = self.store.lookup_instances(query or Query())

@@ -7,10 +7,14 @@ from __future__ import annotations
 import uuid as _uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
-from .records import datetime_to_ns
+from .records import LogLevel, datetime_to_ns
 from .state import State
+
+if TYPE_CHECKING:
+    from .records import LogRecord, StateRecord
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,9 @@ class Query:
 
     uuid: one instance.  kind: its job's kind.  state: the instance's CURRENT state; a
     group such as State.FINAL matches any of its members.  after / before: creation time
-    window (after <= created < before).  limit: at most this many results, oldest first.
+    window (after <= created < before); in a history or log lookup, the record's own
+    time.  limit: at most this many results, oldest first.  level (log lookups only):
+    log records at this LogLevel or more severe, as the logging module's levels.
     An empty Query() matches everything."""
 
     uuid: str | _uuid.UUID | None = None
@@ -28,6 +34,7 @@ class Query:
     after: datetime | None = None
     before: datetime | None = None
     limit: int | None = None
+    level: LogLevel | None = None
 
     def __post_init__(self):
         if self.uuid is not None:
@@ -43,6 +50,16 @@ class Query:
             v = getattr(self, name)
             if v is not None and not isinstance(v, datetime):
                 raise InvalidArgumentTypeError(f"Query.{name} must be a datetime, got {v!r}")
+        if self.level is not None and not isinstance(self.level, LogLevel):
+            try:  # a name ("WARN") or a number (30), as logging accepts
+                level = LogLevel[self.level.upper()] if isinstance(self.level, str) else None
+                level = level or LogLevel(self.level)
+            except (KeyError, ValueError, TypeError):
+                raise InvalidArgumentError(
+                    f"Query.level must be a LogLevel ({', '.join(LogLevel.__members__)}), "
+                    f"got {self.level!r}"
+                ) from None
+            object.__setattr__(self, "level", level)
         if self.limit is not None and (
             not isinstance(self.limit, int) or isinstance(self.limit, bool) or self.limit < 0
         ):
@@ -57,6 +74,15 @@ class Query:
     def before_ns(self) -> int | None:
         """`before` in Unix nanoseconds (None when open)."""
         return None if self.before is None else datetime_to_ns(self.before)
+
+    def matches_record(self, record: StateRecord | LogRecord) -> bool:
+        """Whether a history or log record falls in the time window (and, for a log
+        record, is at `level` or above)."""
+        a, b, t = self.after_ns, self.before_ns, record.time_ns
+        if (a is not None and t < a) or (b is not None and t >= b):
+            return False
+        level = self.level
+        return level is None or getattr(record, "level", level) >= level
 
     def matches(self, uuid: str, kind: str, state: State, created_ns: int) -> bool:
         """Whether an instance with these fields passes every filter (limit aside)."""

@@ -34,7 +34,7 @@ import cloudpickle
 
 from .errors import JobEngineError, ManagerStateError, SerializationError, StoreError
 from .instance import Instance
-from .job import Job
+from .job import Job, task_payload
 from .payloads import dumps_value
 from .query import Query
 from .records import FINAL_STATES, QueueEntry
@@ -115,7 +115,8 @@ class SharedQueue:
         codec = self.store.codec
         args, kwargs = inst.args, inst.kwargs
         # the worker's payload is (args, kwargs) already unless it carries the uuid too
-        raw = dumps_value((args, kwargs)) if job.instance_param else inst.payload
+        plain = len(task_payload(job, args, kwargs, "")) == 2
+        raw = inst.payload if plain else dumps_value((args, kwargs))
         payload = codec.encode_pickled(raw, [list(args), kwargs])
         target = target_of(job.executor)
         executor = None
@@ -203,6 +204,9 @@ class SharedQueue:
 
     def append_log(self, inst: Instance, level: Any, message: str) -> None:
         self.engine.append_log(inst, level, message)
+
+    def read_records(self, uuid: str, logs: bool) -> list:
+        return self.engine.read_records(uuid, logs)
 
     def _cancel_taken(self, inst: Instance) -> None:
         """An entry this manager took to cancel: recorded CANCELED (the final record
@@ -335,9 +339,8 @@ class SharedQueue:
                                   e.priority, e.created_ns)  # fmt: skip
         inst.scheduled_ns = e.due_ns
         inst.state = _SCHEDULED
-        payload = (args, kwargs, inst.uuid_str) if job.instance_param else (args, kwargs)
         try:
-            inst.payload = dumps_value(payload)
+            inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
         except Exception as err:
             self._terminate_unmade(e, err)
             return None

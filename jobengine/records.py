@@ -9,7 +9,7 @@ Owns: the record types and their JSON form.  Never does: I/O."""
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -21,15 +21,22 @@ UTC = timezone.utc
 
 
 def ns_to_datetime(ns: int | None) -> datetime | None:
-    """Nanoseconds since the epoch -> aware UTC datetime (microsecond precision)."""
+    """Nanoseconds since the epoch -> aware UTC datetime (microseconds, truncated: a
+    record's datetime never lies after its time, so it is a safe `after` bound)."""
     if ns is None:
         return None
-    return datetime.fromtimestamp(ns / 1e9, UTC)
+    return _EPOCH + timedelta(microseconds=ns // 1000)
 
 
 def datetime_to_ns(dt: datetime) -> int:
-    """Aware or naive-local datetime -> nanoseconds since the epoch."""
-    return int(dt.timestamp() * 1_000_000) * 1000
+    """Aware or naive-local datetime -> nanoseconds since the epoch (exact; no float)."""
+    if dt.tzinfo is None:
+        dt = dt.astimezone(UTC)  # a naive datetime is local time, as timestamp() reads it
+    return (dt - _EPOCH) // _MICROSECOND * 1000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class LogLevel(enum.IntEnum):

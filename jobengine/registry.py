@@ -11,6 +11,7 @@ import itertools
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from .errors import (
@@ -21,6 +22,12 @@ from .errors import (
 )
 from .job import Job
 from .pool.channel import executor_blob
+
+
+def _stamp(job: Job) -> None:
+    """Job.registered_at: when a manager first registered it (go-job's RegisteredAt)."""
+    if job.registered_at is None:
+        job.registered_at = datetime.now(timezone.utc)
 
 
 class JobRegistry:
@@ -48,6 +55,7 @@ class JobRegistry:
                 raise DuplicateJobError(f"a job of kind {job.kind!r} is already registered")
             self._ids.setdefault(job, next(self._seq))
             self._jobs[job.kind] = job
+            _stamp(job)
         return job
 
     def adopt(self, job: Job) -> None:
@@ -60,6 +68,7 @@ class JobRegistry:
             if known is None:
                 self._ids.setdefault(job, next(self._seq))
                 self._jobs[job.kind] = job
+                _stamp(job)
             elif known is not job:
                 raise DuplicateJobError(
                     f"another job of kind {job.kind!r} is registered; schedule that one"
@@ -119,6 +128,7 @@ class JobRegistry:
         job.transient = transient
         self._ids[job] = next(self._seq)
         self._jobs[kind] = job
+        _stamp(job)
         if key is not None:
             self._implicit[key] = job
             self._keys[job] = key

@@ -13,7 +13,9 @@ from .errors import IllegalTransitionError
 class State(enum.IntFlag):
     """The life of an instance: CREATED -> SCHEDULED -> PROCESSING -> a final state.
 
-    Groups: ACTIVE (not finished), FINAL (finished), ERROR (failed), SUCCESS.  A failed
+    Groups, as go-job defines them: ACTIVE (SCHEDULED or PROCESSING: waiting or
+    running), FINAL (finished), ERROR (TERMINATED, TIMED_OUT or CANCELED: finished
+    without a result), SUCCESS (COMPLETED).  A failed
     attempt with retries left and a recurring instance go from their final state back
     to SCHEDULED; every other move outside TRANSITIONS raises IllegalTransitionError."""
 
@@ -25,9 +27,9 @@ class State(enum.IntFlag):
     CANCELED = 32
     TIMED_OUT = 64
 
-    ACTIVE = CREATED | SCHEDULED | PROCESSING
+    ACTIVE = SCHEDULED | PROCESSING
     FINAL = COMPLETED | TERMINATED | CANCELED | TIMED_OUT
-    ERROR = TERMINATED | TIMED_OUT
+    ERROR = TERMINATED | TIMED_OUT | CANCELED
     SUCCESS = COMPLETED
 
     def __str__(self) -> str:

@@ -315,3 +315,15 @@ def long_cleanup(path, seconds):
         time.sleep(seconds)
     finally:
         append_line(path, f"cleaned {os.getpid()}")
+
+
+def uuid_of(target):
+    """go-job's "?" placeholder in use: `target` is the instance itself."""
+    return target.uuid
+
+
+def log_levels(target):
+    target.debug("d")
+    target.info("i")
+    target.warn("w")
+    target.error("e")

@@ -239,13 +239,15 @@ class Worker:
             return
         try:
             args, kwargs = decoded[0], decoded[1]
-            if inject is not None:
+            if len(decoded) > 2:  # the executor is handed its Instance
                 ji = WorkerInstance(self, packed, decoded[2], kind, packed >> 32, args, kwargs)
-                name, pos = inject
-                if pos is not None and len(args) >= pos:  # where it stands in the signature
-                    args = (*args[:pos], ji, *args[pos:])
-                else:
-                    kwargs = {**kwargs, name: ji}
+                args, kwargs = _fill_placeholders(args, kwargs, ji)
+                if inject is not None and not _holds(args, kwargs, ji):
+                    name, pos = inject
+                    if pos is not None and len(args) >= pos:  # its place in the signature
+                        args = (*args[:pos], ji, *args[pos:])
+                    else:
+                        kwargs = {**kwargs, name: ji}
             self.current = packed
             try:
                 result = fn(*args, **kwargs)
@@ -273,6 +275,20 @@ class Worker:
             return
         del result
         self.emit(E_OK, packed, time.time_ns(), out)
+
+
+def _fill_placeholders(args: tuple, kwargs: dict, ji: WorkerInstance) -> tuple[tuple, dict]:
+    """go-job's "?" argument: replaced by the instance the job runs as."""
+
+    def fill(v: Any) -> Any:
+        return ji if type(v) is str and v == "?" else v
+
+    return tuple(map(fill, args)), {k: fill(v) for k, v in kwargs.items()}
+
+
+def _holds(args: tuple, kwargs: dict, ji: WorkerInstance) -> bool:
+    """Whether a placeholder already put the instance among the arguments."""
+    return any(a is ji for a in args) or any(v is ji for v in kwargs.values())
 
 
 def finish_process() -> None:
