@@ -113,7 +113,13 @@ def _is_placeholder(value: Any) -> bool:
 
 
 def _has_placeholder(args: tuple, kwargs: dict) -> bool:
-    return any(map(_is_placeholder, args)) or any(map(_is_placeholder, kwargs.values()))
+    # a plain loop: this runs on every schedule, and most have one or two arguments
+    for a in args:
+        if type(a) is str and a == PLACEHOLDER:
+            return True
+    if kwargs:
+        return any(map(_is_placeholder, kwargs.values()))
+    return False
 
 
 def _positional_arity(sig: inspect.Signature) -> tuple[int, float] | None:

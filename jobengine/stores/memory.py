@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from itertools import islice
 
 from ..payloads import outcome_columns
 from ..query import Query
@@ -126,7 +127,9 @@ class MemoryStore(Store):
                     lst.append((k, lv, t, m, a))
             limit = self.max_instances
             if limit is not None and len(finished) > limit:
-                for uuid in list(finished)[: len(finished) - limit]:
+                # the oldest few only: list(finished) would copy every kept key, on
+                # every batch, once the store is full
+                for uuid in list(islice(finished, len(finished) - limit)):
                     self._drop(uuid)
 
     def _drop(self, uuid: str) -> None:
@@ -147,7 +150,7 @@ class MemoryStore(Store):
                 n += len(old)
             limit = self.max_instances
             if limit is not None and len(self._finished) > limit:
-                extra = list(self._finished)[: len(self._finished) - limit]
+                extra = list(islice(self._finished, len(self._finished) - limit))
                 for uuid in extra:
                     self._drop(uuid)
                 n += len(extra)
