@@ -44,6 +44,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from concurrent.futures import CancelledError
 from typing import Any
 
 from . import _core
@@ -505,6 +506,7 @@ class Engine:
             now = self.clock.time_ns()
             inst.completed_ns = now
             self.recorder.transition(inst, _CANCELED, now)
+            self.notify_canceled(inst)
             if rec is not None:
                 self.ticks.canceled_while_queued(inst)
             if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
@@ -1149,11 +1151,20 @@ class Engine:
         """A handed-out attempt was stopped on purpose: CANCELED, never retried."""
         unit.completed_ns = now
         self.recorder.transition(unit, _CANCELED, now, cause)
+        self.notify_canceled(unit, cause)
         if unit.parent is not None:
             self.ticks.run_ended(unit)
             return
         self._finished.append(unit)
         self.recorder.defer(unit.cancel_future)
+
+    def notify_canceled(self, unit: Instance | Run, cause: str | None = None) -> None:
+        """go-job calls the error handler on a cancel too: once, with a CancelledError
+        (its return value replaces nothing: the Future is cancelled)."""
+        handler = unit.job.error_handler
+        if handler is not None:
+            err = CancelledError(cause or "canceled")
+            self.recorder.defer(self.recorder.call_handler, handler, unit.parent or unit, err)
 
 
 __all__ = ["Engine", "decode_error"]

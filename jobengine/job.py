@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import _core
+from .convert import Conversions
 from .errors import (
     ArgumentBindingError,
     InvalidArgumentError,
@@ -96,6 +97,33 @@ def instance_parameter(executor: Callable) -> str | None:
 
 
 PLACEHOLDER = "?"
+_UNPLANNED = object()  # Job._plan before the first converting bind
+
+#: Job options that schedule_job / schedule_registered_job may set for one schedule.
+OVERRIDABLE = (
+    "crontab",
+    "timezone",
+    "jitter",
+    "max_retries",
+    "timeout",
+    "backoff",
+    "response_handler",
+    "error_handler",
+    "state_change_handler",
+)
+# Every option of Job's constructor (what derive() copies).
+_OPTIONS = (
+    "description",
+    "priority",
+    "schedule_at",
+    "schedule_after",
+    "misfire",
+    "misfire_grace",
+    "nonexistent",
+    "ambiguous",
+    "max_overlap",
+    *OVERRIDABLE,
+)
 
 
 def task_payload(job: Job, args: tuple, kwargs: dict, uuid: str) -> tuple:
@@ -158,9 +186,12 @@ class Job:
 
     __slots__ = (
         "_arity",
+        "_derived",
+        "_plan",
         "_signature",
         "ambiguous",
         "backoff",
+        "base",
         "crontab",
         "description",
         "error_handler",
@@ -287,6 +318,9 @@ class Job:
         self.state_change_handler = state_change_handler
         self.instance_param = instance_parameter(executor)
         self.registered_at: datetime | None = None  # set by the first manager it joins
+        self.base: Job | None = None  # the Job a per-schedule variant was derived from
+        self._derived: dict[tuple, Job] | None = None
+        self._plan: Conversions | object | None = _UNPLANNED
         # Where the worker puts the Instance: at this index among the positional
         # arguments (it may stand anywhere), or by keyword (None).
         self.instance_pos: int | None = None
@@ -312,19 +346,27 @@ class Job:
             self._signature = None
             self._arity = None
 
-    def bind(self, args: tuple, kwargs: dict) -> None:
-        """Check that args/kwargs fit the executor's signature (ArgumentBindingError)."""
+    def bind(self, args: tuple, kwargs: dict, convert: bool = False) -> tuple[tuple, dict]:
+        """Check that args/kwargs fit the executor's signature (ArgumentBindingError);
+        with `convert`, also convert them by its annotations (convert.py).  Returns
+        the arguments to use."""
         if self._signature is None:
-            return
+            return args, kwargs
+        conversions = self._conversions if convert else None
         arity = self._arity
         if arity is not None and not kwargs and arity[0] <= len(args) <= arity[1]:
-            return  # the common case, decided without Signature.bind (~3 us)
+            if conversions is None:
+                return args, kwargs  # the common case, decided without Signature.bind
+            return conversions.apply(self.kind, args, kwargs)
         name, pos = self.instance_param, self.instance_pos
-        if name is not None:  # a "?" in the instance parameter's own place fills it
+        filled = None  # a "?" in the instance parameter's own place fills it
+        if name is not None:
             if _is_placeholder(kwargs.get(name)):
                 kwargs = {k: v for k, v in kwargs.items() if k != name}
+                filled = name
             elif pos is not None and len(args) > pos and _is_placeholder(args[pos]):
                 args = args[:pos] + args[pos + 1 :]
+                filled = pos
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as e:
@@ -332,6 +374,21 @@ class Job:
                 f"arguments {args!r} {kwargs!r} do not fit job {self.kind!r} "
                 f"executor{self._signature}: {e}"
             ) from None
+        if conversions is not None:
+            args, kwargs = conversions.apply(self.kind, args, kwargs)
+        if isinstance(filled, str):
+            kwargs = {**kwargs, filled: PLACEHOLDER}
+        elif isinstance(filled, int):
+            args = (*args[:filled], PLACEHOLDER, *args[filled:])
+        return args, kwargs
+
+    @property
+    def _conversions(self) -> Conversions | None:
+        """The executor's conversion plan (made on first use: type hints cost ~50 us)."""
+        plan = self._plan
+        if plan is _UNPLANNED:
+            plan = self._plan = Conversions.of(self.executor, self._signature)
+        return plan  # type: ignore[return-value]
 
     def jitter_seconds(self) -> float:
         """One draw of the jitter added to a fire (0 without jitter)."""
@@ -352,6 +409,57 @@ class Job:
                 or 0.0
             )
         return float(self.backoff)
+
+    def stored_overrides(self) -> dict[str, Any]:
+        """What a store keeps of a variant's options so that another manager resumes
+        its recurrence as scheduled: the plain values (a callable jitter or backoff
+        and the handlers apply where it was scheduled)."""
+        base = self.base
+        if base is None:
+            return {}
+        out = {}
+        for name in OVERRIDABLE:
+            value = getattr(self, name)
+            if value != getattr(base, name) and not callable(value):
+                out[name] = value
+        return out
+
+    def derive(self, **overrides: Any) -> Job:
+        """This job with some options replaced, for one schedule: schedule_job(job,
+        crontab=..., timeout=...) runs its instance as job.derive(...).  The variant
+        keeps the kind, the executor and `base` (the job it came from); options given
+        as None keep the job's.  Variants are cached by their options, so a loop that
+        schedules with the same overrides makes one (the executor travels once)."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(overrides) - set(OVERRIDABLE)
+        if unknown:  # (as Python does for an unexpected keyword: a TypeError)
+            raise InvalidArgumentTypeError(
+                f"Job {self.kind!r}: {', '.join(sorted(unknown))} cannot be set per schedule "
+                f"(these can: {', '.join(OVERRIDABLE)})"
+            )
+        if not overrides:
+            return self
+        key = tuple(sorted(overrides.items()))
+        try:
+            hash(key)
+        except TypeError:  # an unhashable option value: a variant of its own
+            key = None
+        cache = self._derived
+        if key is not None and cache is not None and key in cache:
+            return cache[key]
+        options = {name: getattr(self, name) for name in _OPTIONS}
+        options.update(overrides)
+        try:
+            variant = Job(self.kind, self.executor, **options)
+        except InvalidJobError as e:  # a schedule option: bad input to schedule_job
+            raise InvalidArgumentError(str(e)) from None
+        variant.base = self.base or self
+        variant.transient = self.transient
+        if key is not None:
+            if cache is None:
+                cache = self._derived = {}
+            cache[key] = variant
+        return variant
 
     def __repr__(self) -> str:
         name = getattr(self.executor, "__qualname__", self.executor)

@@ -102,6 +102,8 @@ _register_exit_hook()
 def _abandon(engine: Engine) -> None:
     """A Manager was garbage-collected without shutdown: its engine runs what it holds,
     then stops its supervisor and workers (nobody waits for it)."""
+    if engine.state == "stopped":  # (an engine a restarted manager left behind)
+        return
     if engine.state == "new":
         engine.stop_unstarted()
     else:
@@ -257,7 +259,7 @@ class Manager(Executor):
         if secret is not None or self.store.codec.secret is None:
             self.store.use_secret(secret_from(secret))
         self._registry = JobRegistry(real_time_timeouts=not self._clock.virtual)
-        self._engine = engine = Engine(
+        self._engine_options = dict(
             store=self.store,
             registry=self._registry,
             clock=self._clock,
@@ -269,15 +271,27 @@ class Manager(Executor):
             init_blob=init_blob,
             init_fds=init_fds,
         )
-        self.node = engine.node
-        # On a durable store one-off instances live in its shared queue (queue.py).
-        lease_s = check_seconds(lease, "lease", allow_zero=False)
-        self._queue = SharedQueue(engine, self._registry, self.store, lease_s) if shared else None
-        engine.shared_queue = self._queue
+        self._shared = shared
         self._lifecycle = threading.RLock()  # start() once, even from racing submit()s
         if handle_signals is None:  # see SignalStop.wanted
             handle_signals = SignalStop.wanted()
-        self._signals = SignalStop(lambda: _stop_on_signal(engine)) if handle_signals else None
+        # (through a list: a restarted manager's handler stops its current engine)
+        current = self._current = [None]
+        self._signals = SignalStop(lambda: _stop_on_signal(current[0])) if handle_signals else None
+        self._new_engine()
+
+    def _new_engine(self) -> None:
+        """The engine (and shared queue) this manager runs: made at construction, and
+        again by a start() after a stop()."""
+        self._engine = engine = Engine(**self._engine_options)
+        self.node = engine.node
+        # On a durable store one-off instances live in its shared queue (queue.py).
+        lease_s = self._engine_options["lease"]
+        self._queue = (
+            SharedQueue(engine, self._registry, self.store, lease_s) if self._shared else None
+        )
+        engine.shared_queue = self._queue
+        self._current[0] = engine
         _live_engines.add(engine)
         # Collected without shutdown: stop the supervisor and workers (after the work
         # they hold).  The interpreter-exit hook covers managers alive at exit.
@@ -331,14 +345,24 @@ class Manager(Executor):
         priority: int | None = None,
         schedule_at: datetime | None = None,
         schedule_after: float | timedelta | None = None,
+        **overrides: Any,
     ) -> Instance[Any]:
         """Schedule one instance of `job` (registering it if its kind is new).
 
         args/kwargs go to the executor (checked against its signature now, pickled
         now: an argument that cannot be pickled raises SerializationError and nothing
-        is recorded).  priority / schedule_at / schedule_after override the job's.
-        Before start() the instance waits in the manager until it starts."""
+        is recorded).  priority / schedule_at / schedule_after override the job's, and
+        so may any of crontab, timezone, jitter, max_retries, timeout, backoff and the
+        three handlers (go-job's WithCrontabSpec(...) at ScheduleJob): the instance
+        runs as job.derive(...) and keeps them.  A Job whose kind another Job holds
+        here runs as the Job given (go-job's rule); schedule_registered_job(kind) runs
+        the registered one.  Before start() the instance waits in the manager until
+        it starts."""
         self._check_accepting()
+        if overrides:
+            if not isinstance(job, Job):
+                raise InvalidArgumentTypeError(f"schedule_job needs a Job, got {job!r}")
+            job = job.derive(**overrides)
         inst, due, at, after, key_material = self._new_instance(
             job, args, kwargs, priority, schedule_at, schedule_after
         )
@@ -376,10 +400,13 @@ class Manager(Executor):
         schedule_at: datetime | None,
         schedule_after: float | timedelta | None,
         pickle_now: bool = True,
+        convert: bool = True,
     ) -> tuple[Instance[Any], int, datetime | None, float | None, bytes]:
-        """Check the options, bind the arguments, make the Instance and pickle its
-        payload (SerializationError if it cannot be, unless pickle_now is False: then
-        the error is stored in inst.payload's place and the caller decides)."""
+        """Check the options, bind the arguments (converted by the executor's
+        annotations unless `convert` is False: the Executor methods pass them as they
+        are, as the stdlib does), make the Instance and pickle its payload
+        (SerializationError if it cannot be, unless pickle_now is False: then the error
+        is stored in inst.payload's place and the caller decides)."""
         if not isinstance(job, Job):
             raise InvalidArgumentTypeError(f"schedule_job needs a Job, got {job!r}")
         if type(args) is not tuple:
@@ -398,7 +425,7 @@ class Manager(Executor):
             at = schedule_at
             after = check_seconds(schedule_after, "schedule_after")
         at = check_schedule_at(at, clock.time_ns())
-        job.bind(args, kwargs)
+        args, kwargs = job.bind(args, kwargs, convert=convert)
         if pickle_now:
             self._registry.executor_blob(job)  # an executor that cannot travel: refused
         self._registry.adopt(job)
@@ -410,7 +437,9 @@ class Manager(Executor):
             self._registry.executor_blob(job)  # made once per Job, then a dict lookup
             inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
             if job.crontab is not None:
-                key_material = dumps_value((job.kind, args, kwargs))
+                # a per-schedule crontab is another schedule of the same arguments
+                spec = () if job.base is None else (job.crontab, job.timezone)
+                key_material = dumps_value((job.kind, args, kwargs, *spec))
         except SerializationError as e:
             err = e
         except Exception as e:
@@ -424,8 +453,14 @@ class Manager(Executor):
                 raise err from None
             inst.payload = err
         due = self._due(at, after)
+        if job.jitter is not None and job.crontab is None:  # a one-shot's jitter: later
+            due = (due or clock.monotonic_ns()) + int(job.jitter_seconds() * 1e9)
         wall = inst.created_ns
         inst.scheduled_ns = wall + max(0, due - clock.monotonic_ns()) if due else wall
+        if at is not None and job.crontab is None:
+            # a past time is kept as given (go-job's rule): it is due at once, and
+            # its scheduled_at says when it was meant to run
+            inst.scheduled_ns = min(inst.scheduled_ns, datetime_to_ns(at))
         return inst, due, at, after, key_material
 
     def _due(self, schedule_at: datetime | None, schedule_after: float | None) -> int:
@@ -559,9 +594,15 @@ class Manager(Executor):
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Manager:
         """Start the supervisor, the workers and the engine thread.  (submit() and
-        map() start a manager that was never started.)"""
+        map() start a manager that was never started.)  A stopped manager starts
+        again, as go-job's does: with new workers, its registered jobs, and its
+        recurrences resumed from the store; the Instances of its previous run stay
+        as they ended.  A broken one (InitializerError) does not."""
         with self._lifecycle:
             state = self._engine.state
+            if state == "stopped" and self._engine.broken is None:
+                self._new_engine()
+                state = self._engine.state
             if state != "new":
                 raise ManagerStateError(f"start() on a manager that is {state}")
             self._engine.start()
@@ -663,7 +704,7 @@ class Manager(Executor):
         self._check_accepting(RuntimeError)
         job = self._registry.implicit(fn)
         try:
-            inst, due, *_ = self._new_instance(job, args, kwargs, None, None, None, False)
+            inst, due, *_ = self._new_instance(job, args, kwargs, None, None, None, False, False)
         except BaseException:
             if job.transient:
                 self._registry.settled(job)
@@ -692,7 +733,7 @@ class Manager(Executor):
         job = registry.implicit(fn)  # holds it for one instance; the rest below
         registry.hold(job, len(calls) - 1)
         try:
-            made = [self._new_instance(job, a, None, None, None, None, False) for a in calls]
+            made = [self._new_instance(job, a, None, None, None, None, False, False) for a in calls]
         except BaseException:
             registry.settled(job, len(calls))
             raise
@@ -839,8 +880,7 @@ def _ns_or_none(dt: datetime | None) -> int | None:
 
 def _uuid_of(ji: Any) -> str:
     """The uuid string of an Instance, an InstanceRecord, a uuid.UUID or a str;
-    InvalidArgumentTypeError (a TypeError) for anything else (a Query included: see
-    lookup_instances)."""
+    InvalidArgumentTypeError (a TypeError) for anything else."""
     if isinstance(ji, (Instance, InstanceRecord)):
         return ji.uuid_str
     if isinstance(ji, str):

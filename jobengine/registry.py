@@ -43,6 +43,7 @@ class JobRegistry:
         self._implicit: dict[Any, Job] = {}  # submit(): callable -> its implicit Job
         self._refs: dict[Job, int] = {}  # transient job -> its unsettled instances
         self._keys: dict[Job, Any] = {}  # transient job -> its key in _implicit
+        self._cron_variants: set[str] = set()  # kinds scheduled with their own crontab
         self._real_time_timeouts = real_time_timeouts
 
     # -- registration ------------------------------------------------------------------
@@ -59,20 +60,23 @@ class JobRegistry:
         return job
 
     def adopt(self, job: Job) -> None:
-        """Register a job met for the first time in schedule_job; a different Job
-        already registered under its kind is an error."""
+        """Register a job met for the first time in schedule_job.  A per-schedule
+        variant registers its base and runs as itself; so does a Job whose kind another
+        Job holds (go-job's rule: schedule_job runs the job it is given)."""
         if self._jobs.get(job.kind) is job:
             return
+        if job.base is not None:
+            self.adopt(job.base)
         with self._lock:
             known = self._jobs.get(job.kind)
-            if known is None:
+            if known is None and job.base is None:
                 self._ids.setdefault(job, next(self._seq))
                 self._jobs[job.kind] = job
                 _stamp(job)
             elif known is not job:
-                raise DuplicateJobError(
-                    f"another job of kind {job.kind!r} is registered; schedule that one"
-                )
+                self._ids.setdefault(job, next(self._seq))
+            if job.base is not None and job.crontab is not None:
+                self._cron_variants.add(job.kind)
 
     def foreign(self, job: Job) -> None:
         """Give a job made from a shared-queue entry an id for the workers, without
@@ -180,9 +184,11 @@ class JobRegistry:
             return list(self._jobs.values())
 
     def crontab_kinds(self) -> list[str]:
-        """Kinds of the registered recurring (crontab) jobs."""
+        """Kinds of the registered recurring (crontab) jobs, and of those scheduled here
+        with a per-schedule crontab."""
         with self._lock:
-            return [k for k, j in self._jobs.items() if j.crontab is not None]
+            kinds = {k for k, j in self._jobs.items() if j.crontab is not None}
+            return sorted(kinds | self._cron_variants)
 
     # -- how an executor travels -------------------------------------------------------
     def kind_id(self, job: Job) -> int:

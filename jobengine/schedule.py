@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -112,12 +113,40 @@ def resolve_timezone(name: str | None):
         raise InvalidArgumentError(f"unknown time zone {name!r}: {e}") from None
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def every_interval(expr: str) -> timedelta | None:
+    """The interval of an `@every <duration>` descriptor (go-job's and Go cron's:
+    `@every 90s`, `@every 1h30m`, `@every 500ms`), None for any other crontab, or
+    InvalidArgumentError for a malformed or non-positive duration."""
+    text = expr.strip()
+    if not text.startswith("@every"):
+        return None
+    spec = text[len("@every") :].strip()
+    pos, seconds = 0, 0.0
+    for m in _DURATION.finditer(spec):
+        if m.start() != pos:
+            break
+        seconds += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not spec or pos != len(spec) or seconds <= 0:
+        raise InvalidArgumentError(
+            f"invalid crontab {expr!r}: @every needs a positive duration such as 90s, "
+            "1m30s, 2h or 500ms"
+        )
+    return timedelta(seconds=seconds)
+
+
 def check_crontab(expr: str) -> str:
     """A crontab croniter accepts (5 fields, an optional 6th for seconds, descriptors
-    such as @hourly) that fires at least once from now on, or InvalidArgumentError
-    naming it (`0 0 31 2 *`, February 31st, never fires)."""
+    such as @hourly), or `@every <duration>`, that fires at least once from now on, or
+    InvalidArgumentError naming it (`0 0 31 2 *`, February 31st, never fires)."""
     if not isinstance(expr, str):
         raise InvalidArgumentTypeError(f"crontab must be a str, got {expr!r}")
+    if every_interval(expr) is not None:
+        return expr
     try:
         it = croniter(expr, datetime.now())
     except (CroniterError, ValueError, KeyError) as e:
@@ -177,6 +206,10 @@ def fire_times(
     if start.tzinfo is None:
         start = start.replace(tzinfo=tz)
     start_utc = start.astimezone(UTC)
+    step = every_interval(crontab)
+    if step is not None:
+        yield from _every(step, start_utc, tz)
+        return
     # Walk wall-clock times from `start`, keep instants strictly after it, increasing.
     # Near an offset change a shifted or doubled wall time earlier than start's may
     # still fire after it: then walk from a little before (LOOKBACK covers every gap
@@ -193,6 +226,21 @@ def fire_times(
             if instant > last:
                 last = instant
                 yield instant.astimezone(tz)
+
+
+def _every(step: timedelta, start: datetime, tz) -> Iterator[datetime]:
+    """@every: a grid of `step` aligned to the Unix epoch, strictly after `start`.  An
+    absolute grid (not one from the moment of scheduling) is what lets every manager on
+    a store agree on the ticks, and a resumed recurrence keep its beat; daylight saving
+    does not move it."""
+    us = step // timedelta(microseconds=1)
+    k = (start - _EPOCH) // timedelta(microseconds=1) // us + 1
+    while True:
+        yield (_EPOCH + timedelta(microseconds=k * us)).astimezone(tz)
+        k += 1
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def preview(

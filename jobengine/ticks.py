@@ -142,7 +142,10 @@ class Ticks:
             raise InvalidArgumentError(f"crontab {job.crontab!r} never fires") from None
         # What the store keeps of the arguments follows its payload policy (JSON, or a
         # signed pickle: PayloadError here, before anything is recorded, if it cannot).
-        stored_args = self.stored.store.codec.encode([list(inst.args), inst.kwargs])
+        options = job.stored_overrides()  # a per-schedule crontab and the like
+        stored_args = self.stored.store.codec.encode(
+            [list(inst.args), inst.kwargs, *([options] if options else [])]
+        )
         rec, stored = self.stored.add(inst.uuid_str, job.kind, key_material, stored_args,
                                       inst.priority, first, inst.created_ns)  # fmt: skip
         if stored.uuid != rec.uuid:
@@ -176,7 +179,7 @@ class Ticks:
 
     def _instance(self, rec: RecurrenceRecord, job: Job, inst: Instance | None = None) -> Instance:
         """An Instance for a stored recurrence (or `inst`, a stand-in, brought up to date)."""
-        args, kwargs = self.stored.store.codec.decode(rec.payload, f"recurrence {rec.uuid}")
+        args, kwargs = self._decode(rec)[:2]
         args = tuple(args)
         if inst is None:
             inst = Instance(self.engine, job, _uuid.UUID(rec.uuid).int, args, kwargs,
@@ -188,6 +191,22 @@ class Ticks:
         inst.state = _SCHEDULED
         inst.scheduled_ns = rec.fire_ns
         return inst
+
+    def _decode(self, rec: RecurrenceRecord) -> list:
+        """[args, kwargs] or [args, kwargs, per-schedule options] of a stored recurrence."""
+        return self.stored.store.codec.decode(rec.payload, f"recurrence {rec.uuid}")
+
+    def _job_of(self, rec: RecurrenceRecord) -> Job | None:
+        """The job a stored recurrence runs as: its kind's registered job, with the
+        options it was scheduled with."""
+        job = self.engine.registry.get(rec.kind)
+        if job is None:
+            return None
+        parts = self._decode(rec)
+        if len(parts) > 2 and parts[2]:
+            job = job.derive(**parts[2])
+            self.engine.registry.adopt(job)
+        return job if job.crontab is not None else None
 
     # -- arming ticks --------------------------------------------------------------------
     def arm_fire(self, inst: Instance, fire: datetime, jitter: float | None = None) -> int:
@@ -477,8 +496,12 @@ class Ticks:
         """Run a recurrence claimed from the store: same uuid, its next run number; its
         tick, if past, goes through the misfire policy like any late tick."""
         engine = self.engine
-        job = engine.registry.get(rec.kind)
-        if job is None or job.crontab is None:
+        try:
+            job = self._job_of(rec)
+        except Exception:
+            log.exception("jobengine: cannot read recurrence %s of %r", rec.uuid, rec.kind)
+            return False
+        if job is None:
             return False
         try:
             inst = self._instance(rec, job, self.standby.pop(rec.uuid, None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -327,3 +328,33 @@ def log_levels(target):
     target.info("i")
     target.warn("w")
     target.error("e")
+
+
+def catch_exception_then_clean(path, seconds):
+    """A job whose `except Exception` must not swallow a cancel or a timeout, and whose
+    finally block must run."""
+    try:
+        try:
+            time.sleep(seconds)
+        except Exception:
+            append_line(path, "swallowed by except Exception")
+    finally:
+        append_line(path, "finally ran")
+
+
+def typed_add(a: int, b: int) -> int:
+    return a + b
+
+
+def typed_str(x: str) -> str:
+    return x
+
+
+@dataclasses.dataclass
+class ConcatOpt:
+    a: str
+    b: str
+
+
+def concat(opt: ConcatOpt) -> str:
+    return opt.a + " " + opt.b

@@ -3,10 +3,26 @@ this file).  Where go-job's code and README disagree, the README wins."""
 
 from __future__ import annotations
 
+import itertools
+import time
+from concurrent.futures import CancelledError
+from datetime import datetime, timedelta, timezone
+
 import jobs
+import pytest
 from conftest import wait_for
 
-from jobengine import RETRY_FOREVER, Job, Manager, Query, State
+from jobengine import (
+    RETRY_FOREVER,
+    ArgumentBindingError,
+    Job,
+    JobCanceled,
+    JobTimeout,
+    Manager,
+    Query,
+    State,
+)
+from jobengine.errors import InvalidArgumentError, InvalidJobError
 
 
 def test_with_max_retries_minus_one_retries_until_success():
@@ -161,3 +177,209 @@ def test_manager_clear_empties_the_store_namespace():
         m.clear()
         assert m.lookup_instances() == [] and m.lookup_instance_history(ji) == []
         assert m.submit(jobs.add, 2, 2).result(timeout=30) == 4  # and it serves on
+
+
+# -- schedule-time options (go-job: ScheduleJob(job, WithXxx(...))) ---------------------
+def test_schedule_job_with_crontab_spec_makes_a_recurring_instance():
+    # the seed: mgr.ScheduleJob(job, WithCrontabSpec("0 0 * * *"))
+    job = Job("parity-cron-option", jobs.noop)
+    with Manager(1) as m:
+        ji = m.schedule_job(job, crontab="0 0 * * *", timezone="UTC")
+        assert ji.state is State.SCHEDULED and ji.job.crontab == "0 0 * * *"
+        assert ji.scheduled_at.hour == 0 and ji.scheduled_at.minute == 0
+        assert job.crontab is None  # the Job itself is unchanged
+        one_off = m.schedule_job(job)  # the same job without the option: runs once
+        one_off.result(timeout=30)
+        assert ji.state is State.SCHEDULED
+        m.cancel_instances(Query(uuid=ji.uuid_str))
+
+
+def test_schedule_options_override_the_job_for_that_instance_only():
+    calls = []
+    job = Job("parity-overrides", jobs.fail_until, max_retries=0, timeout=30)
+    with Manager(1) as m:
+        ji = m.schedule_registered_job(
+            m.register_job(job).kind, args=(3,), max_retries=5, backoff=0.01, timeout=0,
+            error_handler=lambda inst, err: calls.append(inst.attempts),
+        )  # fmt: skip
+        assert ji.result(timeout=30) == 3
+        assert ji.max_retries == 5 and ji.timeout is None and calls == [1, 2]
+        plain = m.schedule_job(job, args=(2,))  # the job's own: no retry
+        with pytest.raises(RuntimeError):
+            plain.result(timeout=30)
+        assert plain.max_retries == 0 and plain.timeout == 30
+        slow = m.schedule_job(Job("parity-slow-option", jobs.sleep_then), args=(30,), timeout=0.3)
+        with pytest.raises(JobTimeout):
+            slow.result(timeout=30)
+        assert slow.state is State.TIMED_OUT
+
+
+def test_schedule_options_are_checked_like_the_jobs():
+    job = Job("parity-bad-option", jobs.noop)
+    with Manager(1) as m:
+        with pytest.raises(InvalidArgumentError):
+            m.schedule_job(job, crontab="not a crontab")
+        with pytest.raises(InvalidArgumentError):
+            m.schedule_job(job, max_retries=-5)
+        with pytest.raises(TypeError):
+            m.schedule_job(job, colour="blue")
+        assert m.lookup_instances() == []
+
+
+def test_jitter_applies_to_one_shot_jobs():
+    job = Job("parity-jitter", jobs.noop, jitter=0.4)
+    with Manager(1) as m:
+        made = [m.schedule_job(job) for _ in range(6)]
+        delays = [(i.scheduled_ns - i.created_ns) / 1e9 for i in made]
+        assert all(0 <= d <= 0.41 for d in delays) and len(set(delays)) > 1
+        for i in made:
+            i.result(timeout=30)
+            assert i.processed_ns >= i.scheduled_ns
+
+
+def test_schedule_job_runs_the_job_it_is_given_even_if_its_kind_is_registered():
+    with Manager(1) as m:
+        m.register_job(Job("parity-same-kind", jobs.echo))
+        other = Job("parity-same-kind", jobs.add)
+        assert m.schedule_job(other, args=(2, 3)).result(timeout=30) == 5
+        reg = m.schedule_registered_job("parity-same-kind", args=("registered",))
+        assert reg.result(timeout=30) == "registered"
+        assert m.lookup_job("parity-same-kind").executor is jobs.echo
+
+
+# -- arguments converted by annotations --------------------------------------------------
+def test_with_arguments_converted_by_the_executors_annotations():
+    with Manager(1) as m:
+        assert m.schedule_job(Job("parity-typed-add", jobs.typed_add), args=("1", "2")).result(
+            timeout=30
+        ) == 3  # fmt: skip
+        assert m.schedule_job(Job("parity-typed-str", jobs.typed_str), args=(123,)).result(
+            timeout=30
+        ) == "123"  # fmt: skip
+        concat = Job("parity-concat", jobs.concat)
+        # the seed's concatOpt: a struct argument, here a dataclass from a dict or JSON
+        assert m.schedule_job(concat, args=({"a": "Hello", "b": "world!"},)).result(
+            timeout=30
+        ) == "Hello world!"  # fmt: skip
+        assert m.schedule_job(concat, kwargs={"opt": '{"a": "Hi", "b": "there"}'}).result(
+            timeout=30
+        ) == "Hi there"  # fmt: skip
+        untyped = m.schedule_job(Job("parity-untyped", jobs.echo), args=("1",))
+        assert untyped.result(timeout=30) == "1"  # unannotated: as it is
+        assert m.submit(jobs.typed_str, 5).result(timeout=30) == 5  # submit: the stdlib's rule
+
+
+def test_an_argument_that_cannot_be_converted_names_its_parameter():
+    with Manager(1) as m:
+        with pytest.raises(ArgumentBindingError, match=r"'b'.*not a valid int"):
+            m.schedule_job(Job("parity-typed-add", jobs.typed_add), args=(1, "two"))
+        with pytest.raises(ArgumentBindingError, match="'opt'"):
+            m.schedule_job(Job("parity-concat", jobs.concat), args=({"a": "only a"},))
+        assert m.lookup_instances() == []
+
+
+# -- graceful cancel and timeout -----------------------------------------------------------
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_context_cancel_runs_finally_blocks_and_escapes_except_exception(tmp_path, how):
+    # go-job hands the executor a context; here JobCanceled / JobTimeout is raised in
+    # the job, a BaseException, so `except Exception` does not swallow it
+    assert not issubclass(JobCanceled, Exception) and not issubclass(JobTimeout, Exception)
+    path = tmp_path / "trace"
+    timeout = 0.5 if how == "timeout" else None
+    job = Job(f"parity-graceful-{how}", jobs.catch_exception_then_clean, timeout=timeout)
+    with Manager(1, kill_grace=5) as m:
+        ji = m.schedule_job(job, args=(str(path), 30))
+        wait_for(ji.running)
+        if how == "cancel":
+            time.sleep(0.2)
+            m.cancel_instances(Query(uuid=ji.uuid_str))
+        assert m.wait(timeout=30)
+    assert path.read_text().splitlines() == ["finally ran"]
+    assert ji.state is (State.CANCELED if how == "cancel" else State.TIMED_OUT)
+
+
+def test_error_handler_is_called_once_on_cancel_with_a_cancelled_error():
+    seen = []
+
+    def handler(ji, err):
+        seen.append((ji.uuid_str, type(err)))
+
+    with Manager(1) as m:
+        queued = m.schedule_job(
+            Job("parity-cancel-queued", jobs.noop, error_handler=handler), schedule_after=3600
+        )
+        assert queued.cancel()
+        running = m.schedule_job(
+            Job("parity-cancel-running", jobs.sleep_then, error_handler=handler), args=(30,)
+        )
+        wait_for(running.running)
+        m.cancel_instances(Query(uuid=running.uuid_str))
+        assert m.wait(timeout=30)
+        wait_for(lambda: len(seen) == 2)
+    assert sorted(seen) == sorted(
+        [(queued.uuid_str, CancelledError), (running.uuid_str, CancelledError)]
+    )
+
+
+# -- crontab descriptors, ordering, times --------------------------------------------------
+def test_every_descriptor_fires_at_its_interval():
+    from jobengine.schedule import preview
+
+    fires = preview("@every 90s", "UTC", datetime(2026, 1, 1, tzinfo=timezone.utc), 3)
+    assert [(f - fires[0]).total_seconds() for f in fires] == [0, 90, 180]
+    with pytest.raises(InvalidJobError, match="@every needs a positive duration"):
+        Job("parity-every-bad", jobs.noop, crontab="@every soon")
+    with Manager(1) as m:
+        ji = m.schedule_job(Job("parity-every", jobs.noop, crontab="@every 1s"))
+        wait_for(lambda: len(ji.fire_log) >= 3, timeout=10)
+        times = [t for _, t, _ in ji.fire_log[:3]]
+        assert [(b - a).total_seconds() for a, b in itertools.pairwise(times)] == [1.0, 1.0]
+        m.cancel_instances(Query(uuid=ji.uuid_str))
+
+
+def test_at_equal_priority_the_earlier_scheduled_time_runs_first(tmp_path):
+    path = tmp_path / "order"
+    job = Job("parity-order", jobs.record_run)
+    now = datetime.now(timezone.utc)
+    m = Manager(1)
+    # scheduled in reverse order of their times; all due by the time the pool starts
+    for key, delay in (("c", 0.3), ("b", 0.2), ("a", 0.1)):
+        m.schedule_job(job, args=(str(path), key), schedule_at=now + timedelta(seconds=delay))
+    time.sleep(0.5)
+    m.start()
+    m.stop_with_wait()
+    assert [line.split()[0] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_a_past_schedule_at_keeps_its_time():
+    past = datetime.now(timezone.utc) - timedelta(hours=1)
+    with Manager(1) as m:
+        ji = m.schedule_job(Job("parity-past", jobs.noop), schedule_at=past)
+        ji.result(timeout=30)  # due at once
+        assert abs((ji.scheduled_at - past).total_seconds()) < 1e-3
+
+
+# -- the manager's life ------------------------------------------------------------------
+def test_a_stopped_manager_can_be_started_again():
+    m = Manager(1)
+    m.start()
+    tick = m.schedule_job(Job("parity-restart-tick", jobs.noop, crontab="@every 1s"))
+    assert m.submit(jobs.add, 1, 2).result(timeout=30) == 3
+    m.stop()
+    runs_before = len(tick.fire_log)
+    m.start()
+    try:
+        assert m.submit(jobs.add, 2, 2).result(timeout=30) == 4
+        assert m.lookup_job("parity-restart-tick").crontab == "@every 1s"  # still registered
+        # the recurrence resumed from the store under the same uuid
+        wait_for(
+            lambda: (
+                sum(r.state is State.COMPLETED for r in m.lookup_instance_history(tick))
+                > runs_before
+            ),
+            timeout=10,
+        )
+    finally:
+        m.shutdown()
+    with pytest.raises(RuntimeError):  # after shutdown, the Executor rule holds
+        m.submit(jobs.add, 1, 1)

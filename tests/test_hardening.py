@@ -75,10 +75,15 @@ REFUSED = [
     ("Manager(10**6)", lambda mgr: Manager(10**6), InvalidArgumentError, "at most"),
     ("a crontab that never fires", lambda mgr: Job("feb31", jobs.noop, crontab="0 0 31 2 *"),
      ValueError, "never fires"),
-    ("a Query as a history key", lambda mgr: mgr.lookup_instance_history(Query(kind="x")),
+    ("a number as a history key", lambda mgr: mgr.lookup_instance_history(42),
      InvalidArgumentTypeError, "expected an Instance"),
-    ("a Query as a log key", lambda mgr: mgr.lookup_instance_logs(Query(kind="x")),
-     TypeError, "expected an Instance"),
+    ("a number as a log key", lambda mgr: mgr.lookup_instance_logs(42), TypeError,
+     "expected an Instance"),
+    ("a dict as a record filter", lambda mgr: mgr.lookup_instance_logs("u", {"level": 1}),
+     TypeError, "query must be a Query"),
+    ("an unknown log level", lambda mgr: Query(level="loud"), ValueError, "Query.level"),
+    ("a level in an instance lookup", lambda mgr: mgr.lookup_instances(Query(level="INFO")),
+     ValueError, "filters log records"),
 ]  # fmt: skip
 
 
