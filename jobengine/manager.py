@@ -507,6 +507,14 @@ class Manager(Executor):
         times: mgr.lookup_instance_logs(ji, Query(level=LogLevel.WARN, after=t))."""
         return self._records(ji, query, self.store.lookup_logs)
 
+    def process_history(self, ji: Any, query: Query | None = None) -> list[StateRecord]:
+        """lookup_instance_history, under the name go-job's README uses (ProcessHistory)."""
+        return self.lookup_instance_history(ji, query)
+
+    def process_logs(self, ji: Any, query: Query | None = None) -> list[LogRecord]:
+        """lookup_instance_logs, under the name go-job's README uses (ProcessLogs)."""
+        return self.lookup_instance_logs(ji, query)
+
     def _records(self, ji: Any, query: Query | None, read: Callable[[str], list]) -> list:
         if query is not None and not isinstance(query, Query):
             raise InvalidArgumentTypeError(f"query must be a Query, got {query!r}")

@@ -383,3 +383,116 @@ def test_a_stopped_manager_can_be_started_again():
         m.shutdown()
     with pytest.raises(RuntimeError):  # after shutdown, the Executor rule holds
         m.submit(jobs.add, 1, 1)
+
+
+# -- one test per section of go-job's README -----------------------------------------------
+def test_readme_basic_usage():
+    seen = []
+    sum_job = Job(
+        "sum",
+        jobs.add,
+        schedule_at=datetime.now(timezone.utc),  # "immediate scheduling is the default"
+        response_handler=lambda ji, res: (ji.info(f"Result: {res}"), seen.append(res)),
+        error_handler=lambda ji, err: ji.error(f"Error executing job: {err}"),
+    )
+    mgr = Manager()
+    mgr.register_job(sum_job)
+    ji = mgr.schedule_registered_job("sum", args=(1, 2))
+    mgr.start()
+    mgr.stop_with_wait()
+    assert [r.state for r in mgr.lookup_instance_history(ji)] == [
+        State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]  # fmt: skip
+    assert [r.message for r in mgr.lookup_instance_logs(ji)] == ["Result: 3"]
+    assert seen == [3]
+
+
+def test_readme_job_execution_with_arbitrary_functions():
+    with Manager(1) as mgr:
+        sum_job = Job("sum", lambda a, b: a + b)
+        concat_job = Job("concat", jobs.concat)
+        assert mgr.schedule_job(sum_job, args=(1, 2)).result(timeout=30) == 3
+        opt = jobs.ConcatOpt("Hello", "world!")
+        assert mgr.schedule_job(concat_job, args=(opt,)).result(timeout=30) == "Hello world!"
+
+
+def test_readme_schedule_at_a_specific_time_and_with_a_delay():
+    with Manager(1) as mgr:
+        at = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+        ji = mgr.schedule_job(Job("at", jobs.noop), schedule_at=at)
+        after = mgr.schedule_job(Job("after", jobs.noop), schedule_after=0.5)
+        for i in (ji, after):
+            i.result(timeout=30)
+        assert ji.processed_at >= at
+        assert after.processed_ns - after.created_ns >= 0.5e9
+
+
+def test_readme_cron_style_scheduling():
+    with Manager(1) as mgr:
+        ji = mgr.schedule_job(Job("cron", jobs.noop, crontab="* * * * * */1"))
+        wait_for(lambda: len(ji.fire_log) >= 2, timeout=10)
+        assert ji.state in State.ACTIVE
+        mgr.cancel_instances(Query(uuid=ji.uuid_str))
+
+
+def test_readme_job_priority_higher_values_run_first(tmp_path):
+    path = tmp_path / "order"
+    job = Job("prio", jobs.record_run)
+    mgr = Manager(1)
+    for key, prio in (("low", 1), ("high", 10), ("mid", 5)):
+        mgr.schedule_job(job, args=(str(path), key), priority=prio)
+    mgr.start()
+    mgr.stop_with_wait()
+    assert [line.split()[0] for line in path.read_text().splitlines()] == ["high", "mid", "low"]
+
+
+def test_readme_worker_pool_management():
+    mgr = Manager(num_workers=2)
+    mgr.start()
+    try:
+        mgr.resize_workers(3)
+        assert mgr.num_workers == 3
+        wait_for(lambda: len([w for w in mgr.workers if w.pid]) == 3)
+    finally:
+        mgr.stop()
+
+
+def test_readme_handler_for_custom_observation():
+    with Manager(1) as mgr:
+        job = Job(
+            "observe",
+            lambda a: a * 2,
+            response_handler=lambda ji, res: ji.info(f"Job completed: {res}"),
+            error_handler=lambda ji, err: ji.error(f"Job failed: {err}"),
+        )
+        ok = mgr.schedule_job(job, args=(1,))
+        ok.result(timeout=30)
+        bad = mgr.schedule_job(job, args=(None,))
+        wait_for(bad.done)
+        assert mgr.wait(timeout=30)
+        assert [r.message for r in mgr.lookup_instance_logs(ok)] == ["Job completed: 2"]
+        assert any(r.message.startswith("Job failed: ") for r in mgr.lookup_instance_logs(bad))
+
+
+def test_readme_tracking_state_transitions_and_logs():
+    with Manager(1) as mgr:
+        ji = mgr.schedule_job(Job("track", jobs.log_lines), args=(1,))
+        ji.result(timeout=30)
+        states = mgr.process_history(ji)  # the README's name; lookup_instance_history
+        assert [s.state for s in states] == [r.state for r in mgr.lookup_instance_history(ji)]
+        assert all(s.timestamp.tzinfo is not None for s in states)
+        logs = mgr.process_logs(ji)
+        assert [(str(r.level), r.message) for r in logs] == [
+            ("INFO", "line 0"),
+            ("WARN", "careful"),
+        ]
+
+
+def test_readme_distributed_support_via_store_interface(tmp_path):
+    from jobengine import SQLiteStore
+
+    path = str(tmp_path / "jobs.db")
+    with Manager(1, store=SQLiteStore(path)) as mgr:
+        ji = mgr.submit(jobs.add, 2, 3)
+        assert ji.result(timeout=30) == 5
+    with Manager(1, store=SQLiteStore(path)) as other:  # another manager, the same store
+        assert other.lookup_instances(Query(uuid=ji.uuid_str))[0].result() == 5
