@@ -69,6 +69,7 @@ from .pool.channel import (
     E_INIT_ERR,
     E_LOG,
     E_OK,
+    E_SCHEDULE,
     E_STARTED,
     T_FORGET,
     TAG_MASK,
@@ -187,6 +188,7 @@ class Engine:
         self._forget: deque[int] = deque()  # kind ids of dropped jobs, for the workers
         self.pool: Pool | None = None
         self.shared_queue: Any = None  # the manager's SharedQueue on a durable store
+        self.follow_ups: Any = None  # the manager's FollowUps (jobs scheduled by jobs)
         self.dispatcher: Dispatcher | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -1020,6 +1022,10 @@ class Engine:
                 cause = f"{type(exc).__name__}: {exc}"
                 rec.log(unit, LogLevel.ERROR, b, tb or cause)
                 self._attempt_failed(unit, exc, _TERMINATED, b, cause, tb)
+        elif t == E_SCHEDULE:  # its executor scheduled a follow-up job (follow_up.py)
+            body = read_payload(tag, payload)
+            if self.follow_ups is not None:
+                self.follow_ups.put(unit.parent or unit, body)
         elif t == E_LOG:
             body = read_payload(tag, payload)
             rec.log(unit, LogLevel(body[0]), b, body[1:].decode(), a >> 32)

@@ -81,23 +81,50 @@ def check_schedule_at(value: Any, now_ns: int | None = None) -> datetime | None:
     return value
 
 
-def instance_parameter(executor: Callable) -> str | None:
-    """The name of the executor's parameter that receives the worker-side Instance: one
-    annotated `Instance` (or its string form) or, failing that, one named `ji`."""
+# What an executor parameter's annotation asks the worker to pass in (by name, so a
+# string annotation works too and job.py needs no import of the manager).
+_INJECTED = {
+    "Instance": "instance",
+    "jobengine.Instance": "instance",
+    "WorkerInstance": "instance",
+    "Manager": "manager",
+    "jobengine.Manager": "manager",
+    "WorkerInfo": "worker",
+    "jobengine.WorkerInfo": "worker",
+}
+
+
+def injected_parameters(executor: Callable) -> list[tuple[str, str]]:
+    """(name, what) of each executor parameter the worker fills: "instance" (annotated
+    Instance, or else one named `ji`), "manager" (annotated Manager: a handle that
+    schedules follow-up jobs) or "worker" (annotated WorkerInfo)."""
     try:
         params = inspect.signature(executor).parameters
     except (TypeError, ValueError):
-        return None
+        return []
+    out = []
     for p in params.values():
         ann = p.annotation
         name = ann if isinstance(ann, str) else getattr(ann, "__name__", None)
-        if name in ("Instance", "jobengine.Instance", "WorkerInstance"):
-            return p.name
-    return "ji" if "ji" in params else None
+        what = _INJECTED.get(name) if isinstance(name, str) else None
+        if what is not None and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            out.append((p.name, what))
+    if "ji" in params and not any(w == "instance" for _, w in out):
+        out.append(("ji", "instance"))
+    return out
+
+
+def instance_parameter(executor: Callable) -> str | None:
+    """The name of the executor's parameter that receives the worker-side Instance: one
+    annotated `Instance` (or its string form) or, failing that, one named `ji`."""
+    for name, what in injected_parameters(executor):
+        if what == "instance":
+            return name
+    return None
 
 
 PLACEHOLDER = "?"
-_UNPLANNED = object()  # Job._plan before the first converting bind
+_UNPLANNED = False  # Job._plan before the first converting bind (False: it pickles as itself)
 
 #: Job options that schedule_job / schedule_registered_job may set for one schedule.
 OVERRIDABLE = (
@@ -130,7 +157,7 @@ def task_payload(job: Job, args: tuple, kwargs: dict, uuid: str) -> tuple:
     """What a worker unpickles for one instance: (args, kwargs), plus the uuid when the
     executor is handed its Instance -- by a parameter (instance_parameter) or by go-job's
     "?" placeholder among the arguments, which the worker replaces with it."""
-    if job.instance_param or _has_placeholder(args, kwargs):
+    if job.injections or _has_placeholder(args, kwargs):
         return args, kwargs, uuid
     return args, kwargs
 
@@ -196,6 +223,7 @@ class Job:
         "description",
         "error_handler",
         "executor",
+        "injections",
         "instance_param",
         "instance_pos",
         "jitter",
@@ -316,7 +344,8 @@ class Job:
         self.response_handler = response_handler
         self.error_handler = error_handler
         self.state_change_handler = state_change_handler
-        self.instance_param = instance_parameter(executor)
+        injected = injected_parameters(executor)
+        self.instance_param = next((n for n, w in injected if w == "instance"), None)
         self.registered_at: datetime | None = None  # set by the first manager it joins
         self.base: Job | None = None  # the Job a per-schedule variant was derived from
         self._derived: dict[tuple, Job] | None = None
@@ -324,21 +353,26 @@ class Job:
         # Where the worker puts the Instance: at this index among the positional
         # arguments (it may stand anywhere), or by keyword (None).
         self.instance_pos: int | None = None
+        # (name, position or None, "instance" | "manager" | "worker") of each parameter
+        # the worker fills, in signature order (what the executor blob carries)
+        self.injections: tuple[tuple[str, int | None, str], ...] = ()
         # Made by submit() for a callable with no import path (a lambda, a partial, a
         # bound method): the registry drops it, and it lets go of the callable, when
         # its last instance settles.
         self.transient = False
         try:
             sig = inspect.signature(executor)
-            if self.instance_param is not None:
+            if injected:
                 params = list(sig.parameters.values())
+                what = dict(injected)
                 for i, p in enumerate(params):
-                    if p.name == self.instance_param and p.kind in (
-                        p.POSITIONAL_ONLY,
-                        p.POSITIONAL_OR_KEYWORD,
-                    ):
-                        self.instance_pos = i
-                params = [p for p in params if p.name != self.instance_param]
+                    if p.name in what:
+                        positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                        pos = i if positional else None
+                        self.injections += ((p.name, pos, what[p.name]),)
+                        if p.name == self.instance_param:
+                            self.instance_pos = pos
+                params = [p for p in params if p.name not in what]
                 sig = sig.replace(parameters=params)
             self._signature: inspect.Signature | None = sig
             self._arity = _positional_arity(sig)

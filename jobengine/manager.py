@@ -34,11 +34,12 @@ from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds, task_payload
 from .payloads import PayloadError, dumps_value, secret_from
+from .pool.follow_up import FollowUps
 from .pool.inherit import dumps_for_workers
 from .pool.pool import WorkerEvent, WorkerInfo
 from .query import Query
 from .queue import SharedQueue
-from .records import InstanceRecord, LogRecord, StateRecord, datetime_to_ns
+from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
 from .registry import JobRegistry, importable
 from .signals import SignalStop
 from .stores.base import Store
@@ -272,6 +273,7 @@ class Manager(Executor):
             init_fds=init_fds,
         )
         self._shared = shared
+        self._given_uid = threading.local()  # see _next_uid
         self._lifecycle = threading.RLock()  # start() once, even from racing submit()s
         if handle_signals is None:  # see SignalStop.wanted
             handle_signals = SignalStop.wanted()
@@ -291,6 +293,7 @@ class Manager(Executor):
             SharedQueue(engine, self._registry, self.store, lease_s) if self._shared else None
         )
         engine.shared_queue = self._queue
+        engine.follow_ups = FollowUps(self._schedule_follow_up, self._follow_up_refused)
         self._current[0] = engine
         _live_engines.add(engine)
         # Collected without shutdown: stop the supervisor and workers (after the work
@@ -377,6 +380,32 @@ class Manager(Executor):
             return self._engine.ticks.schedule(inst, key_material, explicit)
         return self._admit_batch([(inst, due)], raising=True)[0]
 
+    # -- follow-up jobs (an executor's Manager parameter: pool/follow_up.py) ------------
+    def _next_uid(self) -> int:
+        """The uuid of the next instance made on this thread: a new one, or the one a
+        worker gave a follow-up job it asked for."""
+        given = getattr(self._given_uid, "value", None)
+        if given is not None:
+            self._given_uid.value = None
+            return given
+        return uuid7_int()
+
+    def _schedule_follow_up(self, uid: int, target: tuple, options: dict) -> None:
+        how, what = target
+        self._given_uid.value = uid
+        try:
+            if how == "fn":
+                self.submit(what, *options["args"], **options["kwargs"])
+            elif how == "kind":
+                self.schedule_registered_job(what, **options)
+            else:
+                self.schedule_job(what, **options)
+        finally:
+            self._given_uid.value = None
+
+    def _follow_up_refused(self, parent: Any, message: str) -> None:
+        self._engine.append_log(parent, LogLevel.ERROR, message)
+
     def _check_accepting(self, error: type[Exception] = ManagerStateError) -> None:
         """Raise unless new instances may be scheduled: the broken error, or `error`
         (the Executor methods raise a plain RuntimeError, as concurrent.futures does;
@@ -430,7 +459,7 @@ class Manager(Executor):
             self._registry.executor_blob(job)  # an executor that cannot travel: refused
         self._registry.adopt(job)
         inst: Instance[Any] = Instance(
-            self._engine, job, uuid7_int(), args, kwargs, prio, clock.time_ns()
+            self._engine, job, self._next_uid(), args, kwargs, prio, clock.time_ns()
         )
         key_material = b""
         try:
@@ -655,6 +684,7 @@ class Manager(Executor):
             queue.stop()  # no more claims; what was claimed and not started goes back
         engine.begin_stop(grace)
         engine.join()
+        engine.follow_ups.close()
         if queue is not None:
             queue.abandon_produced()
         if self._signals is not None:

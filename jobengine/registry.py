@@ -203,7 +203,7 @@ class JobRegistry:
             # Under a virtual clock the engine enforces timeouts in virtual time; the
             # supervisor's real-time deadline would fire at the wrong moment.
             timeout = job.timeout if self._real_time_timeouts else None
-            inject = None if job.instance_param is None else (job.instance_param, job.instance_pos)
+            inject = job.injections or None
             try:
                 blob = executor_blob(job.kind, job.executor, inject, timeout)
             except Exception as e:

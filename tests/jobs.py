@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 
-from jobengine import Instance
+from jobengine import Instance, Job, Manager, WorkerInfo
 
 
 def add(a, b):
@@ -358,3 +358,14 @@ class ConcatOpt:
 
 def concat(opt: ConcatOpt) -> str:
     return opt.a + " " + opt.b
+
+
+def schedule_follow_ups(n: int, mgr: Manager, me: WorkerInfo) -> dict:
+    """Schedules follow-up jobs three ways from inside a job, and one the manager refuses."""
+    return {
+        "registered": mgr.schedule_registered_job("add", args=(n, 1)),
+        "submitted": mgr.submit(add, n, 2),
+        "job": mgr.schedule_job(Job("follow-up-echo", echo), args=(n,), priority=3),
+        "refused": mgr.schedule_registered_job("no-such-kind"),
+        "worker": (me.index, me.pid, me.current, me.state),
+    }

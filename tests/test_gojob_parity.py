@@ -18,6 +18,7 @@ from jobengine import (
     Job,
     JobCanceled,
     JobTimeout,
+    LogLevel,
     Manager,
     Query,
     State,
@@ -496,3 +497,28 @@ def test_readme_distributed_support_via_store_interface(tmp_path):
         assert ji.result(timeout=30) == 5
     with Manager(1, store=SQLiteStore(path)) as other:  # another manager, the same store
         assert other.lookup_instances(Query(uuid=ji.uuid_str))[0].result() == 5
+
+
+def test_executor_parameters_annotated_manager_and_worker_info_are_injected():
+    with Manager(2) as m:
+        m.register_job(Job("add", jobs.add))
+        ji = m.schedule_job(Job("parity-follow-ups", jobs.schedule_follow_ups), args=(10,))
+        out = ji.result(timeout=30)
+        index, pid, current, state = out["worker"]
+        assert current == ji.uuid_str and state == "busy"
+        assert pid in {w.pid for w in m.workers} and index in {w.index for w in m.workers}
+        def finished(uuid):
+            found = m.lookup_instances(Query(uuid=uuid, state=State.FINAL))
+            return found[0] if found else None
+
+        results = {}
+        for name in ("registered", "submitted", "job"):
+            wait_for(lambda n=name: finished(out[n]) is not None)
+            results[name] = finished(out[name]).result()
+        assert results == {"registered": 11, "submitted": 12, "job": 10}
+        assert m.lookup_instances(Query(uuid=out["job"]))[0].priority == 3
+        # a follow-up the manager refuses is logged where it was asked, by its uuid
+        wait_for(lambda: any(out["refused"] in r.message for r in ji.logs()))
+        (line,) = [r for r in ji.logs() if out["refused"] in r.message]
+        assert line.level is LogLevel.ERROR and "no-such-kind" in line.message
+        assert m.lookup_instances(Query(uuid=out["refused"])) == []

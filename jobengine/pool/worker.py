@@ -22,6 +22,7 @@ import traceback
 from typing import Any
 
 import cloudpickle
+import psutil
 
 from ..errors import JobCanceled, JobTimeout, SerializationError, TaskLoadError
 from ..records import LogLevel, LogMethods
@@ -31,6 +32,7 @@ from .channel import (
     E_INIT_ERR,
     E_LOG,
     E_OK,
+    E_SCHEDULE,
     E_STARTED,
     INTERRUPT_STOP,
     INTERRUPT_TIMEOUT,
@@ -47,6 +49,8 @@ from .channel import (
     write_record,
     write_status,
 )
+from .follow_up import WorkerManager
+from .pool import WorkerInfo
 
 # Spin this long on an empty task ring before parking: covers the gap between one job
 # and the next under load without a futex round trip, and costs little when idle.
@@ -125,6 +129,7 @@ class Worker:
         self.current = 0
         self.current_job: tuple[str, float | None] = ("", None)
         self.interrupted = False  # an interrupt was raised in the current attempt
+        self.jobs = 0  # attempts finished (WorkerInfo.jobs)
         signal.signal(signal.SIGUSR1, self._on_interrupt)
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:
@@ -195,6 +200,14 @@ class Worker:
             return False
         return True
 
+    def info(self, current: str | None) -> WorkerInfo:
+        """This worker as Manager.workers shows it (an executor may ask for it)."""
+        try:
+            rss = psutil.Process().memory_info().rss
+        except Exception:
+            rss = None
+        return WorkerInfo(self.index, os.getpid(), "busy", current, rss, None, self.jobs)
+
     def _define(self, kind_id: int, blob: bytes) -> None:
         kind, module, inject, timeout, raw = pickle.loads(blob)
         try:
@@ -212,6 +225,7 @@ class Worker:
         try:
             self._attempt(packed, fn, inject, kind, module, payload)
         finally:
+            self.jobs += 1
             if timeout is not None:
                 write_status(self.mm, 0)
             if self.interrupted:  # the attempt it named has ended: no SIGKILL follows
@@ -239,15 +253,25 @@ class Worker:
             return
         try:
             args, kwargs = decoded[0], decoded[1]
-            if len(decoded) > 2:  # the executor is handed its Instance
+            if len(decoded) > 2:  # the executor is handed its Instance (or more)
                 ji = WorkerInstance(self, packed, decoded[2], kind, packed >> 32, args, kwargs)
                 args, kwargs = _fill_placeholders(args, kwargs, ji)
-                if inject is not None and not _holds(args, kwargs, ji):
-                    name, pos = inject
-                    if pos is not None and len(args) >= pos:  # its place in the signature
-                        args = (*args[:pos], ji, *args[pos:])
+                for name, pos, what in inject or ():
+                    if what == "instance":
+                        if _holds(args, kwargs, ji):
+                            continue  # a "?" put it there already
+                        value: Any = ji
+                    elif what == "manager":
+                        value = WorkerManager(
+                            lambda blob, p=packed: self.emit(E_SCHEDULE, p, time.time_ns(), blob),
+                            ji.uuid,
+                        )
                     else:
-                        kwargs = {**kwargs, name: ji}
+                        value = self.info(ji.uuid)
+                    if pos is not None and len(args) >= pos:  # its place in the signature
+                        args = (*args[:pos], value, *args[pos:])
+                    else:
+                        kwargs = {**kwargs, name: value}
             self.current = packed
             try:
                 result = fn(*args, **kwargs)
