@@ -45,10 +45,13 @@ cdef extern from *:
     /* Below this many items a batch call keeps the GIL: releasing it costs little, but
      * re-acquiring it behind a busy thread can cost a whole switch interval (5 ms). */
     #define JE_NOGIL_THRESHOLD 256
-    /* Ready key: (PRIORITY_MAX - priority) in the top PRIO_BITS, the insertion sequence
-     * below, so the smallest key is the highest priority and, among equals, the first in. */
+    /* Ready key: (PRIORITY_MAX - priority) in the top PRIO_BITS, a sequence below that
+     * ranks (due time, add order), so the smallest key is the highest priority and, among
+     * equals, the earliest due (then the first added).  Sequences are spaced SEQ_GAP
+     * apart so that an entry due earlier than ones already ready fits between them. */
     #define JE_PRIO_BITS 20
     #define JE_SEQ_BITS 44
+    #define JE_SEQ_GAP 256ULL
     #define JE_PRIORITY_MIN (-(1LL << (JE_PRIO_BITS - 1)))
     #define JE_PRIORITY_MAX ((1LL << (JE_PRIO_BITS - 1)) - 1)
     #define JE_MAX_HANDLE ((1LL << 31) - 1)
@@ -57,6 +60,7 @@ cdef extern from *:
     """
     int NOGIL_THRESHOLD "JE_NOGIL_THRESHOLD"
     int SEQ_BITS "JE_SEQ_BITS"
+    uint64_t SEQ_GAP "JE_SEQ_GAP"
     long long C_PRIORITY_MIN "JE_PRIORITY_MIN"
     long long C_PRIORITY_MAX "JE_PRIORITY_MAX"
     long long C_MAX_HANDLE "JE_MAX_HANDLE"
@@ -332,7 +336,8 @@ SEQ_LIMIT = (<object>1) << SEQ_BITS
 MAX_HANDLE = C_MAX_HANDLE
 
 ctypedef struct slot_info:
-    uint64_t order      # add() order: FIFO among timers due at the same instant
+    uint64_t order      # add() order: FIFO among entries due at the same instant
+    int64_t due         # its due time: the ready heap ranks equal priorities by it
     int32_t priority
 
 ctypedef struct moved_timer:
@@ -359,7 +364,8 @@ cdef int _cmp_u64(const void *a, const void *b) noexcept nogil:
 
 @cython.final
 cdef class SchedulerCore:
-    """Timer heap (by due time) feeding a ready heap (by priority desc, then FIFO).
+    """Timer heap (by due time) feeding a ready heap (by priority desc, then due time,
+    then add order: at equal priority what was due earlier runs first).
 
     Handles are the caller's: small non-negative ints (0 <= handle <= MAX_HANDLE), dense
     in practice, since memory grows with the largest handle used."""
@@ -370,6 +376,8 @@ cdef class SchedulerCore:
     cdef size_t ninfo
     cdef uint64_t next_seq
     cdef uint64_t next_order
+    cdef int64_t last_due       # (due, order) of the latest entry given next_seq: one
+    cdef uint64_t last_order    # that ranks after it takes the fast path
     cdef int64_t now_floor
     cdef bint started
     cdef moved_timer *moved
@@ -380,8 +388,10 @@ cdef class SchedulerCore:
             raise MemoryError()
         self.info = NULL
         self.ninfo = 0
-        self.next_seq = 0
+        self.next_seq = SEQ_GAP  # (0 stays free: room below the first entry)
         self.next_order = 0
+        self.last_due = INT64_MIN
+        self.last_order = 0
         self.now_floor = INT64_MIN
         self.moved = NULL
         self.movedcap = 0
@@ -423,38 +433,86 @@ cdef class SchedulerCore:
         return 0
 
     cdef int _push_ready(self, uint32_t handle) except -1:
-        if self.next_seq >= (<uint64_t>1 << SEQ_BITS):
-            self._renumber()
-        cdef uint64_t key = ((<uint64_t>(C_PRIORITY_MAX - self.info[handle].priority)) << SEQ_BITS) | self.next_seq
-        self.next_seq += 1
+        cdef int64_t due = self.info[handle].due
+        cdef uint64_t order = self.info[handle].order
+        cdef uint64_t seq
+        if (self.ready.n == 0 or due > self.last_due
+                or (due == self.last_due and order >= self.last_order)):
+            seq = self._next()  # the common case: it ranks after everything ready
+            self.last_due = due
+            self.last_order = order
+        else:
+            seq = self._seq_between(due, order)  # due earlier than some: O(ready)
+        cdef uint64_t key = ((<uint64_t>(C_PRIORITY_MAX - self.info[handle].priority)) << SEQ_BITS) | seq
         je_heap_push(&self.ready, key, handle)
         return 0
 
-    cdef int _renumber(self) except -1:
-        # The sequence field ran out: give every ready entry its rank as new sequence.
-        # The map key -> (priority bits | rank) is monotone, so the heap order holds.
-        cdef size_t n = self.ready.n, i, lo, hi, mid
-        cdef uint64_t *keys = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
-        cdef uint64_t k
+    cdef uint64_t _next(self) except? 0:
+        if self.next_seq >= (<uint64_t>1 << SEQ_BITS) - SEQ_GAP:
+            self._renumber()
+        cdef uint64_t seq = self.next_seq
+        self.next_seq += SEQ_GAP
+        return seq
+
+    cdef uint64_t _seq_between(self, int64_t due, uint64_t order) except? 0:
+        """A sequence below every ready entry ranked after (due, order) and above every
+        other one.  Sequences rank all ready entries by (due, order), whatever their
+        priority, so one scan finds the neighbours."""
         cdef uint64_t mask = ((<uint64_t>1 << SEQ_BITS) - 1)
-        if keys == NULL:
+        cdef uint64_t hi, lo, s
+        cdef bint any_lo
+        cdef size_t i
+        cdef uint32_t h
+        while True:
+            hi = mask + 1
+            for i in range(self.ready.n):
+                h = self.ready.a[i].slot
+                if self.info[h].due > due or (self.info[h].due == due and self.info[h].order > order):
+                    s = self.ready.a[i].key & mask
+                    if s < hi:
+                        hi = s
+            if hi > mask:  # nothing ranks after it after all
+                return self._next()
+            any_lo = False
+            lo = 0
+            for i in range(self.ready.n):
+                s = self.ready.a[i].key & mask
+                if s < hi and (not any_lo or s > lo):
+                    lo = s
+                    any_lo = True
+            if not any_lo and hi >= 1:
+                return hi // 2
+            if any_lo and hi - lo >= 2:
+                return lo + (hi - lo) // 2
+            self._renumber()  # no room between them: spread every sequence out again
+
+    cdef int _renumber(self) except -1:
+        # Give every ready entry the rank of its sequence (times SEQ_GAP) as its new
+        # sequence: ranks keep the (due, order) order across priorities, and the gaps
+        # leave room again.
+        cdef size_t n = self.ready.n, i, lo, hi, mid
+        cdef uint64_t *seqs = <uint64_t *>malloc((n if n else 1) * sizeof(uint64_t))
+        cdef uint64_t k, s
+        cdef uint64_t mask = ((<uint64_t>1 << SEQ_BITS) - 1)
+        if seqs == NULL:
             raise MemoryError()
         for i in range(n):
-            keys[i] = self.ready.a[i].key
-        qsort(keys, n, sizeof(uint64_t), _cmp_u64)
+            seqs[i] = self.ready.a[i].key & mask
+        qsort(seqs, n, sizeof(uint64_t), _cmp_u64)
         for i in range(n):
             k = self.ready.a[i].key
+            s = k & mask
             lo = 0
             hi = n
             while lo < hi:
                 mid = (lo + hi) // 2
-                if keys[mid] < k:
+                if seqs[mid] < s:
                     lo = mid + 1
                 else:
                     hi = mid
-            self.ready.a[i].key = (k & ~mask) | lo
-        free(keys)
-        self.next_seq = n
+            self.ready.a[i].key = (k & ~mask) | (<uint64_t>(lo + 1) * SEQ_GAP)
+        free(seqs)
+        self.next_seq = <uint64_t>(n + 1) * SEQ_GAP
         return 0
 
     def add(self, handle, due_ns, priority):
@@ -472,6 +530,7 @@ cdef class SchedulerCore:
             raise ValueError(f"handle {hd} is already scheduled")
         self.info[h].priority = <int32_t>prio
         self.info[h].order = self.next_order
+        self.info[h].due = due
         self.next_order += 1
         if due <= self.now_floor:
             # Already due by a clock the caller has declared: skip the timer heap.

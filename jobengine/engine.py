@@ -243,7 +243,8 @@ class Engine:
         self.state = "stopped"
         for inst, _ in list(self.inbox):
             if inst.counted:
-                self.cancel_queued(inst)
+                self.cancel_queued(inst, notify=False)
+        self._notify_if_idle()
         self.ticks.release()
         self.recorder.close()
 
@@ -267,7 +268,13 @@ class Engine:
         cancel_futures)."""
         for inst in self.live():
             if inst.counted and inst.worker is None:
-                self.cancel_queued(inst)
+                self.cancel_queued(inst, notify=False)
+        self._notify_if_idle()
+
+    def _notify_if_idle(self) -> None:
+        with self.lock:
+            if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+                self._idle.notify_all()
 
     def drain(self) -> None:
         """Stop taking new work; run what is queued, then stop (nobody waits)."""
@@ -381,6 +388,12 @@ class Engine:
         core = self.core
         by_handle = self._by_handle
         free = self._free_handles
+        # What is due now ranks by now: timers that came due before it are moved into
+        # the ready heap first (so they rank ahead, and cheaply), and an instance
+        # scheduled "now" is due at this instant; one scheduled for a past time keeps
+        # it and ranks ahead of what is due later (go-job's order at equal priority).
+        now = self.clock.monotonic_ns()
+        core.pop_ready(now, 0)  # (moves what is due; pops nothing)
         while inbox:
             inst, due = inbox.popleft()
             if inst.state is _CANCELED or inst.withdrawn:  # canceled / given back meanwhile
@@ -393,7 +406,7 @@ class Engine:
                 by_handle.append(inst)
             inst.handle = h
             try:
-                core.add(h, due, inst.priority)
+                core.add(h, due or now, inst.priority)
             except Exception as e:  # a due time or priority out of the core's range
                 by_handle[h] = None
                 free.append(h)
@@ -488,8 +501,10 @@ class Engine:
         rec.defer(unit.set_exception, err)
 
     # -- cancel --------------------------------------------------------------------------
-    def cancel_queued(self, inst: Instance) -> bool:
-        """Cancel an instance no worker has taken; True if it is now CANCELED."""
+    def cancel_queued(self, inst: Instance, *, notify: bool = True) -> bool:
+        """Cancel an instance no worker has taken; True if it is now CANCELED.
+        notify=False: the caller cancels many and wakes wait() once at the end (the
+        idle check scans the inbox, which would make canceling n of them O(n^2))."""
         rec = inst.recurrence
         with self.lock:
             if inst.state is not _SCHEDULED or (rec is not None and rec.ending):
@@ -511,7 +526,7 @@ class Engine:
             self.notify_canceled(inst)
             if rec is not None:
                 self.ticks.canceled_while_queued(inst)
-            if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+            if notify and self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
                 self._idle.notify_all()
         self.recorder.flush()
         inst.cancel_future()

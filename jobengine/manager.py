@@ -493,11 +493,14 @@ class Manager(Executor):
         return inst, due, at, after, key_material
 
     def _due(self, schedule_at: datetime | None, schedule_after: float | None) -> int:
-        """Due time on the (monotonic) clock; schedule_at in the past means now."""
+        """Due time on the (monotonic) clock (0: now); a schedule_at in the past keeps
+        its distance into the past."""
         clock = self._clock
         if schedule_at is not None:
+            # a past time stays in the past: due at once, ranked ahead of what was due
+            # later (at equal priority the earlier time runs first, as in go-job)
             delta = datetime_to_ns(schedule_at) - clock.time_ns()
-            return clock.monotonic_ns() + max(0, delta)
+            return clock.monotonic_ns() + delta or 1
         if schedule_after:
             return clock.monotonic_ns() + int(schedule_after * 1e9)
         return 0  # due at once: the core puts it straight into the ready heap

@@ -9,19 +9,19 @@ from jobengine._core import MAX_HANDLE, PRIORITY_MAX, PRIORITY_MIN, SEQ_LIMIT, S
 
 
 class Oracle:
-    """The documented semantics, written the slow obvious way."""
+    """The documented semantics, written the slow obvious way: what is due (at or
+    before the latest pop's now) is ready, ranked by priority (higher first), then due
+    time, then add order."""
 
     def __init__(self):
         self.timers = {}  # handle -> (due, add_order, priority)
-        self.ready = {}  # handle -> [priority, seq]
+        self.ready = {}  # handle -> [priority, due, add_order]
         self.order = 0
-        self.seq = 0
         self.floor = None
 
     def add(self, h, due, prio):
         if self.floor is not None and due <= self.floor:
-            self.ready[h] = [prio, self.seq]
-            self.seq += 1
+            self.ready[h] = [prio, due, self.order]
         else:
             self.timers[h] = (due, self.order, prio)
         self.order += 1
@@ -38,11 +38,10 @@ class Oracle:
 
     def pop_ready(self, now, n):
         self.floor = now
-        due = sorted((d, o, h) for h, (d, o, _) in self.timers.items() if d <= now)
-        for _, _, h in due:
-            self.ready[h] = [self.timers.pop(h)[2], self.seq]
-            self.seq += 1
-        best = sorted(self.ready, key=lambda h: (-self.ready[h][0], self.ready[h][1]))[:n]
+        for h in [h for h, (d, _, _) in self.timers.items() if d <= now]:
+            due, order, prio = self.timers.pop(h)
+            self.ready[h] = [prio, due, order]
+        best = sorted(self.ready, key=lambda h: (-self.ready[h][0], *self.ready[h][1:]))[:n]
         for h in best:
             del self.ready[h]
         return best
@@ -148,6 +147,29 @@ def test_sequence_exhaustion_renumbers_without_breaking_fifo():
         c.add(h, 0, 1 if h % 2 else 0)
     assert c._check()
     assert c.pop_ready(0, 100) == [1, 3, 5, 7, 9, 0, 2, 4, 6, 8]
+
+
+def test_at_equal_priority_an_earlier_due_time_runs_first_even_when_added_later():
+    c = SchedulerCore()
+    c.pop_ready(1_000, 0)
+    c.add(1, 900, 0)  # all due already: ready at once
+    c.add(2, 500, 0)
+    c.add(3, 900, 0)
+    c.add(4, 100, 5)
+    c.add(5, -7, 0)
+    assert c.pop_ready(1_000, 10) == [4, 5, 2, 1, 3]
+
+
+def test_inserting_earlier_entries_again_and_again_renumbers_and_keeps_the_order():
+    c = SchedulerCore()
+    c.pop_ready(10_000, 0)
+    order = []
+    for h in range(600):  # each one due before all the others: always the slow path
+        c.add(h, 10_000 - h, h % 2)
+        order.append(h)
+        assert c._check()
+    out = c.pop_ready(10_000, 1000)
+    assert out == [h for p in (1, 0) for h in reversed(order) if h % 2 == p]
 
 
 def test_cancel_works_on_both_heaps_and_reports():

@@ -522,3 +522,18 @@ def test_executor_parameters_annotated_manager_and_worker_info_are_injected():
         (line,) = [r for r in ji.logs() if out["refused"] in r.message]
         assert line.level is LogLevel.ERROR and "no-such-kind" in line.message
         assert m.lookup_instances(Query(uuid=out["refused"])) == []
+
+
+def test_a_past_schedule_at_runs_before_what_was_scheduled_for_now(tmp_path):
+    path = tmp_path / "order"
+    job = Job("parity-past-first", jobs.record_run)
+    with Manager(1) as m:
+        blocker = m.submit(jobs.sleep_then, 0.5)
+        wait_for(blocker.running)
+        m.schedule_job(job, args=(str(path), "now"))
+        hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+        m.schedule_job(job, args=(str(path), "an-hour-ago"), schedule_at=hour_ago)
+        m.schedule_job(job, args=(str(path), "urgent"), priority=5)  # priority still first
+        assert m.wait(timeout=30)
+    runs = [line.split()[0] for line in path.read_text().splitlines()]
+    assert runs == ["urgent", "an-hour-ago", "now"]

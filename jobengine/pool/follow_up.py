@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import uuid as _uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -71,8 +72,10 @@ class FollowUps:
     """The manager's side: decode each request and schedule it, on one thread."""
 
     def __init__(self, schedule: Callable[[int, tuple, dict], Any], report: Callable):
-        self._schedule = schedule  # (uid, target, options) -> Instance
-        self._report = report  # (parent unit, message): a refused request, logged
+        # Weak: the engine holds this, and its thread must not keep the Manager alive
+        # (a collected manager stops its processes).
+        self._schedule = weakref.WeakMethod(schedule)  # (uid, target, options)
+        self._report = weakref.WeakMethod(report)  # (parent unit, message): a refusal
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -96,12 +99,17 @@ class FollowUps:
             uid = 0
             try:
                 uid, target, options = cloudpickle.loads(blob)
-                self._schedule(uid, target, options)
+                schedule = self._schedule()
+                if schedule is None:
+                    raise RuntimeError("the manager is gone")
+                schedule(uid, target, options)
             except BaseException as e:  # never this thread: the asker's log says why
                 name = str(_uuid.UUID(int=uid)) if uid else "?"
                 try:
-                    self._report(parent, f"follow-up job {name} was not scheduled: "
-                                         f"{type(e).__name__}: {e}")  # fmt: skip
+                    report = self._report()
+                    if report is not None:
+                        report(parent, f"follow-up job {name} was not scheduled: "
+                                       f"{type(e).__name__}: {e}")  # fmt: skip
                 except Exception:
                     log.exception("jobengine: a follow-up job was not scheduled")
 
