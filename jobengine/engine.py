@@ -219,6 +219,7 @@ class Engine:
     def start(self) -> None:
         """Resume the store's recurrences, start the supervisor and the engine thread."""
         if self.target_workers:  # (a manager with no workers only queues one-off instances)
+            self.ticks.learn_variants()
             self.ticks.claim()
         self.pool = Pool(self.init_blob, self._doorbell)
         self.pool.start(

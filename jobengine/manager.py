@@ -318,8 +318,12 @@ class Manager(Executor):
         if isinstance(job, Job):
             self._registry.executor_blob(job)
         self._registry.register(job)
-        if job.crontab is not None and self._engine.running:
-            self._engine.ticks.claim([job.kind])  # resume those waiting in the store
+        if self._engine.running:
+            ticks = self._engine.ticks
+            if job.crontab is None:
+                ticks.learn_variants(job.kind)  # scheduled with a crontab of their own?
+            if job.kind in self._registry.crontab_kinds():
+                ticks.claim([job.kind])  # resume those waiting in the store
         return job
 
     def unregister_job(self, kind: str) -> Job:

@@ -183,6 +183,11 @@ class JobRegistry:
         with self._lock:
             return list(self._jobs.values())
 
+    def note_cron_variant(self, kind: str) -> None:
+        """`kind` has recurrences with a crontab of their own (Ticks.learn_variants)."""
+        with self._lock:
+            self._cron_variants.add(kind)
+
     def crontab_kinds(self) -> list[str]:
         """Kinds of the registered recurring (crontab) jobs, and of those scheduled here
         with a per-schedule crontab."""

@@ -196,6 +196,26 @@ class Ticks:
         """[args, kwargs] or [args, kwargs, per-schedule options] of a stored recurrence."""
         return self.stored.store.codec.decode(rec.payload, f"recurrence {rec.uuid}")
 
+    def learn_variants(self, kind: str | None = None) -> None:
+        """Note the kinds (registered here) whose stored recurrences were scheduled
+        with a crontab of their own, so this manager claims them too: their registered
+        job may have none.  Once at start and per registration: a store lookup."""
+        registry = self.engine.registry
+        try:
+            records = self.stored.store.lookup_recurrences(kind)
+        except StoreError:
+            log.warning("jobengine: cannot look up stored recurrences", exc_info=True)
+            return
+        for rec in records:
+            if rec.kind in registry.crontab_kinds() or registry.get(rec.kind) is None:
+                continue
+            try:
+                parts = self._decode(rec)
+            except Exception:
+                continue
+            if len(parts) > 2 and isinstance(parts[2], dict) and parts[2].get("crontab"):
+                registry.note_cron_variant(rec.kind)
+
     def _job_of(self, rec: RecurrenceRecord) -> Job | None:
         """The job a stored recurrence runs as: its kind's registered job, with the
         options it was scheduled with."""

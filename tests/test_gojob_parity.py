@@ -537,3 +537,28 @@ def test_a_past_schedule_at_runs_before_what_was_scheduled_for_now(tmp_path):
         assert m.wait(timeout=30)
     runs = [line.split()[0] for line in path.read_text().splitlines()]
     assert runs == ["urgent", "an-hour-ago", "now"]
+
+
+def test_a_per_schedule_crontab_is_kept_in_the_store_for_the_next_manager(tmp_path):
+    from jobengine import SQLiteStore
+
+    path = str(tmp_path / "jobs.db")
+    first = Manager(1, store=SQLiteStore(path), lease=2)
+    first.start()
+    ji = first.schedule_job(Job("parity-kept", jobs.noop), crontab="@every 1s", max_retries=2)
+    first.stop()  # the recurrence is suspended in the store, with its own crontab
+    second = Manager(1, store=SQLiteStore(path), lease=2)
+    second.register_job(Job("parity-kept", jobs.noop))  # no crontab in the code
+    second.start()
+    try:
+        wait_for(
+            lambda: any(
+                r.state is State.COMPLETED and r.run > 1
+                for r in second.lookup_instance_history(ji.uuid_str)
+            ),
+            timeout=15,
+        )
+        (live,) = second.lookup_instances(Query(uuid=ji.uuid_str))
+        assert live.job.crontab == "@every 1s" and live.max_retries == 2
+    finally:
+        second.stop()
