@@ -64,11 +64,13 @@ from .errors import (
     WorkerCrashed,
 )
 from .instance import Instance, Run
+from .logbridge import relay
 from .pool.channel import (
     E_ERR,
     E_INIT_ERR,
     E_LOG,
     E_OK,
+    E_PYLOG,
     E_SCHEDULE,
     E_STARTED,
     T_FORGET,
@@ -227,6 +229,8 @@ class Engine:
                 "max_memory": self.max_memory,
                 "term_grace": self.kill_grace,
                 "authkey": bytes(multiprocessing.current_process().authkey),
+                # workers forward logging records at the level the manager logs at
+                "log_level": logging.getLogger().getEffectiveLevel(),
             },
             self.init_fds,
         )
@@ -969,6 +973,12 @@ class Engine:
                 b = clock.time_ns()
             if tag & TAG_MASK == E_INIT_ERR:
                 self._initializer_failed(w, read_payload(tag, payload))
+                continue
+            if tag & TAG_MASK == E_PYLOG:  # a `logging` record of the worker's
+                try:
+                    relay(read_payload(tag, payload))
+                except Exception:
+                    log.exception("jobengine: a worker's log record could not be relayed")
                 continue
             handle = a & 0xFFFFFFFF
             unit = inflight.get(handle)

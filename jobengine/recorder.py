@@ -37,6 +37,7 @@ from typing import Any
 
 from .errors import StoreError
 from .instance import Instance
+from .logbridge import to_job_logger
 from .pool.channel import STATUS_OFFSET, T_INIT, T_STOP, T_TASK, Channel, write_record
 from .pool.control import popen_shielded
 from .pool.writer import STATUS, WriteLoop
@@ -166,10 +167,9 @@ class Recorder:
         attempt: int | None = None,
     ) -> None:
         owner = inst.parent or inst
-        self._logs.append(
-            (owner.uuid_str, inst.job.kind, int(level), time_ns, message,
-             inst.attempts if attempt is None else attempt)
-        )  # fmt: skip
+        attempt = inst.attempts if attempt is None else attempt
+        self._logs.append((owner.uuid_str, inst.job.kind, int(level), time_ns, message, attempt))
+        to_job_logger(owner.uuid_str, inst.job.kind, int(level), message, attempt)
 
     def defer(self, fn: Callable, *args: Any) -> None:
         """Run fn(*args) on the engine thread once what was recorded before is written."""

@@ -369,3 +369,17 @@ def schedule_follow_ups(n: int, mgr: Manager, me: WorkerInfo) -> dict:
         "refused": mgr.schedule_registered_job("no-such-kind"),
         "worker": (me.index, me.pid, me.current, me.state),
     }
+
+
+def log_through_logging(n):
+    """Logs through the stdlib `logging` module inside the worker."""
+    import logging
+
+    log = logging.getLogger("tests.jobs")
+    log.info("working on %d", n)
+    log.debug("too fine to forward")
+    try:
+        raise ValueError(f"bad {n}")
+    except ValueError:
+        log.exception("it failed")
+    return n

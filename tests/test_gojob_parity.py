@@ -507,6 +507,7 @@ def test_executor_parameters_annotated_manager_and_worker_info_are_injected():
         index, pid, current, state = out["worker"]
         assert current == ji.uuid_str and state == "busy"
         assert pid in {w.pid for w in m.workers} and index in {w.index for w in m.workers}
+
         def finished(uuid):
             found = m.lookup_instances(Query(uuid=uuid, state=State.FINAL))
             return found[0] if found else None

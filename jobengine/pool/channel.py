@@ -40,6 +40,7 @@ E_ERR = 18  # b = end time; payload = pickled (exception bytes | None, type, mes
 E_LOG = 19  # b = time; payload = level (1 byte) + utf-8 message
 E_INIT_ERR = 20  # the initializer raised; payload as E_ERR; the worker exits next
 E_SCHEDULE = 21  # a = the asking attempt; payload = a follow-up job request (follow_up.py)
+E_PYLOG = 22  # a = the attempt running (or 0); payload = a logging record (logbridge.py)
 
 # Doorbell flags: why the engine was woken
 # (flag 1, Doorbell.ring's default: new instances, a resize, a clock move)

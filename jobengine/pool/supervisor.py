@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import logging
 import multiprocessing
 import os
 import select
@@ -106,6 +107,7 @@ class Supervisor:
         self.by_index: dict[int, Child] = {}
         self.max_memory: int | None = None
         self.term_grace = 1.0
+        self.log_level = logging.WARNING  # what workers forward to the manager
         self.inherited: list[int] = []  # descriptors every worker inherits
 
     def tell(self, msg: tuple) -> None:
@@ -165,7 +167,7 @@ class Supervisor:
 
         set_inherited(self.inherited)
         channel = Channel(fd, self.doorbell, "worker")
-        status = Worker(index, channel, me).run()
+        status = Worker(index, channel, me, self.log_level).run()
         finish_process()
         return status
 
@@ -236,6 +238,7 @@ class Supervisor:
             cfg = msg[1]
             self.max_memory = cfg.get("max_memory")
             self.term_grace = cfg.get("term_grace", self.term_grace)
+            self.log_level = cfg.get("log_level", logging.WARNING)
             self.inherited = list(fds)
             if cfg.get("authkey"):
                 # Workers inherit it: multiprocessing.Manager() proxies made by the

@@ -25,6 +25,7 @@ import cloudpickle
 import psutil
 
 from ..errors import JobCanceled, JobTimeout, SerializationError, TaskLoadError
+from ..logbridge import install_in_worker
 from ..records import LogLevel, LogMethods
 from .channel import (
     ANY_ATTEMPT,
@@ -32,6 +33,7 @@ from .channel import (
     E_INIT_ERR,
     E_LOG,
     E_OK,
+    E_PYLOG,
     E_SCHEDULE,
     E_STARTED,
     INTERRUPT_STOP,
@@ -118,7 +120,7 @@ def _load_error(what: str, kind: str, exc: BaseException, module: str | None) ->
 
 
 class Worker:
-    def __init__(self, index: int, channel: Channel, parent_pid: int):
+    def __init__(self, index: int, channel: Channel, parent_pid: int, log_level: int = 30):
         self.index = index
         self.channel = channel
         self.parent_pid = parent_pid
@@ -131,6 +133,8 @@ class Worker:
         self.interrupted = False  # an interrupt was raised in the current attempt
         self.jobs = 0  # attempts finished (WorkerInfo.jobs)
         signal.signal(signal.SIGUSR1, self._on_interrupt)
+        install_in_worker(lambda blob: self.emit(E_PYLOG, self.current, time.time_ns(), blob),
+                          log_level)  # fmt: skip
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:
         """The supervisor asks to stop an attempt (the interrupt word names it): raise
