@@ -23,6 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 JOB_LOGGER = logging.getLogger("jobengine.job")
+# A program that configures no logging does not get every job's warnings on stderr
+# (logging's last-resort handler): they are in the history; handlers configured on the
+# root or "jobengine" loggers still receive them.
+JOB_LOGGER.addHandler(logging.NullHandler())
 
 
 def to_job_logger(uuid: str, kind: str, level: int, message: str, attempt: int) -> None:

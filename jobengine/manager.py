@@ -22,6 +22,7 @@ from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from .cleaners import DEFAULT_CRONTAB, schedule_cleaner
 from .clock import SYSTEM, Clock
 from .engine import Engine
 from .errors import (
@@ -566,6 +567,29 @@ class Manager(Executor):
             return records
         records = [r for r in records if query.matches_record(r)]
         return records if query.limit is None else records[: query.limit]
+
+    def schedule_history_cleaner(
+        self,
+        retention: float | timedelta,
+        *,
+        crontab: str = DEFAULT_CRONTAB,
+        timezone: str | None = None,
+    ) -> Instance[Any]:
+        """go-job's history cleaner: on `crontab` (default hourly), delete the state
+        records older than `retention` (seconds or a timedelta) from the store; each run
+        logs how many went.  A recurring instance (cancel it to stop cleaning); scheduling
+        it again returns the same one."""
+        return schedule_cleaner(self, "history", retention, crontab, timezone)
+
+    def schedule_log_cleaner(
+        self,
+        retention: float | timedelta,
+        *,
+        crontab: str = DEFAULT_CRONTAB,
+        timezone: str | None = None,
+    ) -> Instance[Any]:
+        """go-job's log cleaner: as schedule_history_cleaner, for log records."""
+        return schedule_cleaner(self, "logs", retention, crontab, timezone)
 
     def clear(self) -> None:
         """Delete everything the store keeps in this manager's namespace: instances,

@@ -1,0 +1,76 @@
+"""Cleaner jobs (go-job's system jobs): history and logs cleared by age, on a crontab, in
+every store."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jobs
+import pytest
+from conftest import POSTGRES_DSN, REDIS_URL, reachable, wait_for
+
+from jobengine import (
+    Manager,
+    MemoryStore,
+    PostgresStore,
+    Query,
+    RedisStore,
+    SQLiteStore,
+    State,
+)
+from jobengine.errors import InvalidArgumentError
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+def make_store(request, tmp_path):
+    ns = f"cleaners_{os.getpid()}"
+    makers = {
+        "memory": lambda: MemoryStore(),
+        "sqlite": lambda: SQLiteStore(str(tmp_path / "c.db"), namespace=ns),
+        "redis": lambda: RedisStore(REDIS_URL, namespace=ns),
+        "postgres": lambda: PostgresStore(POSTGRES_DSN, namespace=ns),
+    }
+    make = makers[request.param]
+    if request.param in ("redis", "postgres"):
+        reachable(make)
+    store = make()
+    store.clear()
+    yield store
+    store.clear()
+    store.close()
+
+
+def test_cleaners_clear_records_older_than_their_retention(make_store):
+    with Manager(1, store=make_store, queue=False) as m:
+        old = [m.submit(jobs.log_lines, 1) for _ in range(3)]
+        for f in old:
+            f.result(timeout=30)
+        time.sleep(1.5)  # these are now older than the retention below
+        new = m.submit(jobs.log_lines, 1)
+        new.result(timeout=30)
+        logs = m.schedule_log_cleaner(1.0, crontab="@every 1s")
+        history = m.schedule_history_cleaner(1.0, crontab="@every 1s")
+        assert logs.state is State.SCHEDULED and logs.kind == "jobengine.log-cleaner"
+        wait_for(lambda: any("cleared" in r.message for r in logs.logs()), timeout=15)
+        wait_for(lambda: any("cleared" in r.message for r in history.logs()), timeout=15)
+        for f in old:
+            assert m.lookup_instance_logs(f) == [] and m.lookup_instance_history(f) == []
+        assert [r.message for r in m.lookup_instance_logs(new)] == ["line 0", "careful"]
+        assert [r.state for r in m.lookup_instance_history(new)][-1] is State.COMPLETED
+        first = next(r.message for r in logs.logs() if "cleared" in r.message)
+        assert first == "cleared 6 log records"  # the three old instances' two lines each
+        # scheduling it again returns the same recurrence
+        assert m.schedule_log_cleaner(1.0, crontab="@every 1s").uuid == logs.uuid
+        m.cancel_instances(Query(state=State.ACTIVE))
+
+
+def test_a_cleaner_needs_a_positive_retention():
+    m = Manager(1)
+    try:
+        with pytest.raises(InvalidArgumentError):
+            m.schedule_history_cleaner(0)
+        with pytest.raises(InvalidArgumentError):
+            m.schedule_log_cleaner(-5)
+    finally:
+        m.stop()
