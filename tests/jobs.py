@@ -383,3 +383,10 @@ def log_through_logging(n):
     except ValueError:
         log.exception("it failed")
     return n
+
+
+def slow_lines(n, pause, ji):
+    for i in range(n):
+        ji.info(f"step {i}")
+        time.sleep(pause)
+    return n
