@@ -1,4 +1,6 @@
-"""python -m jobengine: the same command line as jobctl (cli.py)."""
+"""python -m jobengine: the same command line as jobctl.
+
+Owns: nothing but the entry point.  Never does: anything cli.py does not."""
 
 from __future__ import annotations
 

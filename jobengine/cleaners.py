@@ -20,12 +20,9 @@ import threading
 import time
 import weakref
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .job import Job, check_seconds
-
-if TYPE_CHECKING:
-    from .manager import Manager
 
 log = logging.getLogger("jobengine")
 
@@ -38,7 +35,7 @@ def cutoff_ns(retention_s: float) -> int:
     return time.time_ns() - int(retention_s * 1e9)
 
 
-def cleaner_job(manager: Manager, what: str, crontab: str, timezone: str | None) -> Job:
+def cleaner_job(manager: Any, what: str, crontab: str, timezone: str | None) -> Job:
     """The Job that clears `what` ("history" or "logs") from `manager`'s store."""
     ref = weakref.ref(manager)  # the job lives in the registry: it must not hold the manager
 
@@ -69,7 +66,7 @@ def cleaner_job(manager: Manager, what: str, crontab: str, timezone: str | None)
 
 
 def schedule_cleaner(
-    manager: Manager,
+    manager: Any,
     what: str,
     retention: float | timedelta,
     crontab: str = DEFAULT_CRONTAB,

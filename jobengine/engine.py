@@ -580,6 +580,18 @@ class Engine:
                 if w is not None and t.handle in w.inflight:
                     pool.kill(w, "cancel", t.handle | t.attempts << 32)
 
+    def queued_counts(self) -> dict[tuple[str, int], int]:
+        """(kind, priority) -> instances waiting here (in the core or the inbox)."""
+        counts: dict[tuple[str, int], int] = {}
+        with self.lock:
+            core = self.core
+            waiting = [u for u in self._by_handle if u is not None and u.handle in core]
+            waiting += [i for i, _ in self.inbox if _pending(i)]
+        for u in waiting:
+            key = (u.job.kind, u.priority)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def live(self) -> list[Instance]:
         """Instances in the engine (queued, running, or in the inbox)."""
         with self.lock:

@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .cleaners import DEFAULT_CRONTAB, schedule_cleaner
 from .clock import SYSTEM, Clock
+from .control_api import ControlServer, is_loopback, parse_address, token_from
 from .engine import Engine
 from .errors import (
     InvalidArgumentError,
@@ -34,6 +35,7 @@ from .errors import (
 from .ids import uuid7_int
 from .instance import Instance
 from .job import Job, check_priority, check_schedule_at, check_seconds, task_payload
+from .metrics import exposition
 from .payloads import PayloadError, dumps_value, secret_from
 from .pool.follow_up import FollowUps
 from .pool.inherit import dumps_for_workers
@@ -156,6 +158,10 @@ class Manager(Executor):
       on the store may run them); schedule_*, submit and map return once they are
       stored.  queue=False keeps them in this manager's memory, as on MemoryStore.  A
       manager with num_workers=0 (on a shared queue only) queues and never runs.
+    - control: "host:port" (port 0: any free one; see control_url) serves the control
+      API over HTTP/JSON while the manager runs (control_api.py); beyond loopback it
+      needs control_token (or JOBENGINE_CONTROL_TOKEN), which every request must send
+      as `Authorization: Bearer <token>`.
 
     Recurring (crontab) instances are kept in the store as well: stop() suspends them
     and a manager started on the same store later resumes them (misfire policy for the
@@ -180,6 +186,8 @@ class Manager(Executor):
         worker_limit: int | None = None,
         secret: str | bytes | None = None,
         queue: bool | None = None,
+        control: str | None = None,
+        control_token: str | None = None,
     ):
         # mp_context is accepted for ProcessPoolExecutor's signature and ignored:
         # workers are always forked by the manager's supervisor, a fresh interpreter
@@ -196,6 +204,16 @@ class Manager(Executor):
             raise InvalidArgumentTypeError(f"{name} must be an int, got {num_workers!r}")
         if store is not None and not isinstance(store, Store):
             raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
+        self._control: ControlServer | None = None
+        if control is not None:
+            host, _port = parse_address(control)
+            token = token_from(control_token)
+            if token is None and not is_loopback(host):
+                raise InvalidArgumentError(
+                    f"control={control!r} listens beyond loopback: give control_token= (or "
+                    "set JOBENGINE_CONTROL_TOKEN); requests will need it"
+                )
+            self._control = ControlServer(self, control, token)
         if queue not in (None, True, False):
             raise InvalidArgumentTypeError(f"queue must be True, False or None, got {queue!r}")
         shared = store is not None and store.supports_queue and not isinstance(store, MemoryStore)
@@ -591,6 +609,34 @@ class Manager(Executor):
         """go-job's log cleaner: as schedule_history_cleaner, for log records."""
         return schedule_cleaner(self, "logs", retention, crontab, timezone)
 
+    @property
+    def control_url(self) -> str | None:
+        """Where the control API listens (http://host:port, the port chosen when
+        control= asked for port 0), or None without control=."""
+        return None if self._control is None else self._control.url
+
+    def stats(self) -> dict[str, Any]:
+        """Counts at a glance (the control API's /stats): workers by state, instances
+        waiting here, attempts started and instances ended by final state since start."""
+        by_state: dict[str, int] = {}
+        for w in self.workers:
+            by_state[w.state] = by_state.get(w.state, 0) + 1
+        engine = self._engine
+        return {
+            "node": self.node,
+            "state": engine.state,
+            "workers": self.num_workers,
+            "workers_by_state": by_state,
+            "queued": sum(engine.queued_counts().values()),
+            "registered_jobs": len(self.list_jobs()),
+            **engine.recorder.stats.totals(),
+        }
+
+    def metrics(self) -> bytes:
+        """This manager's metrics in the Prometheus text format (metrics.py; needs the
+        prometheus_client package, the `metrics` extra)."""
+        return exposition(self)
+
     def clear(self) -> None:
         """Delete everything the store keeps in this manager's namespace: instances,
         histories, logs, recurrences, queued entries (go-job's ClearInstances).  What
@@ -673,6 +719,8 @@ class Manager(Executor):
                 state = self._engine.state
             if state != "new":
                 raise ManagerStateError(f"start() on a manager that is {state}")
+            if self._control is not None:  # first: a port in use fails start() cleanly
+                self._control.start()
             self._engine.start()
             if self._queue is not None:
                 self._queue.start()
@@ -716,6 +764,8 @@ class Manager(Executor):
         engine.begin_stop(grace)
         engine.join()
         engine.follow_ups.close()
+        if self._control is not None:
+            self._control.stop()
         if queue is not None:
             queue.abandon_produced()
         if self._signals is not None:

@@ -4,9 +4,10 @@ Owns: the Query type and its checks.  Never does: read a store."""
 
 from __future__ import annotations
 
+import re
 import uuid as _uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
@@ -96,3 +97,22 @@ class Query:
         if a is not None and created_ns < a:
             return False
         return not (b is not None and created_ns >= b)
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> datetime:
+    """A time given as text, for `after=`: a duration back from now (90s, 10m, 2h, 7d)
+    or an ISO 8601 time (naive: local); InvalidArgumentError otherwise."""
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return datetime.now(timezone.utc) - timedelta(seconds=float(m[1]) * _UNIT[m[2]])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{text!r} is neither a duration (90s, 10m, 2h, 7d) nor an ISO 8601 time"
+        ) from None
+    return value if value.tzinfo else value.astimezone()

@@ -38,6 +38,7 @@ from typing import Any
 from .errors import StoreError
 from .instance import Instance
 from .logbridge import to_job_logger
+from .metrics import EngineStats
 from .pool.channel import STATUS_OFFSET, T_INIT, T_STOP, T_TASK, Channel, write_record
 from .pool.control import popen_shielded
 from .pool.writer import STATUS, WriteLoop
@@ -48,6 +49,8 @@ from .stores.memory import MemoryStore
 # Enum attribute access costs ~0.1 us (metaclass lookup); the hot paths use these.
 _CREATED = State.CREATED
 _SCHEDULED = State.SCHEDULED
+_PROCESSING = State.PROCESSING
+_FINAL = State.FINAL
 _C, _S = int(State.CREATED), int(State.SCHEDULED)
 
 log = logging.getLogger("jobengine")
@@ -89,6 +92,7 @@ class Recorder:
         self._unwritten = 0  # records in those batches
         self._unflushed = 0  # records recorded since the last flush (approximate)
         self._space = threading.Condition()  # scheduling waits here when too much waits
+        self.stats = EngineStats()  # counted as instances move (metrics.py)
 
     # -- recording (any thread) ------------------------------------------------------
     def transition(
@@ -98,6 +102,15 @@ class Recorder:
         check_transition(inst.state, state)
         inst.state = state
         owner = inst.parent or inst  # a Run's records and handlers are its instance's
+        if state is _PROCESSING:
+            if inst.attempts <= 1:  # queue wait: from its due time to its first start
+                due = inst.scheduled_ns if inst is owner else inst.due_ns
+                self.stats.started(inst.job.kind, None if due is None else time_ns - due)
+            else:
+                self.stats.started(inst.job.kind, None)
+        elif state & _FINAL:
+            started = inst.processed_ns
+            self.stats.ended(inst.job.kind, state, None if started is None else time_ns - started)
         self._states.append(
             (owner.uuid_str, inst.job.kind, state._value_, time_ns, inst.attempts, inst.worker,
              inst.run, cause)

@@ -390,3 +390,8 @@ def slow_lines(n, pause, ji):
         ji.info(f"step {i}")
         time.sleep(pause)
     return n
+
+
+def typed_sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

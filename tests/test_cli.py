@@ -72,8 +72,8 @@ def test_instances_lists_and_filters_what_is_in_the_store(written):
     out = jobctl("instances", "--store", url, "--namespace", ns)
     assert out.returncode == 0, out.stderr
     header, *lines = out.stdout.splitlines()
-    assert header.split() == ["UUID", "KIND", "STATE", "PRIORITY", "ATTEMPTS", "CREATED",
-                              "COMPLETED"]  # fmt: skip
+    assert header.split() == ["UUID", "KIND", "STATE", "PRIORITY", "ATTEMPTS", "CREATED_AT",
+                              "COMPLETED_AT"]  # fmt: skip
     expected = [[uuids["ok"], "cli-lines", "COMPLETED"], [uuids["bad"], "cli-fail", "TERMINATED"]]
     assert sorted(line.split()[:3] for line in lines) == sorted(expected)
     out = jobctl("instances", "--store", url, "--namespace", ns, "--state", "error", "--json")
@@ -115,12 +115,13 @@ def test_logs_follow_prints_lines_as_a_running_job_writes_them(tmp_path):
         try:
             first = json.loads(proc.stdout.readline())
             assert first["message"] == "step 0" and not ji.done()  # while it still runs
-            out, err = proc.communicate(timeout=30)
+            rest = proc.stdout.read()  # (not communicate(): the first read buffered ahead)
+            proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 0, err
-    assert [json.loads(x)["message"] for x in out.splitlines()] == ["step 1", "step 2"]
+    assert proc.returncode == 0, proc.stderr.read()
+    assert [json.loads(x)["message"] for x in rest.splitlines()] == ["step 1", "step 2"]
 
 
 def test_preview_prints_the_next_fire_times():
@@ -134,7 +135,9 @@ def test_preview_prints_the_next_fire_times():
 @pytest.mark.parametrize(
     ("args", "status", "says"),
     [
-        (["instances"], 1, "no store: give --store URL or set JOBENGINE_STORE"),
+        (["instances"], 1, "no store and no manager: give --store URL"),
+        (["jobs"], 1, "jobs needs a running manager: give --control HOST:PORT"),
+        (["stats", "--control", "127.0.0.1:1"], 1, "cannot reach the manager at"),
         (["instances", "--store", "redis://127.0.0.1:1/0"], 1, "cannot open store"),
         (["instances", "--store", "ftp://x"], 1, "store"),
         (["instances", "--store", "sqlite:///x.db", "--state", "bogus"], 2, "unknown state"),
