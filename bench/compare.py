@@ -156,12 +156,13 @@ def engine_rows(quick: bool) -> list[Row]:
     pool = ew.new_pool(workers)
     try:
         ours, ppe = [], []
-        imap1 = []
+        imap1, registered = [], []
         for _ in range(rounds):  # interleaved rounds
             ours.append(ew.jobengine_submit_noop(m, n))
             ppe.append(ew.ppe_submit_noop(ex, n))
             imap1.append(ew.pool_imap_noop(pool, n, 1))
-        o, p, i1 = (statistics.median(x) for x in (ours, ppe, imap1))
+            registered.append(ew.jobengine_registered_noop(m, n))
+        o, p, i1, reg = (statistics.median(x) for x in (ours, ppe, imap1, registered))
         rate = lambda sec: f"{n / sec / 1e3:,.1f} k jobs/s"  # noqa: E731
         rows.append(
             Row(
@@ -183,6 +184,17 @@ def engine_rows(quick: bool) -> list[Row]:
                 i1 / o,
                 ">= 2x",
                 i1 / o >= 2,
+            )
+        )
+        rows.append(
+            Row(
+                "no-op jobs via schedule_registered_job (memory store)",
+                "ProcessPoolExecutor.submit",
+                rate(p),
+                rate(reg),
+                p / reg,
+                ">= 10x",
+                p / reg >= 10,
             )
         )
 

@@ -61,6 +61,21 @@ def jobengine_submit_noop(m: Manager, n: int) -> float:
     return time.perf_counter() - t
 
 
+def jobengine_registered_noop(m: Manager, n: int) -> float:
+    """The go-job path: schedule_registered_job of a registered no-op, n times."""
+    from jobengine import Job
+
+    try:
+        m.lookup_job("bench-noop")
+    except KeyError:
+        m.register_job(Job("bench-noop", noop))
+    t = time.perf_counter()
+    fs = [m.schedule_registered_job("bench-noop") for _ in range(n)]
+    for f in fs:
+        f.result()
+    return time.perf_counter() - t
+
+
 def ppe_submit_noop(ex: cf.ProcessPoolExecutor, n: int) -> float:
     t = time.perf_counter()
     fs = [ex.submit(noop) for _ in range(n)]

@@ -214,14 +214,23 @@ class ManagerSource:
         return self.call("GET", f"/logs/{uuid}{query}")
 
 
+def _address(args: argparse.Namespace) -> str | None:
+    """--control HOST:PORT, or --host/--port, or JOBENGINE_CONTROL."""
+    if args.control:
+        return args.control
+    if args.port:
+        return f"{args.host or '127.0.0.1'}:{args.port}"
+    return os.environ.get("JOBENGINE_CONTROL")
+
+
 def _manager(args: argparse.Namespace) -> ManagerSource:
-    address = getattr(args, "control", None) or os.environ.get("JOBENGINE_CONTROL")
+    address = _address(args)
     if not address:
         raise CommandError(
-            f"{args.command} needs a running manager: give --control HOST:PORT or set "
-            "JOBENGINE_CONTROL (Manager(control=...) serves it)"
+            f"{args.command} needs a running manager: give --control HOST:PORT (or --host "
+            "and --port) or set JOBENGINE_CONTROL (Manager(control=...) serves it)"
         )
-    token = getattr(args, "token", None) or os.environ.get("JOBENGINE_CONTROL_TOKEN")
+    token = args.token or os.environ.get("JOBENGINE_CONTROL_TOKEN")
     return ManagerSource(address, token)
 
 
@@ -229,7 +238,7 @@ def _source(args: argparse.Namespace) -> StoreSource | ManagerSource:
     url = args.store or os.environ.get("JOBENGINE_STORE")
     if url:
         return StoreSource(url, args.namespace)
-    if args.control or os.environ.get("JOBENGINE_CONTROL"):
+    if _address(args):
         return _manager(args)
     raise CommandError(
         "no store and no manager: give --store URL (or JOBENGINE_STORE), or --control "
@@ -383,10 +392,18 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--namespace", default=namespace,
                            help="the store's namespace (default: jobengine)")  # fmt: skip
         if "manager" in where:
-            p.add_argument("--control", metavar="HOST:PORT",
-                           help="a running manager's control API ($JOBENGINE_CONTROL)")  # fmt: skip
-            p.add_argument("--token", help="its token ($JOBENGINE_CONTROL_TOKEN)")
+            manager_options(p, argparse.SUPPRESS)
         return p
+
+    def manager_options(p: argparse.ArgumentParser, default: Any) -> None:
+        # before or after the command: `jobctl --port 8765 stats` or `jobctl stats --port ...`
+        p.add_argument("--control", metavar="HOST:PORT", default=default,
+                       help="a running manager's control API ($JOBENGINE_CONTROL)")  # fmt: skip
+        p.add_argument("--host", default=default, help="its host (default 127.0.0.1)")
+        p.add_argument("--port", type=positive, default=default, help="its port")
+        p.add_argument("--token", default=default, help="its token ($JOBENGINE_CONTROL_TOKEN)")
+
+    manager_options(ap, None)
 
     command("version", cmd_version, "print jobengine's version")
     p = command("demo", cmd_demo, "run a CPU-heavy batch on all cores and report")

@@ -195,6 +195,11 @@ def test_jobctl_operates_a_running_manager(manager):
     assert json.loads(out.stdout)[0]["state"] == "COMPLETED"
     out = jobctl("history", row["uuid"], "--control", address, "--json")
     assert json.loads(out.stdout)[-1]["state"] == "COMPLETED"
+    host, port = address.split(":")
+    out = jobctl("--host", host, "--port", port, "workers", "--json")  # options first
+    assert out.returncode == 0, out.stderr
+    out = jobctl("workers", "--json", "--port", port)  # or after, host 127.0.0.1
+    assert out.returncode == 0, out.stderr
     out = jobctl("workers", "--json", env=env)
     assert all(w["pid"] for w in json.loads(out.stdout))
     out = jobctl("resize", "3", env=env)
