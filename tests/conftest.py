@@ -10,6 +10,26 @@ REDIS_URL = os.environ.get("JOBENGINE_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("JOBENGINE_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def store_on(kind, tmp_path, namespace):
+    """(a factory of stores of `kind` -- memory, sqlite, redis, postgres -- in one
+    namespace, the URL another process opens it by); skips (fails in CI) when the
+    server of an external store is down, and starts from an empty namespace."""
+    from jobengine import MemoryStore, PostgresStore, RedisStore, SQLiteStore
+
+    path = tmp_path / "store.db"
+    made = {
+        "memory": (lambda: MemoryStore(namespace=namespace), "memory://"),
+        "sqlite": (lambda: SQLiteStore(str(path), namespace=namespace), f"sqlite:///{path}"),
+        "redis": (lambda: RedisStore(REDIS_URL, namespace=namespace), REDIS_URL),
+        "postgres": (lambda: PostgresStore(POSTGRES_DSN, namespace=namespace), POSTGRES_DSN),
+    }
+    make, url = made[kind]
+    if kind in ("redis", "postgres"):
+        reachable(make)
+    make().clear()
+    return make, url
+
+
 def reachable(make):
     """make() opens a store on an external server: skip when the server is down here,
     fail in CI (CI is set), where it must run."""

@@ -8,15 +8,11 @@ import time
 
 import jobs
 import pytest
-from conftest import POSTGRES_DSN, REDIS_URL, reachable, wait_for
+from conftest import store_on, wait_for
 
 from jobengine import (
     Manager,
-    MemoryStore,
-    PostgresStore,
     Query,
-    RedisStore,
-    SQLiteStore,
     State,
 )
 from jobengine.errors import InvalidArgumentError
@@ -24,18 +20,8 @@ from jobengine.errors import InvalidArgumentError
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def make_store(request, tmp_path):
-    ns = f"cleaners_{os.getpid()}"
-    makers = {
-        "memory": lambda: MemoryStore(),
-        "sqlite": lambda: SQLiteStore(str(tmp_path / "c.db"), namespace=ns),
-        "redis": lambda: RedisStore(REDIS_URL, namespace=ns),
-        "postgres": lambda: PostgresStore(POSTGRES_DSN, namespace=ns),
-    }
-    make = makers[request.param]
-    if request.param in ("redis", "postgres"):
-        reachable(make)
+    make, _ = store_on(request.param, tmp_path, f"cleaners_{os.getpid()}")
     store = make()
-    store.clear()
     yield store
     store.clear()
     store.close()

@@ -10,9 +10,9 @@ import sys
 
 import jobs
 import pytest
-from conftest import POSTGRES_DSN, REDIS_URL, reachable
+from conftest import store_on
 
-from jobengine import Job, Manager, PostgresStore, RedisStore, SQLiteStore, __version__
+from jobengine import Job, Manager, SQLiteStore, __version__
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -29,24 +29,7 @@ def jobctl(*args, env=None, timeout=60):
 def written(request, tmp_path):
     """(store URL, namespace, {name: uuid}) of a store a manager has just written."""
     ns = f"cli_{os.getpid()}"
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/cli.db"
-
-        def make():
-            return SQLiteStore(str(tmp_path / "cli.db"), namespace=ns)
-    elif request.param == "redis":
-        url = REDIS_URL
-
-        def make():
-            return RedisStore(REDIS_URL, namespace=ns)
-    else:
-        url = POSTGRES_DSN
-
-        def make():
-            return PostgresStore(POSTGRES_DSN, namespace=ns)
-
-    reachable(make)
-    make().clear()
+    make, url = store_on(request.param, tmp_path, ns)
     with Manager(1, store=make()) as m:
         ok = m.schedule_job(Job("cli-lines", jobs.log_lines), args=(2,))
         bad = m.schedule_job(Job("cli-fail", jobs.fail), args=("kaput",))

@@ -16,13 +16,12 @@ import time
 
 import jobs
 import pytest
-from conftest import POSTGRES_DSN, REDIS_URL, reachable, wait_for
+from conftest import REDIS_URL, reachable, store_on, wait_for
 
 from jobengine import (
     Job,
     Manager,
     MemoryStore,
-    PostgresStore,
     Query,
     RedisStore,
     SQLiteStore,
@@ -41,25 +40,7 @@ ROOT = os.path.dirname(TESTS)
 def shared(request, tmp_path):
     """(a factory of stores on one shared queue, its URL for other processes)."""
     ns = f"q_{os.getpid()}_{request.param}"
-    path = tmp_path / "queue.db"
-    if request.param == "sqlite":
-        url = f"sqlite:///{path}"
-
-        def make():
-            return SQLiteStore(str(path), namespace=ns)
-    elif request.param == "redis":
-        url = REDIS_URL
-
-        def make():
-            return RedisStore(REDIS_URL, namespace=ns)
-    else:
-        url = POSTGRES_DSN
-
-        def make():
-            return PostgresStore(POSTGRES_DSN, namespace=ns)
-
-    reachable(make)
-    make().clear()
+    make, url = store_on(request.param, tmp_path, ns)
     yield make, url, ns
     make().clear()
 
