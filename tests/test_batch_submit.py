@@ -61,13 +61,17 @@ def test_submit_many_starts_the_manager_and_refuses_after_shutdown():
         m.submit_many(jobs.echo, [1])
 
 
-def test_schedule_many_shares_the_options_and_keeps_priority_order():
+def test_schedule_many_shares_the_options_and_keeps_priority_order(tmp_path):
     m = Manager(1)
     job = Job("record", jobs.record_run)
     expected = []
     try:
-        low = m.schedule_many(job, [("x", f"low{i}") for i in range(3)], priority=1)
-        high = m.schedule_many(job, [("x", f"high{i}") for i in range(3)], priority=9)
+        low = m.schedule_many(
+            job, [(str(tmp_path / "runs"), f"low{i}") for i in range(3)], priority=1
+        )
+        high = m.schedule_many(
+            job, [(str(tmp_path / "runs"), f"high{i}") for i in range(3)], priority=9
+        )
         assert all(i.priority == 1 for i in low) and all(i.priority == 9 for i in high)
         assert all(i.state is State.SCHEDULED for i in low + high)
         expected = [i.uuid_str for i in high + low]
