@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from .job import Job, check_seconds
+from .signals import start_thread
 
 log = logging.getLogger("jobengine")
 
@@ -53,7 +54,7 @@ def cleaner_job(manager: Any, what: str, crontab: str, timezone: str | None) -> 
                 ji.error(f"the {what} cleaner failed: {type(e).__name__}: {e}")
 
         # off the engine thread: clearing a big store takes a while
-        threading.Thread(target=run, name=f"jobengine-{what}-cleaner", daemon=True).start()
+        start_thread(threading.Thread(target=run, name=f"jobengine-{what}-cleaner", daemon=True))
 
     return Job(
         KINDS[what],

@@ -50,6 +50,7 @@ from .errors import (
 )
 from .query import Query, parse_since
 from .records import LogLevel
+from .signals import start_thread
 from .state import State
 
 log = logging.getLogger("jobengine")
@@ -177,7 +178,7 @@ class ControlServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="jobengine-control", daemon=True
         )
-        self._thread.start()
+        start_thread(self._thread)
 
     def stop(self) -> None:
         if self._server is not None:

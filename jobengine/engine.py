@@ -85,6 +85,7 @@ from .records import LogLevel
 from .recurrences import StoredRecurrences, new_node_name
 from .registry import JobRegistry
 from .scheduler import Dispatcher
+from .signals import start_thread, user_code
 from .state import State
 from .stores.base import Store
 from .ticks import Ticks
@@ -239,7 +240,7 @@ class Engine:
         self.clock.subscribe(self._wake)
         self.state = "running"
         self._thread = threading.Thread(target=self._loop, name="jobengine-engine", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def stop_unstarted(self) -> None:
         """stop() before start(): what was scheduled meanwhile is canceled (nothing would
@@ -1184,7 +1185,8 @@ class Engine:
 
     def _run_error_handler(self, unit: Instance | Run, exc: BaseException) -> None:
         try:
-            replaced = unit.job.error_handler(unit.parent or unit, exc)
+            with user_code():
+                replaced = unit.job.error_handler(unit.parent or unit, exc)
         except Exception:
             log.exception("jobengine: the error_handler of job %r raised", unit.kind)
             return

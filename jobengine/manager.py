@@ -44,7 +44,7 @@ from .query import Query
 from .queue import SharedQueue
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
 from .registry import JobRegistry, importable
-from .signals import SignalStop
+from .signals import SignalStop, start_thread
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
@@ -68,6 +68,8 @@ def _at_exit() -> None:
     cancels what was scheduled on it (nothing would ever run it)."""
     global _exiting
     _exiting = True
+    for stopper in list(_signal_stops):  # a signal's stop first: cancel, hand back
+        stopper.join()
     for engine in list(_live_engines):
         if engine.state == "new":
             engine.stop_unstarted()
@@ -117,10 +119,23 @@ def _abandon(engine: Engine) -> None:
 
 
 def _stop_on_signal(engine: Engine) -> None:
+    """SIGINT / SIGTERM: stop in order, on a thread of its own.  The handler runs on the
+    main thread between two bytecodes, maybe while that thread holds a lock the stop
+    needs (an Instance's, the engine's): taking locks there could hang the program."""
     if engine.running:
-        if engine.shared_queue is not None:  # unstarted instances go back to the store
-            engine.shared_queue.stop()
-        engine.begin_stop(engine.kill_grace)
+        stopper = threading.Thread(target=_stop_in_order, args=(engine,),
+                                   name="jobengine-signal-stop", daemon=True)  # fmt: skip
+        _signal_stops.append(stopper)
+        start_thread(stopper)
+
+
+def _stop_in_order(engine: Engine) -> None:
+    if engine.shared_queue is not None:  # unstarted instances go back to the store
+        engine.shared_queue.stop()
+    engine.begin_stop(engine.kill_grace)
+
+
+_signal_stops: list[threading.Thread] = []  # stops a signal began (the exit hook waits)
 
 
 class Manager(Executor):
@@ -800,7 +815,7 @@ class Manager(Executor):
         if wait:
             self.stop(wait=True)
         elif self._queue is not None:  # run what is left, then stop, in the background
-            threading.Thread(target=self.stop, args=(True,), daemon=True).start()
+            start_thread(threading.Thread(target=self.stop, args=(True,), daemon=True))
         else:
             engine.drain()
 

@@ -39,6 +39,7 @@ from .payloads import dumps_value
 from .query import Query
 from .records import FINAL_STATES, QueueEntry
 from .registry import importable
+from .signals import start_thread
 from .state import State
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ class SharedQueue:
     # -- consuming -------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="jobengine-queue", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def wake(self) -> None:
         self._wake.set()

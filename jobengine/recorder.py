@@ -42,6 +42,7 @@ from .metrics import EngineStats
 from .pool.channel import STATUS_OFFSET, T_INIT, T_STOP, T_TASK, Channel, write_record
 from .pool.control import popen_shielded
 from .pool.writer import STATUS, WriteLoop
+from .signals import user_code
 from .state import State, check_transition
 from .stores.base import Store
 from .stores.memory import MemoryStore
@@ -192,7 +193,8 @@ class Recorder:
     def call_handler(handler: Callable, *args: Any) -> None:
         """Run a user's handler; an exception it raises is logged, never propagated."""
         try:
-            handler(*args)
+            with user_code():
+                handler(*args)
         except Exception:
             log.exception("jobengine: a handler raised; the engine goes on")
 

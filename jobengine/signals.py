@@ -4,17 +4,48 @@ Owns: installing and restoring the two handlers for one manager.  By default the
 installed only in the main thread of a program that is not interactive (a `python -i`
 prompt, IPython or Jupyter keep Ctrl-C for interrupting what the user waits for, not
 the manager), and only over the default handlers, so an application's own handlers
-win.  Never does: stop anything itself (it calls the stop function it is given).
+win.  Also: jobengine's own threads block SIGINT and SIGTERM (start_thread), so the
+kernel delivers them to a thread that can act on them.  Never does: stop anything
+itself (it calls the stop function it is given).
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+_DELIVERED_TO_MAIN = {signal.SIGINT, signal.SIGTERM}
+
+
+def start_thread(thread: threading.Thread) -> threading.Thread:
+    """thread.start(), with SIGINT and SIGTERM blocked in the new thread (it inherits
+    the mask it is started with).  The kernel hands a signal sent to the process to any
+    thread that does not block it; Python runs handlers only in the main thread, and a
+    main thread blocked in a lock wait (Future.result()) wakes for the handler only if
+    the signal lands on it.  Left to chance, Ctrl-C or SIGTERM would now and then do
+    nothing at all until the main thread woke by itself."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DELIVERED_TO_MAIN)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return thread
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[None]:
+    """Around a user's handler on one of those threads: signals unblocked again, so a
+    process it starts does not inherit SIGINT and SIGTERM blocked."""
+    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, _DELIVERED_TO_MAIN)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class SignalStop:
@@ -63,4 +94,4 @@ class SignalStop:
         raise SystemExit(128 + signum)
 
 
-__all__ = ["SignalStop"]
+__all__ = ["SignalStop", "start_thread", "user_code"]

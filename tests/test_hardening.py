@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -29,6 +30,7 @@ from jobengine import (
     Query,
     ResultDecodeError,
     SerializationError,
+    SQLiteStore,
     State,
     TaskLoadError,
     WorkerCrashed,
@@ -357,3 +359,33 @@ def test_a_day_of_far_future_work_is_accepted():
     assert ji.scheduled_at > datetime.now(UTC) + timedelta(days=365 * 98)
     mgr.stop()
     assert ji.cancelled()
+
+
+def _blocked(tid):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk"))
+    return {s for s in (signal.SIGINT, signal.SIGTERM) if mask & (1 << (s - 1))}
+
+
+def test_jobengine_threads_leave_sigint_and_sigterm_to_the_main_thread(tmp_path):
+    # The kernel gives a signal sent to the process to any thread that does not block
+    # it; Python runs the handler only when the main thread wakes.  A main thread
+    # blocked in Future.result() wakes only if the signal lands on it: so every thread
+    # of jobengine blocks both, and Ctrl-C always reaches the program.
+    seen = []
+
+    def handler(ji, result):  # runs on the engine thread, with the signals unblocked
+        out = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True,
+                             text=True).stdout.split()[1]  # fmt: skip
+        seen.append(int(out, 16))
+
+    with Manager(1, store=SQLiteStore(str(tmp_path / "t.db")), control="127.0.0.1:0") as m:
+        m.schedule_job(Job("sig-mask", jobs.noop, response_handler=handler)).result(timeout=30)
+        ours = [t for t in threading.enumerate() if t.name.startswith("jobengine")]
+        assert {t.name for t in ours} >= {"jobengine-engine", "jobengine-queue",
+                                          "jobengine-control"}  # fmt: skip
+        for t in ours:
+            assert _blocked(t.native_id) == {signal.SIGINT, signal.SIGTERM}, t.name
+        assert _blocked(threading.main_thread().native_id) == set()
+        wait_for(lambda: seen)
+    assert seen == [0]  # a process a handler starts does not inherit the blocked signals

@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 
 from ..ids import uuid7_int
+from ..signals import start_thread
 
 log = logging.getLogger("jobengine")
 
@@ -87,7 +88,7 @@ class FollowUps:
                 self._thread = threading.Thread(
                     target=self._run, name="jobengine-follow-ups", daemon=True
                 )
-                self._thread.start()
+                start_thread(self._thread)
         self._queue.put((parent, blob))
 
     def _run(self) -> None:

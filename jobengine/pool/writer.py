@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import StoreError
+from ..signals import start_thread
 
 log = logging.getLogger("jobengine")
 
@@ -107,7 +108,7 @@ class WriteLoop:
             threading.Thread(target=self._write_loop, name="jobengine-write", daemon=True),
         ]
         for t in self._threads:
-            t.start()
+            start_thread(t)
 
     def add(self, batch: tuple) -> None:
         with self._cond:
