@@ -5,6 +5,7 @@
     jobctl preview "0 9 * * 1-5" [--tz Europe/Paris] [--count 5]
     jobctl instances [--kind K] [--state FINAL] [--since 1h] [--uuid U] [--limit N]
     jobctl history UUID
+    jobctl result UUID
     jobctl logs UUID [--level WARN] [--follow]
     jobctl jobs | workers | stats
     jobctl schedule KIND [ARGS...] [--priority P --at TIME --after S --cron C --tz Z]
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from .control_api import history_row, instance_row, log_row
+from .control_api import history_row, instance_row, log_row, outcome_row
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -152,6 +153,14 @@ class StoreSource:
         self.instance(uuid)
         return [history_row(r) for r in self.store.lookup_history(uuid)]
 
+    def result(self, uuid: str) -> dict[str, Any]:
+        from .query import Query
+
+        found = self.store.lookup_instances(Query(uuid=uuid))
+        if not found:
+            raise CommandError(f"no instance {uuid} in the store")
+        return outcome_row(found[0])
+
     def logs(self, uuid: str, level: Any) -> list[dict[str, Any]]:
         records = self.store.lookup_logs(uuid)
         return [log_row(r) for r in records if level is None or r.level >= level]
@@ -208,6 +217,9 @@ class ManagerSource:
 
     def history(self, uuid: str) -> list[dict[str, Any]]:
         return self.call("GET", f"/history/{uuid}")
+
+    def result(self, uuid: str) -> dict[str, Any]:
+        return self.call("GET", f"/instances/{uuid}/result")
 
     def logs(self, uuid: str, level: Any) -> list[dict[str, Any]]:
         query = f"?level={level.name}" if level is not None else ""
@@ -267,6 +279,17 @@ def cmd_history(args: argparse.Namespace, out: Any) -> None:
     finally:
         source.close()
     emit(rows, ["time", "state", "attempt", "run", "worker", "cause"], args.json, out)
+
+
+def cmd_result(args: argparse.Namespace, out: Any) -> None:
+    source = _source(args)
+    try:
+        row = source.result(args.uuid)
+    finally:
+        source.close()
+    if not args.json:
+        row = {**row, "result": json.dumps(row["result"])}
+    emit([row], ["uuid", "state", "result", "error"], args.json, out)
 
 
 def cmd_logs(args: argparse.Namespace, out: Any) -> None:
@@ -421,6 +444,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=since, help="created since: 10m, 2h, 7d or ISO 8601")
     p.add_argument("--limit", type=positive, default=100, help="at most this many (100)")
     p = command("history", cmd_history, "the state history of one instance", "store manager")
+    p.add_argument("uuid")
+    p = command("result", cmd_result, "the result (or error) of one instance", "store manager")
     p.add_argument("uuid")
     p = command("logs", cmd_logs, "the log history of one instance", "store manager")
     p.add_argument("uuid")

@@ -6,6 +6,7 @@
                                    "schedule_after", "crontab", ...} -> 201 {"uuid", ...}
     GET  /instances               ?kind=&state=&uuid=&since=&limit=
     GET  /instances/{uuid}
+    GET  /instances/{uuid}/result {"result"} (JSON, else its repr) or {"error"}
     POST /cancel                  {"uuid"} or {"kind", "state"} -> {"canceled": [uuid]}
     GET  /history/{uuid}          state records
     GET  /logs/{uuid}             ?level=  log records
@@ -44,12 +45,13 @@ from .errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     InvalidJobError,
+    JobInterrupted,
     ManagerStateError,
     SerializationError,
     UnknownJobError,
 )
 from .query import Query, parse_since
-from .records import LogLevel
+from .records import InstanceRecord, LogLevel
 from .signals import start_thread
 from .state import State
 
@@ -114,6 +116,29 @@ def instance_row(r: Any) -> dict[str, Any]:
     }
 
 
+def outcome_row(r: Any) -> dict[str, Any]:
+    """An instance's result (JSON as it is, else its repr) or its error, as text."""
+    row: dict[str, Any] = {"uuid": r.uuid_str, "state": r.state.name, "result": None,
+                           "error": None}  # fmt: skip
+    try:
+        if isinstance(r, InstanceRecord):
+            value = r.result()
+        elif not r.done():
+            row["error"] = f"not finished ({r.state.name})"
+            return row
+        else:
+            value = r.result(0)
+    except (Exception, JobInterrupted) as e:
+        row["error"] = f"{type(e).__name__}: {e}"
+        return row
+    try:
+        json.dumps(value)
+        row["result"] = value
+    except (TypeError, ValueError):
+        row["result"] = repr(value)
+    return row
+
+
 def history_row(r: Any) -> dict[str, Any]:
     return {"time": _iso(r.timestamp), "state": r.state.name, "attempt": r.attempt,
             "run": r.run, "worker": r.worker, "cause": r.cause}  # fmt: skip
@@ -127,6 +152,10 @@ def log_row(r: Any) -> dict[str, Any]:
 def worker_row(w: Any) -> dict[str, Any]:
     return {"index": w.index, "pid": w.pid, "state": w.state, "current": w.current,
             "rss": w.rss, "cpu_percent": w.cpu_percent, "jobs": w.jobs}  # fmt: skip
+
+
+def path_of(rest: list) -> str:
+    return "/instances/" + "/".join(rest)
 
 
 def _state(text: str) -> State:
@@ -255,6 +284,10 @@ class ControlServer:
             found = self.manager.lookup_instances(Query(uuid=rest[0]))
             if not found:
                 raise ApiError(404, f"no instance {rest[0]}")
+            if rest[1:] == ["result"]:
+                return 200, outcome_row(found[0])
+            if rest[1:]:
+                raise ApiError(404, f"no such endpoint: {path_of(rest)}")
             return 200, instance_row(found[0])
         limit = query.get("limit")
         try:

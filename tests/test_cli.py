@@ -107,6 +107,18 @@ def test_logs_follow_prints_lines_as_a_running_job_writes_them(tmp_path):
     assert [json.loads(x)["message"] for x in rest.splitlines()] == ["step 1", "step 2"]
 
 
+def test_result_of_one_instance(written):
+    url, ns, uuids = written
+    out = jobctl("result", uuids["ok"], "--store", url, "--namespace", ns, "--json")
+    assert json.loads(out.stdout) == [
+        {"uuid": uuids["ok"], "state": "COMPLETED", "result": 2, "error": None}]  # fmt: skip
+    out = jobctl("result", uuids["bad"], "--store", url, "--namespace", ns, "--json")
+    (row,) = json.loads(out.stdout)
+    assert row["result"] is None and "kaput" in row["error"]
+    out = jobctl("result", "no-such", "--store", url, "--namespace", ns)
+    assert out.returncode == 1 and "no instance no-such" in out.stderr
+
+
 def test_preview_prints_the_next_fire_times():
     out = jobctl("preview", "@every 90s", "--tz", "UTC", "--count", "3", "--json")
     fires = [r["fire"] for r in json.loads(out.stdout)]

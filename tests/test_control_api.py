@@ -96,6 +96,7 @@ def test_schedule_then_read_it_back(manager):
     status, row = call(f"{manager}/schedule", "POST", {"kind": "add", "args": ["2", "3"]})
     assert status == 201 and row["kind"] == "add" and row["state"] == "SCHEDULED"
     assert wait_final(manager, row["uuid"])["state"] == "COMPLETED"
+    assert call(f"{manager}/instances/{row['uuid']}/result")[1]["result"] == 5
     status, history = call(f"{manager}/history/{row['uuid']}")
     assert [r["state"] for r in history] == ["CREATED", "SCHEDULED", "PROCESSING", "COMPLETED"]
     status, found = call(f"{manager}/instances?kind=add&state=COMPLETED")
@@ -191,6 +192,8 @@ def test_jobctl_operates_a_running_manager(manager):
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     wait_final(manager, row["uuid"])
+    out = jobctl("result", row["uuid"], "--json", env=env)
+    assert json.loads(out.stdout)[0]["result"] == 42
     out = jobctl("instances", "--uuid", row["uuid"], "--json", env=env)
     assert json.loads(out.stdout)[0]["state"] == "COMPLETED"
     out = jobctl("history", row["uuid"], "--control", address, "--json")
