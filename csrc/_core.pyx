@@ -957,3 +957,92 @@ cdef class Ring:
         with nogil:
             r = je_park(self.r.park, _ring_ready, &self.r, <int64_t>(spin * 1e9), tmo)
         return bool(r)
+
+
+# --- identifiers ---------------------------------------------------------------------
+
+from cpython.unicode cimport PyUnicode_DecodeASCII
+
+cdef const char *_HEX_DIGITS = b"0123456789abcdef"
+
+
+def uuid_text(object n):
+    """The canonical text of a 128-bit UUID given as an int (what str(uuid.UUID(int=n))
+    gives): 8-4-4-4-12 lowercase hex digits.  ~10x the speed of formatting it in
+    Python; every instance's uuid is formatted once, as the key every store uses."""
+    if not isinstance(n, int):
+        raise TypeError(f"a uuid must be an int, not {type(n).__name__}")
+    if n < 0 or n >> 128:
+        raise ValueError("a uuid must be a 128-bit unsigned int")
+    cdef uint64_t hi = (n >> 64) & 0xFFFFFFFFFFFFFFFF
+    cdef uint64_t lo = n & 0xFFFFFFFFFFFFFFFF
+    cdef char buf[36]
+    cdef int i, pos = 35
+    cdef uint64_t word = lo
+    # from the last digit back: dashes before digits 8, 12, 16 and 20 (from the left)
+    for i in range(32):
+        if i == 16:
+            word = hi
+        if pos == 23 or pos == 18 or pos == 13 or pos == 8:
+            buf[pos] = b'-'
+            pos -= 1
+        buf[pos] = _HEX_DIGITS[word & 0xF]
+        word >>= 4
+        pos -= 1
+    return PyUnicode_DecodeASCII(buf, 36, NULL)
+
+
+# --- the memory store's batch write ---------------------------------------------------
+
+def memory_write(dict rows, dict finished, dict outcomes, list instances, list states,
+                 list logs, dict all_logs, frozenset final_states, object big_outcome,
+                 Py_ssize_t max_raw, bint want_finished):
+    """MemoryStore.write_batch's loops, compiled (the engine thread runs them for every
+    record of every instance on the default store).  Layout as in stores/memory.py:
+    rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
+    completed, then 4 items per state record]; finished: uuid -> completed_ns, oldest
+    first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e", ...), kept
+    raw and turned into store columns when read, except a result over max_raw bytes,
+    which big_outcome(outcome) turns into its columns now (it is not kept).  Returns
+    the uuids that reached a final state when want_finished, else None."""
+    cdef tuple r
+    cdef object uuid, row, o
+    cdef list done = [] if want_finished else None
+    cdef long long s, a, run
+    for r in instances:
+        uuid = r[0]
+        row = rows.get(uuid)
+        if row is None:
+            row = [r[1], None, 0, 0, 0, None, None, None]
+            rows[uuid] = row
+        (<list>row)[0:8] = r[1:9]
+        if r[2] in final_states:
+            if want_finished:
+                done.append(uuid)
+            finished.pop(uuid, None)  # (again, for a recurrence: now the newest)
+            finished[uuid] = r[8] or 0
+            o = r[9]
+            if o is not None:
+                if o[0] == "r" and len(o[1]) > max_raw:
+                    o = big_outcome(o)
+                outcomes[uuid] = o
+        elif uuid in finished:  # a recurrence running again
+            del finished[uuid]
+    for r in states:
+        uuid = r[0]
+        row = rows.get(uuid)
+        if row is None:
+            row = [r[1], None, 0, 0, 0, None, None, None]
+            rows[uuid] = row
+        s = r[2]
+        a = r[4]
+        run = r[6]
+        (<list>row).extend((s | a << 8 | run << 24, r[3], r[5], r[7]))
+    for r in logs:
+        uuid = r[0]
+        row = all_logs.get(uuid)
+        if row is None:
+            all_logs[uuid] = [r[1:]]
+        else:
+            (<list>row).append(r[1:])
+    return done

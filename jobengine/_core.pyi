@@ -130,3 +130,8 @@ class Ring:
     def empty(self) -> bool: ...
     def wait(self, timeout: float | None = None, spin: float = 0.0) -> bool:
         """Sleep (GIL released) until a record arrives or timeout."""
+
+def uuid_text(n: int) -> str:
+    """The canonical 8-4-4-4-12 text of a 128-bit UUID given as an int (what
+    str(uuid.UUID(int=n)) gives).  TypeError for a non-int, ValueError outside
+    0 <= n < 2**128."""

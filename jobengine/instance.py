@@ -15,6 +15,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ._core import uuid_text
 from .errors import ManagerStateError
 from .records import LogLevel, LogMethods, ns_to_datetime
 from .state import State
@@ -143,8 +144,7 @@ class Instance(LogMethods, Future[T]):
         """The UUID as its canonical string (the key every store uses)."""
         s = self._uuid_str
         if s is None:
-            h = f"{self._uid:032x}"
-            s = self._uuid_str = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            s = self._uuid_str = uuid_text(self._uid)
         return s
 
     # -- timestamps ----------------------------------------------------------------------

@@ -39,16 +39,26 @@ _FINAL_NAMES = {
 }
 
 
+_BUCKETS_NS = tuple(round(b * 1e9) for b in BUCKETS)  # observed in ns: no float math
+
+
 class _Histogram:
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "total_ns")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)  # the last: above every bound (+Inf)
-        self.total = 0.0
+        self.total_ns = 0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
+    @property
+    def total(self) -> float:
+        """The sum of the observations, seconds."""
+        return self.total_ns / 1e9
+
+    def observe_ns(self, ns: int) -> None:
+        if ns < 0:  # (wall clocks: a due time set in the future by another node)
+            ns = 0
+        self.counts[bisect.bisect_left(_BUCKETS_NS, ns)] += 1
+        self.total_ns += ns
 
 
 class EngineStats:
@@ -63,12 +73,12 @@ class EngineStats:
     def started(self, kind: str, wait_ns: int | None) -> None:
         self.executed[kind] += 1
         if wait_ns is not None:
-            self.wait[kind].observe(max(0, wait_ns) / 1e9)
+            self.wait[kind].observe_ns(wait_ns)
 
     def ended(self, kind: str, state: State, run_ns: int | None) -> None:
         self.finals[(kind, _FINAL_NAMES[state])] += 1
         if run_ns is not None:
-            self.run[kind].observe(max(0, run_ns) / 1e9)
+            self.run[kind].observe_ns(run_ns)
 
     def totals(self) -> dict[str, int]:
         """Final states and attempts over every kind (Manager.stats())."""

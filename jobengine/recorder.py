@@ -203,6 +203,7 @@ class Recorder:
         """Hand everything recorded so far to the writer, in batches; return the seq of
         the last batch (what a caller waits for to read its own writes)."""
         with self._flush_lock:
+            self._unflushed = 0
             touched = _drain(self._touched)
             states = _drain(self._states)
             logs = _drain(self._logs)

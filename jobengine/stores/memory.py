@@ -18,7 +18,8 @@ import threading
 from collections.abc import Sequence
 from itertools import islice
 
-from ..payloads import outcome_columns
+from .._core import memory_write
+from ..payloads import MAX_RESULT_BYTES, outcome_columns
 from ..query import Query
 from ..records import (
     FINAL_STATES,
@@ -68,7 +69,9 @@ class MemoryStore(Store):
         self._rows: dict[str, list] = {}  # uuid -> header + flattened history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
-        self._outcomes: dict[str, tuple] = {}  # uuid -> (result payload, error, note)
+        # uuid -> (result payload, error, note), or the outcome as recorded (a tuple
+        # starting "r" or "e"), turned into those columns when read: most are never read
+        self._outcomes: dict[str, tuple] = {}
         self._finished: dict[str, int] = {}  # uuid -> completed_ns, oldest finished first
         self._recurrences: dict[str, tuple] = {}  # uuid -> RecurrenceRecord fields
         self._ticks: dict[str, int] = {}  # schedule key -> its latest claimed tick
@@ -92,45 +95,29 @@ class MemoryStore(Store):
         token: tuple[str, int] | None = None,
     ) -> None:
         # (token: a write to a dict cannot fail half-way, so there is nothing to retry)
-        codec = self.codec
         with self._lock:
-            rows = self._rows
             finished = self._finished
-            for r in instances:
-                uuid = r[0]
-                row = rows.get(uuid)
-                if row is None:
-                    row = rows[uuid] = [r[1], None, 0, 0, 0, None, None, None]
-                row[0:8] = r[1:9]
-                if r[2] in FINAL_STATES:
-                    if self._queue:
-                        self._finish_locked(uuid)
-                    finished.pop(uuid, None)  # (again, for a recurrence: now the newest)
-                    finished[uuid] = r[8] or 0
-                    if r[9] is not None:
-                        # Kept as the worker pickled it: this store is as private as
-                        # the process (no JSON check, no signature needed).
-                        self._outcomes[uuid] = outcome_columns(r[9], codec, check_json=False)
-                elif uuid in finished:  # a recurrence running again
-                    del finished[uuid]
-            for u, k, s, t, a, w, run, c in states:
-                row = rows.get(u)
-                if row is None:
-                    row = rows[u] = [k, None, 0, 0, 0, None, None, None]
-                row.extend((s | a << 8 | run << 24, t, w, c))
-            all_logs = self._logs
-            for u, k, lv, t, m, a in logs:
-                lst = all_logs.get(u)
-                if lst is None:
-                    all_logs[u] = [(k, lv, t, m, a)]
-                else:
-                    lst.append((k, lv, t, m, a))
+            done = memory_write(
+                self._rows, finished, self._outcomes,
+                instances if type(instances) is list else list(instances),
+                states if type(states) is list else list(states),
+                logs if type(logs) is list else list(logs),
+                self._logs, FINAL_STATES, self._outcome_now, MAX_RESULT_BYTES,
+                bool(self._queue),
+            )  # fmt: skip
+            if done:  # a finished instance leaves the shared queue
+                for uuid in done:
+                    self._finish_locked(uuid)
             limit = self.max_instances
             if limit is not None and len(finished) > limit:
                 # the oldest few only: list(finished) would copy every kept key, on
                 # every batch, once the store is full
                 for uuid in list(islice(finished, len(finished) - limit)):
                     self._drop(uuid)
+
+    def _outcome_now(self, outcome: tuple) -> tuple:
+        # a result too large to keep: its columns (a note saying so) now, not the bytes
+        return outcome_columns(outcome, self.codec, check_json=False)
 
     def _drop(self, uuid: str) -> None:
         """Forget a finished instance with its history, logs and outcome (lock held)."""
@@ -186,7 +173,13 @@ class MemoryStore(Store):
     # -- reads -------------------------------------------------------------------------
     def _instance(self, uuid: str, head: list) -> InstanceRecord:
         kind, state, prio, attempts, c, s, p, d = head[:8]
-        result, error, note = self._outcomes.get(uuid, (None, None, None))
+        outcome = self._outcomes.get(uuid)
+        if outcome is None:
+            result = error = note = None
+        elif type(outcome[0]) is str:  # as recorded (write_batch): columns when read
+            result, error, note = outcome_columns(outcome, self.codec, check_json=False)
+        else:
+            result, error, note = outcome
         return InstanceRecord(uuid, kind, _STATE[state], prio, attempts, c, s, p, d,
                               result, error, note, self.codec)  # fmt: skip
 

@@ -1,0 +1,36 @@
+"""Instance identifiers: UUIDv7 ints (ids.py) and their canonical text (the compiled
+core's uuid_text), which every store uses as the key."""
+
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobengine._core import uuid_text
+from jobengine.ids import uuid7_int
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_uuid_text_is_what_the_uuid_module_prints(n):
+    assert uuid_text(n) == str(uuid.UUID(int=n))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2**64 - 1, 2**64, 2**128 - 1])
+def test_uuid_text_at_the_edges(n):
+    assert uuid_text(n) == str(uuid.UUID(int=n))
+
+
+@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (2**128, ValueError),
+                                            ("0", TypeError), (1.0, TypeError)])  # fmt: skip
+def test_uuid_text_refuses_what_is_not_a_128_bit_int(bad, error):
+    with pytest.raises(error):
+        uuid_text(bad)
+
+
+def test_uuid7_ints_grow_and_are_version_7():
+    ids = [uuid7_int() for _ in range(10_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for n in ids[:100]:
+        u = uuid.UUID(int=n)
+        assert u.version == 7 and u.variant == uuid.RFC_4122
