@@ -51,7 +51,7 @@ from .stores.memory import MemoryStore
 _CREATED = State.CREATED
 _SCHEDULED = State.SCHEDULED
 _PROCESSING = State.PROCESSING
-_FINAL = State.FINAL
+_FINAL_STATES = frozenset(s for s in State if s.name and s & State.FINAL and s != State.FINAL)
 _C, _S = int(State.CREATED), int(State.SCHEDULED)
 
 log = logging.getLogger("jobengine")
@@ -109,7 +109,7 @@ class Recorder:
                 self.stats.started(inst.job.kind, None if due is None else time_ns - due)
             else:
                 self.stats.started(inst.job.kind, None)
-        elif state & _FINAL:
+        elif state in _FINAL_STATES:  # (`state & State.FINAL`, an IntFlag op, costs ~1 us)
             started = inst.processed_ns
             self.stats.ended(inst.job.kind, state, None if started is None else time_ns - started)
         self._states.append(

@@ -139,7 +139,12 @@ class Dispatcher:
                 return False
             w.kinds.add(kind_id)
         attempt = inst.attempts + 1
-        if not write_record(ring, T_TASK, pack(inst.handle, attempt), kind_id, inst.payload):
+        payload = inst.payload
+        if len(payload) <= ring.max_payload:  # write_record's check, inlined: once a task
+            sent = ring.write(T_TASK, inst.handle | attempt << 32, kind_id, payload)
+        else:
+            sent = write_record(ring, T_TASK, pack(inst.handle, attempt), kind_id, payload)
+        if not sent:
             return False
         inst.attempts = attempt
         inst.worker = w.index

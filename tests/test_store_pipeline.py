@@ -141,6 +141,28 @@ def test_results_and_errors_are_kept_with_the_final_record(durable):
         recs[big.uuid_str].result()
 
 
+def test_the_memory_store_turns_outcomes_into_results_when_read():
+    # it keeps each outcome as the worker sent it and decodes it on a lookup: the same
+    # answers as a durable store's, read as often as asked; a result too large to
+    # keep is dropped at once (its bytes are not held until someone reads it)
+    store = MemoryStore()
+    with Manager(2, store=store) as m:
+        ok, rich = m.submit(jobs.add, 20, 22), m.submit(jobs.echo, (1, 2))
+        bad, big = m.submit(jobs.fail, "nope"), m.submit(jobs.big, 2 << 20)
+        for f in (ok, rich, big):
+            f.result(timeout=60)
+        bad.exception(timeout=60)
+    recs = {r.uuid: r for r in store.lookup_instances(Query())}
+    for _ in range(2):
+        assert store.get_instance(ok.uuid_str).result() == 42
+        assert recs[rich.uuid_str].result() == (1, 2)
+    assert recs[bad.uuid_str].error["type"] == "ValueError"
+    assert "Traceback" in recs[bad.uuid_str].error["traceback"]
+    with pytest.raises(StoreError, match="not kept"):
+        recs[big.uuid_str].result()
+    assert store._outcomes[big.uuid_str] == (None, None, recs[big.uuid_str].note)
+
+
 def test_without_a_secret_a_shared_store_keeps_only_json_results():
     reachable(lambda: RedisStore(REDIS_URL, namespace="pipe_nosecret"))
     store = RedisStore(REDIS_URL, namespace="pipe_nosecret")
