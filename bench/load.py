@@ -18,6 +18,9 @@ from jobengine.stores.memory import MemoryStore
 class _CountOnlyStore(MemoryStore):
     """Keeps nothing: isolates the manager's own memory from the store's."""
 
+    def write_batch(self, instances, states, logs, token=None):
+        pass
+
     def put_instances(self, batch):
         pass
 

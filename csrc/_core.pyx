@@ -994,6 +994,12 @@ def uuid_text(object n):
 
 # --- the memory store's batch write ---------------------------------------------------
 
+# history codes (state | attempt << 8 | run << 24) of a first run's first attempts, made
+# once: a million instances' histories then share a few int objects instead of holding
+# 28 bytes per record each
+cdef list _state_codes = [None] * (128 * 4)
+
+
 def memory_write(dict rows, dict finished, dict outcomes, list instances, list states,
                  list logs, dict all_logs, frozenset final_states, object big_outcome,
                  Py_ssize_t max_raw, bint want_finished):
@@ -1006,7 +1012,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     which big_outcome(outcome) turns into its columns now (it is not kept).  Returns
     the uuids that reached a final state when want_finished, else None."""
     cdef tuple r
-    cdef object uuid, row, o
+    cdef object uuid, row, o, code
     cdef list done = [] if want_finished else None
     cdef long long s, a, run
     for r in instances:
@@ -1037,7 +1043,13 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
         s = r[2]
         a = r[4]
         run = r[6]
-        (<list>row).extend((s | a << 8 | run << 24, r[3], r[5], r[7]))
+        if run == 1 and 0 <= s < 128 and 0 <= a < 4:  # the common codes: one object each
+            code = _state_codes[s * 4 + a]
+            if code is None:
+                code = _state_codes[s * 4 + a] = s | a << 8 | 1 << 24
+        else:
+            code = s | a << 8 | run << 24
+        (<list>row).extend((code, r[3], r[5], r[7]))
     for r in logs:
         uuid = r[0]
         row = all_logs.get(uuid)
