@@ -20,11 +20,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .cleaners import DEFAULT_CRONTAB, schedule_cleaner
 from .clock import SYSTEM, Clock
-from .control_api import ControlServer, is_loopback, parse_address, token_from
 from .engine import Engine
 from .errors import (
     InvalidArgumentError,
@@ -47,6 +46,9 @@ from .registry import JobRegistry, importable
 from .signals import SignalStop, start_thread
 from .stores.base import Store
 from .stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from .control_api import ControlServer
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -229,6 +231,9 @@ class Manager(Executor):
             raise InvalidArgumentTypeError(f"store must be a jobengine Store, got {store!r}")
         self._control: ControlServer | None = None
         if control is not None:
+            # imported here: the HTTP server's modules cost programs that never serve
+            from .control_api import ControlServer, is_loopback, parse_address, token_from
+
             host, _port = parse_address(control)
             token = token_from(control_token)
             if token is None and not is_loopback(host):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jobengine
@@ -140,3 +142,11 @@ def test_the_engine_docstring_draws_the_data_path():
     for stage in ("schedule", "inbox", "core", "dispatcher", "rings", "worker", "recorder",
                   "store", "supervisor"):  # fmt: skip
         assert stage in doc, f"the engine's data path does not mention {stage}"
+
+
+def test_importing_jobengine_leaves_the_http_server_and_the_cli_unloaded():
+    # a program that embeds the engine pays for the control API only with control=
+    code = "import sys, jobengine; print(sorted(m for m in ('http.server', "
+    code += "'jobengine.control_api', 'jobengine.cli') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

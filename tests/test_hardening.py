@@ -268,9 +268,10 @@ def _script(code: str, **kw) -> subprocess.Popen:
 def test_a_signal_to_the_whole_process_group_stops_in_order(tmp_path, sig):
     db, cleanup = tmp_path / "jobs.db", tmp_path / "cleanup"
     proc = _script(f"""
-        import signal
+        import faulthandler, signal
         import jobs
         from jobengine import Job, Manager, SQLiteStore
+        faulthandler.register(signal.SIGUSR2, all_threads=True)  # the test's view if it hangs
         # a foreground program: Ctrl-C raises KeyboardInterrupt (a background job's
         # inherited "ignore SIGINT" would make the signal do nothing at all)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -288,7 +289,13 @@ def test_a_signal_to_the_whole_process_group_stops_in_order(tmp_path, sig):
     try:
         assert proc.stdout.readline().strip() == "READY"
         os.killpg(proc.pid, sig)  # what Ctrl-C, systemd or a shell's kill send
-        _out, err = proc.communicate(timeout=30)
+        try:
+            _out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR2)  # every thread's stack to stderr
+            time.sleep(1)
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the program did not stop; its threads:\n{proc.communicate()[1]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
