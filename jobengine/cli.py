@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -263,30 +264,21 @@ INSTANCE_COLUMNS = ["uuid", "kind", "state", "priority", "attempts", "created_at
 
 
 def cmd_instances(args: argparse.Namespace, out: Any) -> None:
-    source = _source(args)
-    try:
+    with closing(_source(args)) as source:
         rows = source.instances(uuid=args.uuid, kind=args.kind, state=args.state,
                                 after=args.since, limit=args.limit)  # fmt: skip
-    finally:
-        source.close()
     emit(rows, INSTANCE_COLUMNS, args.json, out)
 
 
 def cmd_history(args: argparse.Namespace, out: Any) -> None:
-    source = _source(args)
-    try:
+    with closing(_source(args)) as source:
         rows = source.history(args.uuid)
-    finally:
-        source.close()
     emit(rows, ["time", "state", "attempt", "run", "worker", "cause"], args.json, out)
 
 
 def cmd_result(args: argparse.Namespace, out: Any) -> None:
-    source = _source(args)
-    try:
+    with closing(_source(args)) as source:
         row = source.result(args.uuid)
-    finally:
-        source.close()
     if not args.json:
         row = {**row, "result": json.dumps(row["result"])}
     emit([row], ["uuid", "state", "result", "error"], args.json, out)
@@ -295,8 +287,7 @@ def cmd_result(args: argparse.Namespace, out: Any) -> None:
 def cmd_logs(args: argparse.Namespace, out: Any) -> None:
     from .state import State
 
-    source = _source(args)
-    try:
+    with closing(_source(args)) as source:
         state = source.instance(args.uuid)["state"]
         seen = 0
         while True:
@@ -316,8 +307,6 @@ def cmd_logs(args: argparse.Namespace, out: Any) -> None:
                 return
             time.sleep(0.5)
             state = source.instance(args.uuid)["state"]
-    finally:
-        source.close()
 
 
 def cmd_jobs(args: argparse.Namespace, out: Any) -> None:
