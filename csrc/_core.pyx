@@ -1058,3 +1058,115 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
         else:
             (<list>row).append(r[1:])
     return done
+
+
+# --- the engine's common worker events -----------------------------------------------
+
+# Event tags (pool/channel.py); FLAG_LARGE marks a payload spilled to a file.
+cdef enum:
+    _E_STARTED = 16
+    _E_OK = 17
+    _TAG_MASK = 0xFF
+    _FLAG_LARGE = 0x100
+
+
+@cython.final
+cdef class EventDrain:
+    """Engine._drain_worker's loop, compiled, for the two events every job sends: a
+    worker started an attempt (E_STARTED) and it returned a value (E_OK), for one-off
+    instances without handlers, without a cancel pending, on the system clock.  That
+    is what a job costs on the engine thread; every other record (errors, logs, runs
+    of recurrences, handlers, a cancel, a stale or unknown event) goes, in its turn, to
+    the Python handler given to drain(), which stays the reference for all of them.
+
+    What it does per event is Engine._handle_event / _succeeded / Recorder.transition
+    for those cases, step for step: the same attributes set, the same STATE_ROW tuples
+    and touched instances recorded, the same metrics counted, the result unpickled and
+    its Future settled (deferred) once its batch is written."""
+
+    cdef object states, touched, outcomes, deferred, finished, stats, dispatcher
+    cdef object monotonic_ns, loads, processing, completed, scheduled
+    cdef long long processing_v, completed_v
+
+    def __init__(self, recorder, dispatcher, finished, monotonic_ns, loads, processing,
+                 completed, scheduled):
+        self.states = recorder._states
+        self.touched = recorder._touched
+        self.outcomes = recorder._outcomes
+        self.deferred = recorder._deferred
+        self.stats = recorder.stats
+        self.dispatcher = dispatcher
+        self.finished = finished
+        self.monotonic_ns = monotonic_ns
+        self.loads = loads
+        self.processing = processing
+        self.completed = completed
+        self.scheduled = scheduled
+        self.processing_v = processing._value_
+        self.completed_v = completed._value_
+
+    def drain(self, w, list records, slow):
+        """Handle `records` (a worker's, in order); slow(w, record) handles the rest."""
+        cdef dict inflight = w.inflight
+        cdef tuple rec
+        cdef long long tag, t
+        cdef object a, b, unit, job, result, due, uuid
+        cdef unsigned long long handle
+        for rec in records:
+            tag = rec[0]
+            t = tag & _TAG_MASK
+            if (t != _E_STARTED and t != _E_OK) or tag & _FLAG_LARGE:
+                slow(w, rec)
+                continue
+            a = rec[1]
+            handle = <unsigned long long>a & 0xFFFFFFFF
+            unit = inflight.get(handle)
+            if (unit is None or unit.attempts != (a >> 32) or unit.parent is not None
+                    or unit.cancel_requested):
+                slow(w, rec)
+                continue
+            job = unit.job
+            if job.state_change_handler is not None:
+                slow(w, rec)
+                continue
+            b = rec[2]
+            if t == _E_STARTED:
+                if unit.state is not self.scheduled:
+                    slow(w, rec)  # (an illegal move: the reference path raises it)
+                    continue
+                unit.processed_ns = b
+                unit.started_mono = self.monotonic_ns()
+                w.running = unit
+                unit.state = self.processing
+                if unit.attempts <= 1:  # queue wait: from its due time to its first start
+                    due = unit.scheduled_ns
+                    self.stats.started(job.kind, None if due is None else b - due)
+                else:
+                    self.stats.started(job.kind, None)
+                uuid = unit.uuid_str
+                self.states.append((uuid, job.kind, self.processing_v, b, unit.attempts,
+                                    unit.worker, unit.run, None))
+                self.touched.append(unit)
+            else:
+                if job.response_handler is not None or unit.state is not self.processing:
+                    slow(w, rec)
+                    continue
+                try:
+                    result = self.loads(rec[3])
+                except BaseException:
+                    slow(w, rec)  # the reference path reports it (ResultDecodeError)
+                    continue
+                del inflight[handle]
+                w.running = None
+                w.jobs += 1
+                self.dispatcher.observe(b - unit.processed_ns)
+                unit.completed_ns = b
+                uuid = unit.uuid_str
+                self.outcomes[uuid] = ("r", rec[3])
+                unit.state = self.completed
+                self.stats.ended(job.kind, self.completed, b - unit.processed_ns)
+                self.states.append((uuid, job.kind, self.completed_v, b, unit.attempts,
+                                    unit.worker, unit.run, None))
+                self.touched.append(unit)
+                self.finished.append(unit)
+                self.deferred.append((unit.set_result, (result,)))

@@ -135,3 +135,37 @@ def uuid_text(n: int) -> str:
     """The canonical 8-4-4-4-12 text of a 128-bit UUID given as an int (what
     str(uuid.UUID(int=n)) gives).  TypeError for a non-int, ValueError outside
     0 <= n < 2**128."""
+
+class EventDrain:
+    """Engine._drain_worker's loop, compiled, for the two events every job sends
+    (E_STARTED, E_OK) of one-off instances without handlers or a pending cancel; every
+    other record goes, in order, to the Python handler given to drain()."""
+
+    def __init__(
+        self,
+        recorder: object,
+        dispatcher: object,
+        finished: list,
+        monotonic_ns: object,
+        loads: object,
+        processing: object,
+        completed: object,
+        scheduled: object,
+    ) -> None: ...
+    def drain(self, w: object, records: list, slow: object) -> None:
+        """Handle a worker's records in order; slow(w, record) handles the rest."""
+
+def memory_write(
+    rows: dict,
+    finished: dict,
+    outcomes: dict,
+    instances: list,
+    states: list,
+    logs: list,
+    all_logs: dict,
+    final_states: frozenset,
+    big_outcome: object,
+    max_raw: int,
+    want_finished: bool,
+) -> list | None:
+    """MemoryStore.write_batch's loops (stores/memory.py documents the layout)."""

@@ -181,6 +181,7 @@ class Engine:
         self._known: dict[str, weakref.ref[Instance]] = {}
         self._known_limit = 4096
         self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
+        self._events: _core.EventDrain | None = None  # see start()
         self._preload: set = set()  # jobs due later whose executors workers lack
         self._kill_requests: deque[Instance] = deque()  # running instances to cancel
         # new -> running [-> draining] -> stopping -> stopped.  draining: shutdown(wait=
@@ -236,6 +237,12 @@ class Engine:
             self.init_fds,
         )
         self.dispatcher = Dispatcher(self.pool, self.registry, self.max_jobs)
+        # Every job's two events, compiled (_core.EventDrain); under a virtual clock all
+        # go through _one_event, which stamps them with that clock's time.
+        self._events = None if self.clock.virtual else _core.EventDrain(
+            self.recorder, self.dispatcher, self._finished, self.clock.monotonic_ns,
+            pickle.loads, _PROCESSING, _COMPLETED, _SCHEDULED,
+        )  # fmt: skip
         self._wake = self.pool.doorbell.ring
         self.clock.subscribe(self._wake)
         self.state = "running"
@@ -975,36 +982,43 @@ class Engine:
         records = w.channel.events.read_many()
         if not records:
             return False
-        inflight = w.inflight
-        clock = self.clock
-        virtual = clock.virtual
         if not w.reported:
             w.reported = True  # it came up and works
             self._respawn_delay = 0.0
-        for tag, a, b, payload in records:
-            if virtual:  # every record time on the one (virtual) clock
-                b = clock.time_ns()
-            if tag & TAG_MASK == E_INIT_ERR:
-                self._initializer_failed(w, read_payload(tag, payload))
-                continue
-            if tag & TAG_MASK == E_PYLOG:  # a `logging` record of the worker's
-                try:
-                    relay(read_payload(tag, payload))
-                except Exception:
-                    log.exception("jobengine: a worker's log record could not be relayed")
-                continue
-            handle = a & 0xFFFFFFFF
-            unit = inflight.get(handle)
-            if unit is None or unit.attempts != a >> 32:
-                continue  # a stale event (the attempt was already settled)
-            try:
-                self._handle_event(w, unit, tag, a, b, payload)
-            except Exception as e:  # never the engine: only this unit fails
-                inflight.pop(handle, None)
-                if w.running is unit:
-                    w.running = None
-                self._fail_unit(unit, e, "its worker's report could not be handled")
+        if self._events is not None:
+            self._events.drain(w, records, self._one_event)
+        else:
+            for record in records:
+                self._one_event(w, record)
         return True
+
+    def _one_event(self, w: WorkerSlot, record: tuple) -> None:
+        """One record a worker published (the reference path for every kind of event;
+        EventDrain handles the common two itself)."""
+        tag, a, b, payload = record
+        if self.clock.virtual:  # every record time on the one (virtual) clock
+            b = self.clock.time_ns()
+        if tag & TAG_MASK == E_INIT_ERR:
+            self._initializer_failed(w, read_payload(tag, payload))
+            return
+        if tag & TAG_MASK == E_PYLOG:  # a `logging` record of the worker's
+            try:
+                relay(read_payload(tag, payload))
+            except Exception:
+                log.exception("jobengine: a worker's log record could not be relayed")
+            return
+        handle = a & 0xFFFFFFFF
+        inflight = w.inflight
+        unit = inflight.get(handle)
+        if unit is None or unit.attempts != a >> 32:
+            return  # a stale event (the attempt was already settled)
+        try:
+            self._handle_event(w, unit, tag, a, b, payload)
+        except Exception as e:  # never the engine: only this unit fails
+            inflight.pop(handle, None)
+            if w.running is unit:
+                w.running = None
+            self._fail_unit(unit, e, "its worker's report could not be handled")
 
     def _handle_event(self, w: WorkerSlot, unit: Instance | Run, tag: int, a: int, b: int,
                       payload: bytes) -> None:  # fmt: skip

@@ -388,11 +388,14 @@ def test_jobengine_threads_leave_sigint_and_sigterm_to_the_main_thread(tmp_path)
 
     with Manager(1, store=SQLiteStore(str(tmp_path / "t.db")), control="127.0.0.1:0") as m:
         m.schedule_job(Job("sig-mask", jobs.noop, response_handler=handler)).result(timeout=30)
+        wait_for(lambda: seen)
+        # the engine thread runs settlements in order: once a later job's result is
+        # out, the handler (which runs with the signals unblocked) has returned
+        m.submit(jobs.noop).result(timeout=30)
         ours = [t for t in threading.enumerate() if t.name.startswith("jobengine")]
         assert {t.name for t in ours} >= {"jobengine-engine", "jobengine-queue",
                                           "jobengine-control"}  # fmt: skip
         for t in ours:
             assert _blocked(t.native_id) == {signal.SIGINT, signal.SIGTERM}, t.name
         assert _blocked(threading.main_thread().native_id) == set()
-        wait_for(lambda: seen)
     assert seen == [0]  # a process a handler starts does not inherit the blocked signals
