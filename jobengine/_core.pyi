@@ -169,3 +169,10 @@ def memory_write(
     want_finished: bool,
 ) -> list | None:
     """MemoryStore.write_batch's loops (stores/memory.py documents the layout)."""
+
+def uuid7() -> int:
+    """A new UUIDv7 (RFC 9562) as an int: Unix milliseconds, version 7, a 12-bit counter
+    (increasing within a millisecond in one process), variant 10, 62 random bits."""
+
+def uuid7_reseed() -> None:
+    """New random state from the kernel (run after fork)."""

@@ -28,6 +28,30 @@ def test_uuid_text_refuses_what_is_not_a_128_bit_int(bad, error):
         uuid_text(bad)
 
 
+def test_a_forked_child_makes_other_ids_than_its_parent():
+    # the child inherits the counter and the random state; it must not repeat them
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, str(uuid7_int()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child, mine = int(os.read(r, 100)), uuid7_int()
+    os.close(r)
+    os.close(w)
+    assert child != mine and child & (2**62 - 1) != mine & (2**62 - 1)
+
+
+def test_uuid7_carries_the_current_millisecond():
+    import time
+
+    before = time.time_ns() // 1_000_000
+    n = uuid7_int()
+    assert before <= n >> 80 <= time.time_ns() // 1_000_000 + 1
+
+
 def test_uuid7_ints_grow_and_are_version_7():
     ids = [uuid7_int() for _ in range(10_000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
