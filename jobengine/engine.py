@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -156,6 +157,10 @@ class Engine:
         # The engine's doorbell: workers, the supervisor, the store writer and the
         # scheduling threads ring it; the engine thread sleeps on it.
         self._doorbell = new_doorbell()
+        # its descriptor is passed to the processes the engine starts; closed when the
+        # engine ends, or when an engine never started is collected (once either way)
+        self._close_doorbell = weakref.finalize(self, os.close, self._doorbell[0])
+        self._close_doorbell.atexit = False  # (at exit the process's end closes it)
         self.doorbell = self._doorbell[2]
         self.stored = StoredRecurrences(store, new_node_name(), lease)
         self.recorder = Recorder(store, self.stored.node, self.doorbell, self._doorbell[0])
@@ -698,6 +703,7 @@ class Engine:
             self.recorder.run_deferred()  # then the futures and handlers waiting for it
         finally:
             self.pool.close()
+            self._close_doorbell()
 
     def _renew(self) -> None:
         try:

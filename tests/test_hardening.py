@@ -399,3 +399,47 @@ def test_jobengine_threads_leave_sigint_and_sigterm_to_the_main_thread(tmp_path)
             assert _blocked(t.native_id) == {signal.SIGINT, signal.SIGTERM}, t.name
         assert _blocked(threading.main_thread().native_id) == set()
     assert seen == [0]  # a process a handler starts does not inherit the blocked signals
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_managers_leave_no_descriptor_behind():
+    # a program (or a test suite) that makes managers again and again must not run out
+    # of descriptors: unstarted, started and stopped, restarted
+    import gc
+
+    gc.collect()
+    before = _open_fds()
+    for _ in range(5):
+        Manager(1)
+    for _ in range(2):
+        with Manager(1) as m:
+            assert m.submit(jobs.add, 1, 2).result(timeout=30) == 3
+    m = Manager(1)
+    for _ in range(2):
+        m.start()
+        assert m.submit(jobs.add, 2, 2).result(timeout=30) == 4
+        m.stop()
+    del m
+    gc.collect()
+    assert _open_fds() == before
+
+
+def test_a_host_holding_thousands_of_descriptors_still_runs_jobs():
+    # the supervisor inherits its socket under the manager's descriptor number, which
+    # in a busy server is past select()'s limit of 1024
+    proc = _script("""
+        import os, resource
+        import jobs
+        from jobengine import Manager
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1500)]
+        with Manager(2) as m:
+            print(sum(f.result(timeout=60) for f in [m.submit(jobs.add, i, 1) for i in range(50)]))
+    """)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == [str(sum(range(50)) + 50)], err

@@ -252,17 +252,23 @@ class Supervisor:
         while True:
             # With workers alive, wake every TICK: a deadline can start with any job.
             timeout = TICK_S if self.children else None
-            ready, _, _ = select.select([self.ctl, *self.children], [], [], timeout)
-            for r in ready:
-                if r is self.ctl:
+            # poll, not select: the descriptors keep the numbers they had in the
+            # manager's process, which may hold more than select's 1024
+            poller = select.poll()
+            ctl = self.ctl.fileno()
+            for fd in (ctl, *self.children):
+                poller.register(fd, select.POLLIN)
+            ready = poller.poll(None if timeout is None else timeout * 1000)
+            for fd, _events in ready:
+                if fd == ctl:
                     try:
                         msg, fds = recv(self.ctl)
                     except (EOFError, ConnectionError):
                         return self.shutdown()
                     if not self.handle(msg, fds):
                         return self.shutdown()
-                elif r in self.children:
-                    self.reap(r)
+                elif fd in self.children:
+                    self.reap(fd)
             if self.children:
                 self.tick()
 
