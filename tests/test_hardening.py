@@ -424,7 +424,7 @@ def test_managers_leave_no_descriptor_behind():
         m.stop()
     del m
     gc.collect()
-    assert _open_fds() == before
+    assert _open_fds() <= before  # (fewer: what earlier tests left may close meanwhile)
 
 
 def test_a_host_holding_thousands_of_descriptors_still_runs_jobs():
