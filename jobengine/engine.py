@@ -703,6 +703,7 @@ class Engine:
             self.recorder.run_deferred()  # then the futures and handlers waiting for it
         finally:
             self.pool.close()
+            self.recorder.detach_doorbell_fd()
             self._close_doorbell()
 
     def _renew(self) -> None:

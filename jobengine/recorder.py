@@ -239,6 +239,11 @@ class Recorder:
                 if last:
                     return self._seq
 
+    def detach_doorbell_fd(self) -> None:
+        """The engine closed its doorbell's descriptor: a writer started from now on
+        (records after the engine ended) is a thread, not a process given that fd."""
+        self._doorbell_fd = -1
+
     def _start_writer(self) -> _Writer:
         store = self.store
         if isinstance(store, MemoryStore):

@@ -443,3 +443,19 @@ def test_a_host_holding_thousands_of_descriptors_still_runs_jobs():
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert out.split() == [str(sum(range(50)) + 50)], err
+
+
+def test_a_log_line_after_the_manager_stopped_still_reaches_a_durable_store(tmp_path):
+    # the engine's doorbell descriptor is closed when it ends: a store writer started
+    # after that must not be handed the (closed, perhaps reused) descriptor number
+    m = Manager(1, store=SQLiteStore(str(tmp_path / "late.db")), queue=False).start()
+    f = m.submit(jobs.add, 1, 2)
+    assert f.result(timeout=30) == 3
+    m.stop()
+    reused = [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+    try:
+        f.info("late line")
+        assert [r.message for r in m.lookup_instance_logs(f)] == ["late line"]
+    finally:
+        for fd in reused:
+            os.close(fd)
