@@ -1105,8 +1105,10 @@ cdef class EventDrain:
         self.processing_v = processing._value_
         self.completed_v = completed._value_
 
-    def drain(self, w, list records, slow):
-        """Handle `records` (a worker's, in order); slow(w, record) handles the rest."""
+    def drain(self, w, list records, slow, failed):
+        """Handle `records` (a worker's, in order); slow(w, record) handles the rest.
+        Should handling one raise, failed(w, unit, exception) fails that unit only, as
+        the reference path does, and the drain goes on."""
         cdef dict inflight = w.inflight
         cdef tuple rec
         cdef long long tag, t
@@ -1134,19 +1136,6 @@ cdef class EventDrain:
                 if unit.state is not self.scheduled:
                     slow(w, rec)  # (an illegal move: the reference path raises it)
                     continue
-                unit.processed_ns = b
-                unit.started_mono = self.monotonic_ns()
-                w.running = unit
-                unit.state = self.processing
-                if unit.attempts <= 1:  # queue wait: from its due time to its first start
-                    due = unit.scheduled_ns
-                    self.stats.started(job.kind, None if due is None else b - due)
-                else:
-                    self.stats.started(job.kind, None)
-                uuid = unit.uuid_str
-                self.states.append((uuid, job.kind, self.processing_v, b, unit.attempts,
-                                    unit.worker, unit.run, None))
-                self.touched.append(unit)
             else:
                 if job.response_handler is not None or unit.state is not self.processing:
                     slow(w, rec)
@@ -1156,20 +1145,38 @@ cdef class EventDrain:
                 except BaseException:
                     slow(w, rec)  # the reference path reports it (ResultDecodeError)
                     continue
-                del inflight[handle]
-                w.running = None
-                w.jobs += 1
-                self.dispatcher.observe(b - unit.processed_ns)
-                unit.completed_ns = b
-                uuid = unit.uuid_str
-                self.outcomes[uuid] = ("r", rec[3])
-                unit.state = self.completed
-                self.stats.ended(job.kind, self.completed, b - unit.processed_ns)
-                self.states.append((uuid, job.kind, self.completed_v, b, unit.attempts,
-                                    unit.worker, unit.run, None))
-                self.touched.append(unit)
-                self.finished.append(unit)
-                self.deferred.append((unit.set_result, (result,)))
+            try:
+                if t == _E_STARTED:
+                    unit.processed_ns = b
+                    unit.started_mono = self.monotonic_ns()
+                    w.running = unit
+                    unit.state = self.processing
+                    if unit.attempts <= 1:  # queue wait: from its due time to its start
+                        due = unit.scheduled_ns
+                        self.stats.started(job.kind, None if due is None else b - due)
+                    else:
+                        self.stats.started(job.kind, None)
+                    uuid = unit.uuid_str
+                    self.states.append((uuid, job.kind, self.processing_v, b, unit.attempts,
+                                        unit.worker, unit.run, None))
+                    self.touched.append(unit)
+                else:
+                    del inflight[handle]
+                    w.running = None
+                    w.jobs += 1
+                    self.dispatcher.observe(b - unit.processed_ns)
+                    unit.completed_ns = b
+                    uuid = unit.uuid_str
+                    self.outcomes[uuid] = ("r", rec[3])
+                    unit.state = self.completed
+                    self.stats.ended(job.kind, self.completed, b - unit.processed_ns)
+                    self.states.append((uuid, job.kind, self.completed_v, b, unit.attempts,
+                                        unit.worker, unit.run, None))
+                    self.touched.append(unit)
+                    self.finished.append(unit)
+                    self.deferred.append((unit.set_result, (result,)))
+            except Exception as e:  # never the engine: only this unit fails
+                failed(w, unit, e)
 
 
 # --- UUIDv7 ------------------------------------------------------------------------------

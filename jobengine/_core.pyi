@@ -152,8 +152,9 @@ class EventDrain:
         completed: object,
         scheduled: object,
     ) -> None: ...
-    def drain(self, w: object, records: list, slow: object) -> None:
-        """Handle a worker's records in order; slow(w, record) handles the rest."""
+    def drain(self, w: object, records: list, slow: object, failed: object) -> None:
+        """Handle a worker's records in order; slow(w, record) handles the rest;
+        failed(w, unit, exception) fails a unit whose handling raised."""
 
 def memory_write(
     rows: dict,

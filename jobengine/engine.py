@@ -993,7 +993,7 @@ class Engine:
             w.reported = True  # it came up and works
             self._respawn_delay = 0.0
         if self._events is not None:
-            self._events.drain(w, records, self._one_event)
+            self._events.drain(w, records, self._one_event, self._event_failed)
         else:
             for record in records:
                 self._one_event(w, record)
@@ -1022,10 +1022,14 @@ class Engine:
         try:
             self._handle_event(w, unit, tag, a, b, payload)
         except Exception as e:  # never the engine: only this unit fails
-            inflight.pop(handle, None)
-            if w.running is unit:
-                w.running = None
-            self._fail_unit(unit, e, "its worker's report could not be handled")
+            self._event_failed(w, unit, e)
+
+    def _event_failed(self, w: WorkerSlot, unit: Instance | Run, exc: Exception) -> None:
+        """Handling a worker's report about `unit` raised: only that unit fails."""
+        w.inflight.pop(unit.handle, None)
+        if w.running is unit:
+            w.running = None
+        self._fail_unit(unit, exc, "its worker's report could not be handled")
 
     def _handle_event(self, w: WorkerSlot, unit: Instance | Run, tag: int, a: int, b: int,
                       payload: bytes) -> None:  # fmt: skip

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from jobengine import Job, Manager, State, _core
 from jobengine.clock import SystemClock
 from jobengine.engine import Engine
+from jobengine.metrics import EngineStats
 from jobengine.pool.channel import E_ERR, E_LOG, E_OK, E_STARTED
 from jobengine.pool.pool import WorkerSlot
 from jobengine.pool.worker import encode_error
@@ -68,9 +69,22 @@ def _payload(kind: str, handle: int) -> bytes:
 TAGS = {"started": E_STARTED, "ok": E_OK, "badok": E_OK, "err": E_ERR, "log": E_LOG}
 
 
-def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast: bool):
+class _FlakyStats(EngineStats):
+    """Metrics that fail for one kind: handling that kind's start raises (a stand-in
+    for anything unexpected), which must fail that instance only, on both paths."""
+
+    def started(self, kind, wait_ns):
+        if kind == "plain" and self.flaky:
+            raise RuntimeError("metrics broke")
+        super().started(kind, wait_ns)
+
+
+def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast: bool,
+         flaky: bool = False):  # fmt: skip
     m = Manager(1)
     engine: Engine = m._engine
+    engine.recorder.stats = _FlakyStats()
+    engine.recorder.stats.flaky = flaky
     engine.clock = _FixedClock()
     engine.pool = _Pool()
     engine.dispatcher = Dispatcher(engine.pool, engine.registry, None)
@@ -92,7 +106,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
         drain = _core.EventDrain(rec, engine.dispatcher, engine._finished, lambda: 0,
                                  pickle.loads, State.PROCESSING, State.COMPLETED,
                                  State.SCHEDULED)  # fmt: skip
-        drain.drain(w, records, engine._one_event)
+        drain.drain(w, records, engine._one_event, engine._event_failed)
     else:
         for record in records:
             engine._one_event(w, record)
@@ -165,14 +179,14 @@ def scenarios(draw):
     noise = st.tuples(st.sampled_from(sorted(TAGS)), st.integers(0, n), st.sampled_from([1, 2]))
     for at, odd in draw(st.lists(st.tuples(st.integers(0, len(events)), noise), max_size=3)):
         events.insert(at, odd)
-    return setup, events
+    return setup, events, draw(st.booleans())
 
 
 @settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_the_compiled_drain_does_what_the_reference_path_does(scenario):
-    setup, events = scenario
-    assert _run(setup, events, fast=True) == _run(setup, events, fast=False)
+    setup, events, flaky = scenario
+    assert _run(setup, events, True, flaky) == _run(setup, events, False, flaky)
 
 
 def test_a_plain_job_s_two_events_are_handled_without_the_reference_path():
@@ -189,8 +203,19 @@ def test_a_plain_job_s_two_events_are_handled_without_the_reference_path():
     drain = _core.EventDrain(engine.recorder, engine.dispatcher, engine._finished, lambda: 7,
                              pickle.loads, *states)  # fmt: skip
     drain.drain(w, [(E_STARTED, 1 << 32, 100, b""), (E_OK, 1 << 32, 250, pickle.dumps(42))],
-                lambda *a: slow.append(a))  # fmt: skip
+                lambda *a: slow.append(a), lambda *a: slow.append(a))  # fmt: skip
     assert slow == []
     assert inst.state is State.COMPLETED and (inst.processed_ns, inst.completed_ns) == (100, 250)
     assert inst.started_mono == 7 and w.jobs == 1 and not w.inflight and w.running is None
     assert engine._finished == [inst]
+
+
+def test_a_report_whose_handling_raises_fails_only_its_instance():
+    setup = [(0, False), (3, False)]  # a plain job (its metrics raise), then another
+    events = [("started", 0, 1), ("started", 1, 1), ("ok", 0, 1), ("ok", 1, 1)]
+    for fast in (True, False):
+        out = _run(setup, events, fast, flaky=True)
+        assert [i[0] for i in out["instances"]] == [State.TERMINATED, State.COMPLETED]
+        failed = [d for d in out["deferred"] if d[:2] == ("set_exception", 0)]
+        assert failed and failed[0][2][0][0] == "JobHandlingError"
+        assert "metrics broke" in failed[0][2][0][1]
