@@ -38,6 +38,10 @@ _cond_lock = threading.Lock()
 _DONE = (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
 
 
+# How often a wait in the main thread wakes to let pending signal handlers run.
+SIGNAL_SLICE_S = 0.2
+
+
 class Owner(Protocol):
     """What an Instance asks of the engine that owns it."""
 
@@ -287,13 +291,29 @@ class Instance(LogMethods, Future[T]):
             if self._exception is not None:
                 raise self._exception
             return self._result
+        if timeout is None and threading.current_thread() is threading.main_thread():
+            self._wait_for_signals()
+            timeout = 0
         return Future.result(self, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Future.exception: the exception of a failed instance, or None."""
         if self._state == FINISHED:
             return self._exception
+        if timeout is None and threading.current_thread() is threading.main_thread():
+            self._wait_for_signals()
+            timeout = 0
         return Future.exception(self, timeout)
+
+    def _wait_for_signals(self) -> None:
+        """Wait until done, waking every SIGNAL_SLICE_S.  Python runs signal handlers
+        only in the main thread, and a lock wait wakes for one only if the signal
+        interrupts the wait itself: one that lands just before the wait starts (or on
+        another thread) would leave Ctrl-C or SIGTERM pending until the job ended.
+        Waking now and then lets the handler run."""
+        with self._condition:
+            while self._state not in _DONE:
+                self._condition.wait(SIGNAL_SLICE_S)
 
     def done(self) -> bool:
         """Future.done: finished or cancelled."""

@@ -459,3 +459,41 @@ def test_a_log_line_after_the_manager_stopped_still_reaches_a_durable_store(tmp_
     finally:
         for fd in reused:
             os.close(fd)
+
+
+def test_a_signal_the_main_thread_missed_still_interrupts_result():
+    # The race CPython leaves open: a signal whose C handler runs just before the main
+    # thread blocks in a lock wait (or on another thread) does not wake that wait, and
+    # the Python handler would run only when the job ends.  Simulated here: the main
+    # thread blocks SIGUSR1, so a helper thread receives it; result() must still raise
+    # the handler's exception within a wake-up slice, not after the 60 s job.
+    proc = _script("""
+        import signal, threading, time, os
+        import jobs
+        from jobengine import Manager
+        class Interrupted(Exception):
+            pass
+        def handler(signum, frame):
+            raise Interrupted
+        signal.signal(signal.SIGUSR1, handler)
+        with Manager(1, handle_signals=False) as m:
+            f = m.submit(jobs.sleep_then, 60)
+            while not f.running():
+                time.sleep(0.01)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            def send():  # from a thread that takes the signal itself
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+                time.sleep(0.5)
+                os.kill(os.getpid(), signal.SIGUSR1)
+                time.sleep(3)
+            threading.Thread(target=send, daemon=True).start()
+            t = time.monotonic()
+            try:
+                f.result()
+            except Interrupted:
+                print("interrupted after %.1f s" % (time.monotonic() - t), flush=True)
+            os._exit(0)  # (not the 60 s job's end)
+    """)
+    out, err = proc.communicate(timeout=60)
+    assert out.startswith("interrupted after"), err
+    assert float(out.split()[2]) < 3, out
