@@ -1000,6 +1000,15 @@ def uuid_text(object n):
 cdef list _state_codes = [None] * (128 * 4)
 
 
+cdef inline object _memory_row(dict rows, object uuid, object kind):
+    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape)
+    row = rows.get(uuid)
+    if row is None:
+        row = [kind, None, 0, 0, 0, None, None, None]
+        rows[uuid] = row
+    return row
+
+
 def memory_write(dict rows, dict finished, dict outcomes, list instances, list states,
                  list logs, dict all_logs, frozenset final_states, object big_outcome,
                  Py_ssize_t max_raw, bint want_finished):
@@ -1017,10 +1026,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     cdef long long s, a, run
     for r in instances:
         uuid = r[0]
-        row = rows.get(uuid)
-        if row is None:
-            row = [r[1], None, 0, 0, 0, None, None, None]
-            rows[uuid] = row
+        row = _memory_row(rows, uuid, r[1])
         (<list>row)[0:8] = r[1:9]
         if r[2] in final_states:
             if want_finished:
@@ -1036,10 +1042,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
             del finished[uuid]
     for r in states:
         uuid = r[0]
-        row = rows.get(uuid)
-        if row is None:
-            row = [r[1], None, 0, 0, 0, None, None, None]
-            rows[uuid] = row
+        row = _memory_row(rows, uuid, r[1])
         s = r[2]
         a = r[4]
         run = r[6]

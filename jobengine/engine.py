@@ -48,7 +48,7 @@ from collections import deque
 from concurrent.futures import CancelledError
 from typing import Any
 
-from . import _core
+from . import _core, signals
 from .clock import Clock
 from .errors import (
     EngineFailedError,
@@ -317,13 +317,14 @@ class Engine:
     def join(self) -> None:
         """Wait for the engine thread to end (unless called from it)."""
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            signals.join(self._thread)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every counted instance reached a final state; False on timeout.
         Raises EngineFailedError if the engine thread failed."""
         with self._idle:
-            done = self._idle.wait_for(
+            done = signals.wait_for(
+                self._idle,
                 lambda: (
                     self.error is not None
                     or (self._active == 0 and not any(_pending(i) for i, _ in self.inbox))

@@ -15,6 +15,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from . import signals
 from ._core import uuid_text
 from .errors import ManagerStateError
 from .records import LogLevel, LogMethods, ns_to_datetime
@@ -36,10 +37,6 @@ T = TypeVar("T")
 
 _cond_lock = threading.Lock()
 _DONE = (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED)
-
-
-# How often a wait in the main thread wakes to let pending signal handlers run.
-SIGNAL_SLICE_S = 0.2
 
 
 class Owner(Protocol):
@@ -306,14 +303,10 @@ class Instance(LogMethods, Future[T]):
         return Future.exception(self, timeout)
 
     def _wait_for_signals(self) -> None:
-        """Wait until done, waking every SIGNAL_SLICE_S.  Python runs signal handlers
-        only in the main thread, and a lock wait wakes for one only if the signal
-        interrupts the wait itself: one that lands just before the wait starts (or on
-        another thread) would leave Ctrl-C or SIGTERM pending until the job ended.
-        Waking now and then lets the handler run."""
+        """Wait until done, waking in the main thread now and then so that a pending
+        SIGINT / SIGTERM handler runs (signals.wait_for)."""
         with self._condition:
-            while self._state not in _DONE:
-                self._condition.wait(SIGNAL_SLICE_S)
+            signals.wait_for(self._condition, self.done)
 
     def done(self) -> bool:
         """Future.done: finished or cancelled."""

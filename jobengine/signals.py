@@ -21,6 +21,32 @@ from typing import Any
 
 _DELIVERED_TO_MAIN = {signal.SIGINT, signal.SIGTERM}
 
+# How often a wait in the main thread wakes to let pending signal handlers run.
+SIGNAL_SLICE_S = 0.2
+
+
+def wait_for(condition: threading.Condition, predicate: Callable[[], bool],
+             timeout: float | None = None) -> bool:  # fmt: skip
+    """condition.wait_for(predicate, timeout) (condition held), except that without a
+    timeout the main thread waits in SIGNAL_SLICE_S slices.  Python runs signal handlers
+    only in the main thread, and a lock wait wakes for one only if the signal interrupts
+    that wait itself: one that lands just before the wait starts (or on another thread)
+    would leave Ctrl-C or SIGTERM pending until the wait ended by itself."""
+    if timeout is not None or threading.current_thread() is not threading.main_thread():
+        return condition.wait_for(predicate, timeout)
+    while not condition.wait_for(predicate, SIGNAL_SLICE_S):
+        pass
+    return True
+
+
+def join(thread: threading.Thread) -> None:
+    """thread.join(), in slices in the main thread (see wait_for)."""
+    if threading.current_thread() is not threading.main_thread():
+        thread.join()
+        return
+    while thread.is_alive():
+        thread.join(SIGNAL_SLICE_S)
+
 
 def start_thread(thread: threading.Thread) -> threading.Thread:
     """thread.start(), with SIGINT and SIGTERM blocked in the new thread (it inherits
@@ -94,4 +120,4 @@ class SignalStop:
         raise SystemExit(128 + signum)
 
 
-__all__ = ["SignalStop", "start_thread", "user_code"]
+__all__ = ["SIGNAL_SLICE_S", "SignalStop", "join", "start_thread", "user_code", "wait_for"]

@@ -461,13 +461,14 @@ def test_a_log_line_after_the_manager_stopped_still_reaches_a_durable_store(tmp_
             os.close(fd)
 
 
-def test_a_signal_the_main_thread_missed_still_interrupts_result():
+@pytest.mark.parametrize("wait", ["f.result()", "f.exception()", "m.wait()"])
+def test_a_signal_the_main_thread_missed_still_interrupts_a_wait(wait):
     # The race CPython leaves open: a signal whose C handler runs just before the main
     # thread blocks in a lock wait (or on another thread) does not wake that wait, and
     # the Python handler would run only when the job ends.  Simulated here: the main
-    # thread blocks SIGUSR1, so a helper thread receives it; result() must still raise
+    # thread blocks SIGUSR1, so a helper thread receives it; the wait must still raise
     # the handler's exception within a wake-up slice, not after the 60 s job.
-    proc = _script("""
+    proc = _script(f"""
         import signal, threading, time, os
         import jobs
         from jobengine import Manager
@@ -480,16 +481,16 @@ def test_a_signal_the_main_thread_missed_still_interrupts_result():
             f = m.submit(jobs.sleep_then, 60)
             while not f.running():
                 time.sleep(0.01)
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})
             def send():  # from a thread that takes the signal itself
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGUSR1}})
                 time.sleep(0.5)
                 os.kill(os.getpid(), signal.SIGUSR1)
                 time.sleep(3)
             threading.Thread(target=send, daemon=True).start()
             t = time.monotonic()
             try:
-                f.result()
+                {wait}
             except Interrupted:
                 print("interrupted after %.1f s" % (time.monotonic() - t), flush=True)
             os._exit(0)  # (not the 60 s job's end)
