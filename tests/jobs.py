@@ -74,6 +74,14 @@ def cpu(n):
     return s
 
 
+def spin(seconds, value=None):
+    """Keep the CPU busy for `seconds` (a CPU-bound job of a known length)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return value
+
+
 def big(n):
     return b"x" * n
 

@@ -46,9 +46,11 @@ class _FixedClock(SystemClock):
         return 0
 
 
-class _Pool:  # what the reference path asks of the pool here: kill() on a cancel
+class _Pool:  # what the reference path asks of the pool here: kill() on a cancel, and
+    # its workers (the dispatcher's nap is per worker)
     def __init__(self):
         self.kills = []
+        self.workers = {}
 
     def kill(self, w, reason, target):
         self.kills.append((reason, target))
@@ -193,7 +195,7 @@ def test_a_plain_job_s_two_events_are_handled_without_the_reference_path():
     # the common case must really take the compiled path (else it is only a detour)
     m = Manager(1)
     engine = m._engine
-    engine.dispatcher = Dispatcher(None, engine.registry, None)
+    engine.dispatcher = Dispatcher(_Pool(), engine.registry, None)
     w = WorkerSlot(0, None)
     inst = m._new_instance(JOBS[0], (), {}, None, None, None, False, False)[0]
     inst.state, inst.handle, inst.attempts, inst.worker = State.SCHEDULED, 0, 1, 0

@@ -154,14 +154,17 @@ class Worker:
             raise JobCanceled(f"job {kind!r} canceled while running")
         write_interrupt(self.mm, 0, 0)
 
-    def emit(self, tag: int, a: int, b: int, payload: bytes = b"") -> None:
+    def emit(self, tag: int, a: int, b: int, payload: bytes = b"", publish: bool = True) -> None:
+        """Write an event; publish it (waking the manager if it sleeps) unless
+        `publish` is False: then the caller publishes it soon (run() does, see there)."""
         ring = self.channel.events
         while not write_record(ring, tag, a, b, payload):
             # The manager is behind: make what we wrote visible, then give it time.
             ring.publish()
             time.sleep(20e-6)
             self._check_parent()
-        ring.publish()
+        if publish:
+            ring.publish()
 
     def _check_parent(self) -> None:
         if os.getppid() != self.parent_pid:
@@ -176,10 +179,16 @@ class Worker:
                 if not tasks.wait(PARK_TIMEOUT_S, SPIN_S):
                     self._check_parent()
                 continue
-            for tag, a, b, payload in records:
+            last = len(records) - 1
+            for i, (tag, a, b, payload) in enumerate(records):
                 kind = tag & TAG_MASK
                 if kind == T_TASK:
                     self._run_task(a, b, read_payload(tag, payload))
+                    # An attempt's outcome is written unpublished: when the next record
+                    # is another task, its STARTED (microseconds later) publishes both,
+                    # one wake-up of the manager per job instead of two.
+                    if i == last or records[i + 1][0] & TAG_MASK != T_TASK:
+                        self.channel.events.publish()
                 elif kind == T_DEFINE:
                     self._define(a, read_payload(tag, payload))
                 elif kind == T_FORGET:
@@ -247,13 +256,13 @@ class Worker:
     ) -> None:
         self.emit(E_STARTED, packed, time.time_ns())
         if type(fn) is _Unloadable:
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(fn.error))
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(fn.error), False)
             return
         try:
             decoded = pickle.loads(payload)
         except BaseException as exc:  # a class gone from the worker, or a hostile payload
             err = _load_error("the arguments", kind, exc, None)
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(err))
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(err), False)
             return
         try:
             args, kwargs = decoded[0], decoded[1]
@@ -282,7 +291,7 @@ class Worker:
             finally:
                 self.current = 0
         except BaseException as exc:  # a failed job, whatever it raised, is a failure
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc))
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc), False)
             return
         del decoded, args, kwargs  # the job's arguments are not kept past the job
         try:
@@ -296,13 +305,13 @@ class Worker:
             err: BaseException = SerializationError(
                 f"the result of job {kind!r} cannot be pickled: {type(exc).__name__}: {exc}"
             )
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(err))
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(err), False)
             return
         except BaseException as exc:  # sys.exit() in a __reduce__: the job's outcome
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc))
+            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc), False)
             return
         del result
-        self.emit(E_OK, packed, time.time_ns(), out)
+        self.emit(E_OK, packed, time.time_ns(), out, False)
 
 
 def _fill_placeholders(args: tuple, kwargs: dict, ji: WorkerInstance) -> tuple[tuple, dict]:
