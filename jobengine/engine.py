@@ -370,6 +370,18 @@ class Engine:
             for inst, _due in batch:
                 self.cancel_queued(inst)
 
+    def admit_now(self, inst: Instance) -> None:
+        """admit(inst, 0) of a new instance, as admit_many does it for a batch of one
+        (submit()'s short path)."""
+        self.recorder.created(inst, inst.created_ns)
+        self.remember(inst)
+        self.inbox.append((inst, 0))
+        pool = self.pool
+        if pool is not None:
+            pool.doorbell.ring()
+        if self.state == "stopped":  # lost a race with stop(): nothing will run it
+            self.cancel_queued(inst)
+
     def remember(self, inst: Instance) -> None:
         """Let lookups find `inst` by uuid while anyone holds it."""
         known = self._known
