@@ -1090,9 +1090,18 @@ cdef class EventDrain:
     cdef object states, touched, outcomes, deferred, finished, stats, dispatcher
     cdef object monotonic_ns, loads, processing, completed, scheduled
     cdef long long processing_v, completed_v
+    # metrics.EngineStats counted here, not called (4 Python calls a job): its dicts,
+    # and its histograms' bucket bounds; any other stats object (a subclass) is called
+    cdef bint count_here
+    cdef object executed, finals  # defaultdicts: dict's C calls apply (<dict> below)
+    cdef object run_hists, wait_hists, completed_name
+    cdef long long bounds[32]
+    cdef Py_ssize_t nbounds
 
     def __init__(self, recorder, dispatcher, finished, monotonic_ns, loads, processing,
-                 completed, scheduled):
+                 completed, scheduled, stock_stats=None, tuple bounds_ns=(),
+                 completed_name="completed"):
+        cdef Py_ssize_t i
         self.states = recorder._states
         self.touched = recorder._touched
         self.outcomes = recorder._outcomes
@@ -1107,6 +1116,49 @@ cdef class EventDrain:
         self.scheduled = scheduled
         self.processing_v = processing._value_
         self.completed_v = completed._value_
+        self.count_here = stock_stats is not None and type(self.stats) is stock_stats
+        if len(bounds_ns) > 32:
+            raise ValueError("at most 32 histogram bounds")
+        self.nbounds = len(bounds_ns)
+        for i in range(self.nbounds):
+            self.bounds[i] = bounds_ns[i]
+        if self.count_here:
+            self.executed = self.stats.executed
+            self.finals = self.stats.finals
+            self.run_hists = self.stats.run
+            self.wait_hists = self.stats.wait
+            self.completed_name = completed_name
+
+    cdef inline void _observe(self, object hist, long long ns) except *:
+        # metrics._Histogram.observe_ns: the first bound >= ns (bisect_left), or +Inf
+        cdef Py_ssize_t i = 0
+        cdef list counts = hist.counts
+        if ns < 0:
+            ns = 0
+        while i < self.nbounds and self.bounds[i] < ns:
+            i += 1
+        counts[i] = counts[i] + 1
+        hist.total_ns = hist.total_ns + ns
+
+    cdef inline void _started(self, object kind, object wait_ns) except *:
+        # EngineStats.started
+        if not self.count_here:
+            self.stats.started(kind, wait_ns)
+            return
+        cdef dict executed = <dict>self.executed
+        executed[kind] = executed.get(kind, 0) + 1
+        if wait_ns is not None:
+            self._observe(self.wait_hists[kind], wait_ns)
+
+    cdef inline void _completed(self, object kind, long long run_ns) except *:
+        # EngineStats.ended(kind, COMPLETED, run_ns)
+        if not self.count_here:
+            self.stats.ended(kind, self.completed, run_ns)
+            return
+        cdef dict finals = <dict>self.finals
+        key = (kind, self.completed_name)
+        finals[key] = finals.get(key, 0) + 1
+        self._observe(self.run_hists[kind], run_ns)
 
     def drain(self, w, list records, slow, failed):
         """Handle `records` (a worker's, in order); slow(w, record) handles the rest.
@@ -1156,9 +1208,9 @@ cdef class EventDrain:
                     unit.state = self.processing
                     if unit.attempts <= 1:  # queue wait: from its due time to its start
                         due = unit.scheduled_ns
-                        self.stats.started(job.kind, None if due is None else b - due)
+                        self._started(job.kind, None if due is None else b - due)
                     else:
-                        self.stats.started(job.kind, None)
+                        self._started(job.kind, None)
                     uuid = unit.uuid_str
                     self.states.append((uuid, job.kind, self.processing_v, b, unit.attempts,
                                         unit.worker, unit.run, None))
@@ -1172,7 +1224,7 @@ cdef class EventDrain:
                     uuid = unit.uuid_str
                     self.outcomes[uuid] = ("r", rec[3])
                     unit.state = self.completed
-                    self.stats.ended(job.kind, self.completed, b - unit.processed_ns)
+                    self._completed(job.kind, b - unit.processed_ns)
                     self.states.append((uuid, job.kind, self.completed_v, b, unit.attempts,
                                         unit.worker, unit.run, None))
                     self.touched.append(unit)

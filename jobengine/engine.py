@@ -66,6 +66,7 @@ from .errors import (
 )
 from .instance import Instance, Run
 from .logbridge import relay
+from .metrics import BUCKETS_NS, FINAL_NAMES, EngineStats
 from .pool.channel import (
     E_ERR,
     E_INIT_ERR,
@@ -247,6 +248,7 @@ class Engine:
         self._events = None if self.clock.virtual else _core.EventDrain(
             self.recorder, self.dispatcher, self._finished, self.clock.monotonic_ns,
             pickle.loads, _PROCESSING, _COMPLETED, _SCHEDULED,
+            EngineStats, BUCKETS_NS, FINAL_NAMES[_COMPLETED],
         )  # fmt: skip
         self._wake = self.pool.doorbell.ring
         self.clock.subscribe(self._wake)

@@ -31,7 +31,7 @@ from .state import State
 
 #: histogram bucket bounds, seconds (a job engine's range: 100 us to 5 min)
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0)
-_FINAL_NAMES = {
+FINAL_NAMES = {
     State.COMPLETED: "completed",
     State.TERMINATED: "terminated",
     State.TIMED_OUT: "timed_out",
@@ -39,7 +39,7 @@ _FINAL_NAMES = {
 }
 
 
-_BUCKETS_NS = tuple(round(b * 1e9) for b in BUCKETS)  # observed in ns: no float math
+BUCKETS_NS = tuple(round(b * 1e9) for b in BUCKETS)  # observed in ns: no float math
 
 
 class _Histogram:
@@ -57,7 +57,7 @@ class _Histogram:
     def observe_ns(self, ns: int) -> None:
         if ns < 0:  # (wall clocks: a due time set in the future by another node)
             ns = 0
-        self.counts[bisect.bisect_left(_BUCKETS_NS, ns)] += 1
+        self.counts[bisect.bisect_left(BUCKETS_NS, ns)] += 1
         self.total_ns += ns
 
 
@@ -76,14 +76,14 @@ class EngineStats:
             self.wait[kind].observe_ns(wait_ns)
 
     def ended(self, kind: str, state: State, run_ns: int | None) -> None:
-        self.finals[(kind, _FINAL_NAMES[state])] += 1
+        self.finals[(kind, FINAL_NAMES[state])] += 1
         if run_ns is not None:
             self.run[kind].observe_ns(run_ns)
 
     def totals(self) -> dict[str, int]:
         """Final states and attempts over every kind (Manager.stats())."""
         out = {"executed": sum(self.executed.values())}
-        for name in _FINAL_NAMES.values():
+        for name in FINAL_NAMES.values():
             out[name] = sum(n for (_, s), n in self.finals.items() if s == name)
         return out
 
@@ -134,7 +134,7 @@ class ManagerCollector:
         for kind, n in sorted(stats.executed.items()):
             c.add_metric([kind], n)
         yield c
-        for name in _FINAL_NAMES.values():
+        for name in FINAL_NAMES.values():
             c = CounterMetricFamily(
                 f"jobengine_jobs_{name}", f"Instances ended {name.upper()}", labels=["kind"]
             )
