@@ -1073,6 +1073,28 @@ cdef enum:
     _FLAG_LARGE = 0x100
 
 
+def settle_results(pending, finished, log, list units, list results):
+    """Instance.set_result(result) for each unit, in order: what the engine defers for
+    a run of completed jobs (EventDrain).  The common case is instance.py's
+    Instance._settle without a waiter (no Condition made yet: nobody waits, no
+    callback, no cancel) done here; any other goes through the unit's set_result.  One
+    that raises is logged as the engine's deferred calls are, the others still settle."""
+    cdef Py_ssize_t i
+    for i in range(len(units)):
+        unit = units[i]
+        try:
+            if unit._cond is None and unit._state == pending:
+                unit._result = results[i]
+                unit._exception = None
+                unit._state = finished
+                if unit._cond is not None:  # made meanwhile: its waiter needs the news
+                    unit._notify_settled()
+            else:
+                unit.set_result(results[i])
+        except Exception:
+            log.exception("jobengine: settling an instance failed; the engine goes on")
+
+
 @cython.final
 cdef class EventDrain:
     """Engine._drain_worker's loop, compiled, for the two events every job sends: a
@@ -1097,9 +1119,12 @@ cdef class EventDrain:
     cdef object run_hists, wait_hists, completed_name
     cdef long long bounds[32]
     cdef Py_ssize_t nbounds
+    # completed units and their results not yet handed to the deferred queue
+    cdef object settle
+    cdef list units, results
 
     def __init__(self, recorder, dispatcher, finished, monotonic_ns, loads, processing,
-                 completed, scheduled, stock_stats=None, tuple bounds_ns=(),
+                 completed, scheduled, settle, stock_stats=None, tuple bounds_ns=(),
                  completed_name="completed"):
         cdef Py_ssize_t i
         self.states = recorder._states
@@ -1116,6 +1141,8 @@ cdef class EventDrain:
         self.scheduled = scheduled
         self.processing_v = processing._value_
         self.completed_v = completed._value_
+        self.settle = settle
+        self.units = self.results = None
         self.count_here = stock_stats is not None and type(self.stats) is stock_stats
         if len(bounds_ns) > 32:
             raise ValueError("at most 32 histogram bounds")
@@ -1160,10 +1187,28 @@ cdef class EventDrain:
         finals[key] = finals.get(key, 0) + 1
         self._observe(self.run_hists[kind], run_ns)
 
+    cdef inline void _settle_batch(self) except *:
+        # the completed units so far: one deferred settle call, in their place
+        if self.units is not None:
+            self.deferred.append((self.settle, (self.units, self.results)))
+            self.units = self.results = None
+
+    cdef inline void _hand_over(self, slow, w, tuple rec) except *:
+        self._settle_batch()
+        slow(w, rec)
+
     def drain(self, w, list records, slow, failed):
         """Handle `records` (a worker's, in order); slow(w, record) handles the rest.
         Should handling one raise, failed(w, unit, exception) fails that unit only, as
-        the reference path does, and the drain goes on."""
+        the reference path does, and the drain goes on.  The Futures of the jobs it
+        completes are settled in one deferred call per run of them (settle), not one
+        each: what is handed over in between keeps its place in the order."""
+        try:
+            self._drain(w, records, slow, failed)
+        finally:
+            self._settle_batch()
+
+    cdef _drain(self, w, list records, slow, failed):
         cdef dict inflight = w.inflight
         cdef tuple rec
         cdef long long tag, t
@@ -1173,32 +1218,32 @@ cdef class EventDrain:
             tag = rec[0]
             t = tag & _TAG_MASK
             if (t != _E_STARTED and t != _E_OK) or tag & _FLAG_LARGE:
-                slow(w, rec)
+                self._hand_over(slow, w, rec)
                 continue
             a = rec[1]
             handle = <unsigned long long>a & 0xFFFFFFFF
             unit = inflight.get(handle)
             if (unit is None or unit.attempts != (a >> 32) or unit.parent is not None
                     or unit.cancel_requested):
-                slow(w, rec)
+                self._hand_over(slow, w, rec)
                 continue
             job = unit.job
             if job.state_change_handler is not None:
-                slow(w, rec)
+                self._hand_over(slow, w, rec)
                 continue
             b = rec[2]
             if t == _E_STARTED:
                 if unit.state is not self.scheduled:
-                    slow(w, rec)  # (an illegal move: the reference path raises it)
+                    self._hand_over(slow, w, rec)  # (an illegal move: the reference path raises it)
                     continue
             else:
                 if job.response_handler is not None or unit.state is not self.processing:
-                    slow(w, rec)
+                    self._hand_over(slow, w, rec)
                     continue
                 try:
                     result = self.loads(rec[3])
                 except BaseException:
-                    slow(w, rec)  # the reference path reports it (ResultDecodeError)
+                    self._hand_over(slow, w, rec)  # the reference path reports it (ResultDecodeError)
                     continue
             try:
                 if t == _E_STARTED:
@@ -1229,8 +1274,12 @@ cdef class EventDrain:
                                         unit.worker, unit.run, None))
                     self.touched.append(unit)
                     self.finished.append(unit)
-                    self.deferred.append((unit.set_result, (result,)))
+                    if self.units is None:
+                        self.units, self.results = [], []
+                    self.units.append(unit)
+                    self.results.append(result)
             except Exception as e:  # never the engine: only this unit fails
+                self._settle_batch()
                 failed(w, unit, e)
 
 

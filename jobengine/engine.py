@@ -37,6 +37,7 @@ the recorder (recorder.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
+from concurrent.futures._base import FINISHED, PENDING
 from typing import Any
 
 from . import _core, signals
@@ -101,6 +103,9 @@ _TERMINATED = State.TERMINATED
 _TIMED_OUT = State.TIMED_OUT
 
 log = logging.getLogger("jobengine")
+# How the compiled drain settles a run of completed instances: one deferred call each
+# run (Instance.set_result for each of them, the common case inline).
+SETTLE_RESULTS = functools.partial(_core.settle_results, PENDING, FINISHED, log)
 
 SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
 SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
@@ -247,7 +252,7 @@ class Engine:
         # go through _one_event, which stamps them with that clock's time.
         self._events = None if self.clock.virtual else _core.EventDrain(
             self.recorder, self.dispatcher, self._finished, self.clock.monotonic_ns,
-            pickle.loads, _PROCESSING, _COMPLETED, _SCHEDULED,
+            pickle.loads, _PROCESSING, _COMPLETED, _SCHEDULED, SETTLE_RESULTS,
             EngineStats, BUCKETS_NS, FINAL_NAMES[_COMPLETED],
         )  # fmt: skip
         self._wake = self.pool.doorbell.ring

@@ -271,14 +271,22 @@ class Instance(LogMethods, Future[T]):
         self._exception = exception
         self._state = FINISHED
         if self._cond is not None:
-            with self._condition:
-                for waiter in self._waiters:
-                    if exception is None:
-                        waiter.add_result(self)
-                    else:
-                        waiter.add_exception(self)
-                self._condition.notify_all()
-            self._invoke_callbacks()
+            self._notify_settled()
+
+    def _notify_settled(self) -> None:
+        """What Future.set_result/set_exception do after storing the outcome: tell the
+        waiters and run the callbacks (the outcome is stored, the state FINISHED).
+        _core.settle_results settles a run of completed instances as _settle does and
+        calls this when a Condition appeared meanwhile."""
+        exception = self._exception
+        with self._condition:
+            for waiter in self._waiters:
+                if exception is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
 
     # Reading a finished Future needs no lock (FINISHED is final, and the outcome was
     # stored before the state): skip the Condition that Future would make to read it.

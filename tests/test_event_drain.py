@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from jobengine import Job, Manager, State, _core
 from jobengine.clock import SystemClock
-from jobengine.engine import Engine
+from jobengine.engine import SETTLE_RESULTS, Engine
 from jobengine.metrics import BUCKETS_NS, FINAL_NAMES, EngineStats
 from jobengine.pool.channel import E_ERR, E_LOG, E_OK, E_STARTED
 from jobengine.pool.pool import WorkerSlot
@@ -109,7 +109,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
     if fast:
         drain = _core.EventDrain(rec, engine.dispatcher, engine._finished, lambda: 0,
                                  pickle.loads, State.PROCESSING, State.COMPLETED,
-                                 State.SCHEDULED, EngineStats, BUCKETS_NS,
+                                 State.SCHEDULED, SETTLE_RESULTS, EngineStats, BUCKETS_NS,
                                  FINAL_NAMES[State.COMPLETED])  # fmt: skip
         drain.drain(w, records, engine._one_event, engine._event_failed)
     else:
@@ -120,7 +120,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
     ids = {id(inst): i for i, inst in enumerate(insts)}
 
     def settle(fn, args):
-        owner = ids.get(id(getattr(fn, "__self__", None)), fn.__name__)
+        owner = ids.get(id(getattr(fn, "__self__", None)), getattr(fn, "__name__", None))
 
         def show(a):
             if id(a) in ids:
@@ -138,7 +138,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
         "touched": [ids[id(i)] for i in rec._touched],
         "outcomes": {index[u]: o for u, o in rec._outcomes.items()},
         "logs": [(index[r[0]], *r[1:]) for r in rec._logs],
-        "deferred": [settle(fn, args) for fn, args in rec._deferred],
+        "deferred": [settle(fn, a) for fn, args in rec._deferred for fn, a in _each(fn, args)],
         "executed": dict(stats.executed),
         "finals": dict(stats.finals),
         "run": {k: (h.counts, h.total_ns) for k, h in stats.run.items()},
@@ -151,6 +151,15 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
         "dispatcher": (engine.dispatcher.avg_ns, engine.dispatcher.credits),
         "kills": kills,
     }
+
+
+def _each(fn, args):
+    """A deferred call as per-instance settlements: the drain's batch of completed
+    instances (SETTLE_RESULTS) is what the reference path defers one by one."""
+    if fn is SETTLE_RESULTS:
+        units, results = args
+        return [(u.set_result, (r,)) for u, r in zip(units, results, strict=True)]
+    return [(fn, args)]
 
 
 setups = st.lists(st.tuples(st.integers(0, len(JOBS) - 1), st.booleans()), min_size=1,
@@ -206,13 +215,29 @@ def test_a_plain_job_s_two_events_are_handled_without_the_reference_path():
     slow = []
     states = State.PROCESSING, State.COMPLETED, State.SCHEDULED
     drain = _core.EventDrain(engine.recorder, engine.dispatcher, engine._finished, lambda: 7,
-                             pickle.loads, *states)  # fmt: skip
+                             pickle.loads, *states, SETTLE_RESULTS)  # fmt: skip
     drain.drain(w, [(E_STARTED, 1 << 32, 100, b""), (E_OK, 1 << 32, 250, pickle.dumps(42))],
                 lambda *a: slow.append(a), lambda *a: slow.append(a))  # fmt: skip
     assert slow == []
     assert inst.state is State.COMPLETED and (inst.processed_ns, inst.completed_ns) == (100, 250)
     assert inst.started_mono == 7 and w.jobs == 1 and not w.inflight and w.running is None
     assert engine._finished == [inst]
+    assert not inst.done()  # settled once its records are written
+    engine.recorder.run_deferred()
+    assert inst.result(timeout=0) == 42
+
+
+def test_a_run_of_results_settles_each_future_as_set_result_would(caplog):
+    m = Manager(1)
+    made = [m._new_instance(JOBS[0], (), {}, None, None, None, False, False)[0] for _ in range(4)]
+    watched, _plain, settled, _last = made
+    seen = []
+    watched.add_done_callback(lambda f: seen.append(f.result()))  # makes its Condition
+    settled.set_result("first")  # a second set_result raises: logged, the rest go on
+    SETTLE_RESULTS(made, ["w", "p", "again", "l"])
+    assert seen == ["w"]
+    assert [f.result(timeout=0) for f in made] == ["w", "p", "first", "l"]
+    assert "settling an instance failed" in caplog.text
 
 
 def test_a_report_whose_handling_raises_fails_only_its_instance():
