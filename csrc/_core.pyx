@@ -1063,6 +1063,82 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     return done
 
 
+# --- dispatch: ready instances into the workers' task rings ----------------------------
+
+cdef int _write_task(object w, object inst, dict kind_ids, uint32_t t_task) except -2:
+    # Dispatcher._send for the common task, compiled: 1 written, 0 the ring is full,
+    # -1 not the common case (the caller sends it the Python way).
+    cdef object kind_id = kind_ids.get(inst.job)
+    cdef object payload
+    cdef Ring ring
+    cdef Py_ssize_t n
+    cdef const char *p = NULL
+    cdef unsigned long long attempt, handle
+    if kind_id is None or kind_id not in w.kinds:
+        return -1  # its executor goes first (T_DEFINE)
+    payload = inst.payload
+    ring = w.channel.tasks
+    if type(payload) is not bytes:
+        return -1
+    n = PyBytes_GET_SIZE(payload)
+    if <uint64_t>n > je_ring_max_payload(&ring.r):
+        return -1  # spilled to a file
+    if n:
+        p = PyBytes_AS_STRING(payload)
+    handle = inst.handle
+    attempt = inst.attempts + 1
+    if je_ring_write(&ring.r, t_task, handle | attempt << 32, kind_id, p, <uint32_t>n) != 0:
+        return 0
+    inst.attempts = attempt
+    inst.worker = w.index
+    w.inflight[handle] = inst
+    w.dispatched += 1
+    return 1
+
+
+def deal_tasks(list slots, list free, list instances, dict kind_ids, send, uint32_t t_task):
+    """Dispatcher.deal's loop (Dispatcher._deal, the reference), compiled, for workers
+    that are not recycled: `instances` (best first) go to `slots` (workers with a free
+    credit, least loaded first; free[k] is slot k's), round-robin.  The common task (its
+    executor already sent to that worker, a payload the ring takes) is written here;
+    any other goes through send(w, inst) (Dispatcher._send).  Returns (requeue, failed,
+    touched): those that found no room, [(instance, exception)] for those whose send
+    raised, and the workers written to (to publish)."""
+    cdef Py_ssize_t n = len(slots), k = 0, j
+    cdef list requeue = [], failed = []
+    cdef set touched = set()
+    cdef object w, inst, left
+    cdef int sent
+    if len(free) != n:
+        raise ValueError("deal_tasks: one free-credit count per slot")
+    if n == 0:
+        return list(instances), failed, touched
+    for inst in instances:
+        for j in range(n):
+            if free[k]:
+                break
+            k = (k + 1) % n
+        w = slots[k]
+        left = free[k]
+        if not left:
+            requeue.append(inst)
+            continue
+        try:
+            sent = _write_task(w, inst, kind_ids, t_task)
+            if sent < 0:
+                sent = 1 if send(w, inst) else 0
+        except Exception as e:  # only this instance fails, never the dispatch
+            failed.append((inst, e))
+            continue
+        if not sent:
+            requeue.append(inst)
+            continue
+        free[k] = 0 if w.retiring else left - 1
+        touched.add(w)
+        k = (k + 1) % n
+    return requeue, failed, touched
+
+
 # --- the engine's common worker events -----------------------------------------------
 
 # Event tags (pool/channel.py); FLAG_LARGE marks a payload spilled to a file.

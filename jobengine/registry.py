@@ -200,6 +200,10 @@ class JobRegistry:
         """The small id task records carry instead of the executor."""
         return self._ids[job]
 
+    def kind_ids(self) -> dict[Job, int]:
+        """Every job's kind id (the live mapping: read it, do not change it)."""
+        return self._ids
+
     def executor_blob(self, job: Job) -> bytes:
         """The executor as a worker receives it (once), with what the worker needs to
         call it; SerializationError if it cannot be pickled (made once per Job)."""

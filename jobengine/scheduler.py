@@ -3,7 +3,8 @@
 Owns: the credit policy (how many dispatched-but-unfinished attempts a worker may hold)
 and the dealing of ready instances to workers.  It is handed the pool (worker slots and
 their rings) and the job registry (kind ids, executor blobs); it never touches the
-compiled core, the handle table or the engine's lock.  Never does: decide priority
+scheduler core (the heap), the handle table or the engine's lock; the loop that writes
+tasks into the rings is compiled (_core.deal_tasks).  Never does: decide priority
 (the engine pops what is ready from the core, in one place, and hands it over).  Runs
 on the engine thread.
 
@@ -30,6 +31,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from ._core import deal_tasks
 from .job import Job
 from .pool.channel import T_DEFINE, T_TASK, pack, write_record
 from .pool.pool import Pool, WorkerSlot
@@ -111,6 +113,19 @@ class Dispatcher:
         if not slots:
             return list(instances), []
         free = [credits - len(w.inflight) for w in slots]
+        if self.max_jobs is None:  # (recycling counts each task: the Python loop does)
+            requeue, failed, touched = deal_tasks(
+                slots, free, instances, self.registry.kind_ids(), self._send, T_TASK
+            )
+        else:
+            requeue, failed, touched = self._deal(slots, free, instances)
+        for w in touched:
+            w.channel.tasks.publish()
+        return requeue, failed
+
+    def _deal(self, slots: list, free: list, instances: list) -> tuple[list, list, set]:
+        """deal()'s loop, every task through _send: the reference _core.deal_tasks
+        compiles (tests/test_dispatcher.py holds them to the same results)."""
         touched = set()
         requeue = []
         failed = []
@@ -133,9 +148,7 @@ class Dispatcher:
             free[k] = 0 if w.retiring else free[k] - 1
             touched.add(w)
             k = (k + 1) % n
-        for w in touched:
-            w.channel.tasks.publish()
-        return requeue, failed
+        return requeue, failed, touched
 
     def preload(self, jobs: Iterable[Job]) -> None:
         """Ship the executors of `jobs` to every worker now, ahead of their due time:

@@ -1,15 +1,21 @@
 """The dispatcher's credit and nap policy, and what it buys: fewer engine wake-ups per
 job for CPU-bound batches, with no lone result held back."""
 
+import os
 import sys
 import time
 
 import jobs
 import pytest
 from conftest import wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from jobengine import Manager, scheduler
+from jobengine import Job, Manager, SerializationError, scheduler
+from jobengine._core import RING_HEADER, Ring, deal_tasks
 from jobengine.clock import VirtualClock
+from jobengine.pool.channel import FLAG_LARGE, T_TASK
+from jobengine.pool.pool import WorkerSlot
 from jobengine.scheduler import (
     LONG_JOB_NS,
     MAX_CREDITS,
@@ -131,3 +137,139 @@ def test_results_are_not_held_back_once_the_backlog_is_gone():
             lags.append(time.time_ns() - f.completed_ns)
         lags.sort()
     assert lags[len(lags) // 2] < NAP_MAX_NS / 2  # napping, ~NAP_MAX_NS
+
+
+# -- the compiled deal (_core.deal_tasks) against the Python loop (Dispatcher._deal) -----
+class _Channel:
+    def __init__(self, mem: bytearray):
+        self.tasks = Ring(mem, None, True)
+
+
+class _Registry:
+    """kind ids and executor blobs, as JobRegistry hands them to the dispatcher."""
+
+    def __init__(self, jobs_: list):
+        self.ids = {job: i + 1 for i, job in enumerate(jobs_)}
+
+    def kind_id(self, job):
+        return self.ids[job]
+
+    def kind_ids(self):
+        return self.ids
+
+    def executor_blob(self, job):
+        if job.kind == "cannot-travel":
+            raise SerializationError("its executor cannot be pickled")
+        return b"executor " + job.kind.encode()
+
+
+class _Unit:  # what the dispatcher reads and writes of an instance
+    def __init__(self, handle, job, payload, attempts):
+        self.handle, self.job, self.payload, self.attempts = handle, job, payload, attempts
+        self.worker = None
+
+
+RING_SIZE = RING_HEADER + 16 * 1024  # max_payload 4 KiB: a few tasks fill it
+DEAL_JOBS = [Job(k, jobs.noop) for k in ("a", "b", "cannot-travel")]
+
+
+def _deal(compiled: bool, spec: dict) -> dict:
+    pool = _Pool(0)
+    pool.workers = {}
+    slots = []
+    for i, (inflight, known, filler) in enumerate(spec["workers"]):
+        w = WorkerSlot(i, _Channel(bytearray(RING_SIZE)))
+        for h in range(inflight):
+            w.inflight[1000 + h] = None
+        w.kinds = {k + 1 for k in known}  # kind ids whose executor it has
+        for _ in range(filler):  # what earlier turns left in its ring
+            w.channel.tasks.write(99, 0, 0, b"x" * 3000)
+        pool.workers[i] = w
+        slots.append(w)
+    registry = _Registry(DEAL_JOBS)
+    d = Dispatcher(pool, registry, None)
+    d.credits = spec["credits"]
+    units = [
+        _Unit(h, DEAL_JOBS[j], b"p" * size if size >= 0 else None, attempts)
+        for h, (j, size, attempts) in enumerate(spec["units"])
+    ]
+    slots = sorted((w for w in slots if len(w.inflight) < d.credits), key=lambda w: len(w.inflight))
+    free = [d.credits - len(w.inflight) for w in slots]
+    if not slots and not compiled:  # deal() returns before its loop (deal_tasks copes)
+        requeue, failed, touched = list(units), [], set()
+    elif compiled:
+        requeue, failed, touched = deal_tasks(slots, free, units, registry.ids, d._send, T_TASK)
+    else:
+        requeue, failed, touched = d._deal(slots, free, units)
+    rings = {}
+    for w in pool.workers.values():
+        w.channel.tasks.publish()
+        rings[w.index] = _records(w)
+    return {
+        "requeue": [u.handle for u in requeue],
+        "failed": [(u.handle, type(e).__name__, str(e)) for u, e in failed],
+        "touched": sorted(w.index for w in touched),
+        "units": [(u.attempts, u.worker) for u in units],
+        "workers": [
+            (sorted(k for k in w.inflight if k < 1000), w.dispatched, sorted(w.kinds))
+            for w in pool.workers.values()
+        ],
+        "free": free,
+        "rings": rings,
+    }
+
+
+def _records(w) -> list:
+    ring = w.channel.tasks
+    out = []
+    for tag, a, b, payload in ring.read_many():
+        if tag & FLAG_LARGE:  # spilled: the file's content, then the file goes
+            path = payload.decode()
+            with open(path, "rb") as f:
+                payload = f.read()
+            os.unlink(path)
+        out.append((tag & ~FLAG_LARGE, a, b, payload))
+    return out
+
+
+deal_specs = st.fixed_dictionaries(
+    {
+        "credits": st.integers(1, 6),
+        # per worker: attempts it holds already, the kinds it knows, records in its ring
+        "workers": st.lists(
+            st.tuples(st.integers(0, 5), st.sets(st.integers(0, 2)), st.integers(0, 5)),
+            min_size=1,
+            max_size=3,
+        ),
+        # per instance: its job, payload size (-1: not bytes; over 4 KiB: spilled), attempts
+        "units": st.lists(
+            st.tuples(
+                st.integers(0, 2),
+                st.sampled_from([0, 10, 2_000, 4_000, 5_000, -1]),
+                st.integers(0, 2),
+            ),
+            max_size=12,
+        ),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(deal_specs)
+def test_the_compiled_deal_does_what_the_python_loop_does(spec):
+    # round-robin order, credits, full rings (requeued), executors sent first, spilled
+    # payloads, a payload or executor that cannot travel (failed): the same everywhere
+    assert _deal(True, spec) == _deal(False, spec)
+
+
+def test_the_common_task_takes_the_compiled_write():
+    spec = {"credits": 2, "workers": [(0, {0}, 0)], "units": [(0, 10, 0), (0, 10, 1)]}
+    sends = []
+    original = Dispatcher._send
+    try:
+        Dispatcher._send = lambda self, w, inst: sends.append(inst) or original(self, w, inst)
+        out = _deal(True, spec)
+    finally:
+        Dispatcher._send = original
+    assert sends == []  # both written by deal_tasks itself
+    assert [r[1] for r in out["rings"][0]] == [0 | 1 << 32, 1 | 2 << 32]

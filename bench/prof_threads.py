@@ -1,0 +1,51 @@
+"""CPU time per job of the manager's two busy threads (the submitting one and the
+engine thread) on bench/prof_submit.py's workload: less noisy than a rate on a shared
+machine, for A/B comparisons of the per-job path.
+
+    python bench/prof_threads.py [N]
+"""
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import engine_workloads as ew
+
+from jobengine import Manager
+
+
+def main(n: int) -> None:
+    m = Manager(2).start()
+    while len([w for w in m.workers if w.pid]) < 2:
+        time.sleep(0.01)
+    ew.jobengine_submit_noop(m, 5_000)  # warm
+    engine = next(t for t in threading.enumerate() if t.name.startswith("jobengine-engine"))
+    me = psutil.Process()
+
+    def cpu() -> dict[int, float]:
+        return {t.id: t.user_time + t.system_time for t in me.threads()}
+
+    before = cpu()
+    t = time.perf_counter()
+    fs = [m.submit(ew.noop) for _ in range(n)]
+    for f in fs:
+        f.result()
+    dt = time.perf_counter() - t
+    after = cpu()
+    main_id = threading.main_thread().native_id
+    per = {tid: (after[tid] - before.get(tid, 0.0)) / n * 1e6 for tid in after}
+    print(
+        f"N={n} wall={dt:.2f}s rate={n / dt / 1e3:.1f}k jobs/s "
+        f"submit_us={per[main_id]:.2f} engine_us={per[engine.native_id]:.2f}",
+        flush=True,
+    )
+    m.stop()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
