@@ -1063,6 +1063,41 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     return done
 
 
+# --- the recorder's batches -----------------------------------------------------------
+
+def take_all(q):
+    """Everything in the deque `q`, oldest first, leaving it empty: one step under the
+    GIL (a C copy and clear: no Python code runs in between, so an append from
+    another thread lands wholly before or after it)."""
+    cdef list out = list(q)
+    q.clear()
+    return out
+
+
+def snapshots(list touched, dict outcomes, instance_type):
+    """Recorder.flush's instance rows: for each instance (or Run) in `touched`, its
+    latest state, once, ordered by its last touch: (uuid, kind, state value, priority,
+    attempts, created_ns, scheduled_ns, processed_ns, completed_ns, outcome), the
+    outcome popped from `outcomes` (uuid -> outcome).  instance_type: Instance, whose
+    cached uuid text is read directly (its uuid_str property otherwise)."""
+    cdef set seen = set()
+    cdef list out = []
+    cdef Py_ssize_t i
+    cdef object u, uuid
+    for i in range(len(touched) - 1, -1, -1):
+        u = touched[i]
+        uuid = u._uuid_str if type(u) is instance_type else None
+        if uuid is None:
+            uuid = u.uuid_str
+        if uuid in seen:
+            continue
+        seen.add(uuid)
+        out.append((uuid, u.job.kind, u.state._value_, u.priority, u.attempts, u.created_ns,
+                    u.scheduled_ns, u.processed_ns, u.completed_ns, outcomes.pop(uuid, None)))
+    out.reverse()
+    return out
+
+
 # --- dispatch: ready instances into the workers' task rings ----------------------------
 
 cdef int _write_task(object w, object inst, dict kind_ids, uint32_t t_task) except -2:

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._core import snapshots, take_all
 from .errors import StoreError
 from .instance import Instance
 from .logbridge import to_job_logger
@@ -60,17 +61,6 @@ MAX_BATCH_RECORDS = 4096  # records per batch handed to the writer
 FLUSH_EVERY = 16_384  # records recorded before a user thread flushes (nobody else does)
 MAX_PENDING = 500_000  # records written-to-be past which scheduling waits
 SYNC_TIMEOUT_S = 30.0  # how long a lookup waits for the store before StoreError
-
-
-def _drain(q: deque) -> list:
-    out = []
-    pop = q.popleft
-    append = out.append
-    try:
-        while True:
-            append(pop())
-    except IndexError:
-        return out
 
 
 class Recorder:
@@ -204,25 +194,15 @@ class Recorder:
         the last batch (what a caller waits for to read its own writes)."""
         with self._flush_lock:
             self._unflushed = 0
-            touched = _drain(self._touched)
-            states = _drain(self._states)
-            logs = _drain(self._logs)
-            ops = _drain(self._store_ops)
+            touched = take_all(self._touched)
+            states = take_all(self._states)
+            logs = take_all(self._logs)
+            ops = take_all(self._store_ops)
             if not (touched or states or logs or ops):
                 return self._seq
-            outcomes = self._outcomes
-            instances = []
-            seen = set()
-            for i in reversed(touched):  # the latest snapshot of each
-                uuid = i.uuid_str
-                if uuid in seen:
-                    continue
-                seen.add(uuid)
-                instances.append(
-                    (uuid, i.job.kind, i.state._value_, i.priority, i.attempts, i.created_ns,
-                     i.scheduled_ns, i.processed_ns, i.completed_ns, outcomes.pop(uuid, None))
-                )  # fmt: skip
-            instances.reverse()
+            # the latest snapshot of each instance touched (compiled: per job, on the
+            # engine thread)
+            instances = snapshots(touched, self._outcomes, Instance)
             writer = self._writer or self._start_writer()
             n = MAX_BATCH_RECORDS
             while True:
@@ -265,7 +245,7 @@ class Recorder:
         that raises is logged; the others still run.  (Engine thread.)"""
         seq = self.flush()
         waiting = self._waiting
-        for fn, args in _drain(self._deferred):
+        for fn, args in take_all(self._deferred):
             waiting.append((seq, fn, args))
         if not waiting:
             return False

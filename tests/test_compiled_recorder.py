@@ -1,0 +1,83 @@
+"""The recorder's compiled steps (_core.take_all, _core.snapshots) against what they
+replace: the deque drain and the Python loop that made each batch's instance rows."""
+
+import threading
+from collections import deque
+
+import jobs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jobengine import Job, Manager, State, _core
+from jobengine.instance import Instance
+
+
+def _reference_snapshots(touched, outcomes):
+    # Recorder.flush's loop before it was compiled
+    instances = []
+    seen = set()
+    for i in reversed(touched):  # the latest snapshot of each
+        uuid = i.uuid_str
+        if uuid in seen:
+            continue
+        seen.add(uuid)
+        instances.append(
+            (uuid, i.job.kind, i.state._value_, i.priority, i.attempts, i.created_ns,
+             i.scheduled_ns, i.processed_ns, i.completed_ns, outcomes.pop(uuid, None))
+        )  # fmt: skip
+    instances.reverse()
+    return instances
+
+
+STATES = [State.SCHEDULED, State.PROCESSING, State.COMPLETED, State.TERMINATED]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.sampled_from(STATES), st.integers(0, 3)), max_size=25),
+    st.sets(st.integers(0, 4)),
+)
+def test_snapshots_are_the_reference_rows(touches, with_outcome):
+    m = Manager(1)
+    job = Job("snap", jobs.noop)
+    insts = [m._new_instance(job, (), {}, None, None, None, False, False)[0] for _ in range(5)]
+    fresh = insts[4]
+    fresh._uuid_str = None  # its text not made yet: read through the property
+    touched, expected_touched = [], []
+    for index, state, attempts in touches:
+        inst = insts[index]
+        inst.state, inst.attempts = state, attempts
+        # a touch records the instance; its fields at flush time are what counts
+        touched.append(inst)
+        expected_touched.append(inst)
+    outcomes = {insts[i].uuid_str: ("r", b"%d" % i) for i in with_outcome}
+    expected_outcomes = dict(outcomes)
+    got = _core.snapshots(touched, outcomes, Instance)
+    want = _reference_snapshots(expected_touched, expected_outcomes)
+    assert got == want
+    assert outcomes == expected_outcomes  # the same outcomes popped, the rest kept
+
+
+def test_take_all_empties_the_deque_in_order():
+    q = deque(range(10))
+    assert _core.take_all(q) == list(range(10))
+    assert not q and _core.take_all(q) == []
+
+
+def test_take_all_loses_nothing_another_thread_appends():
+    q = deque()
+    n = 200_000
+    done = threading.Event()
+
+    def produce():
+        for i in range(n):
+            q.append(i)
+        done.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    taken = []
+    while not done.is_set() or q:
+        taken.extend(_core.take_all(q))
+    t.join()
+    assert taken == list(range(n))
