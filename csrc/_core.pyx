@@ -1233,6 +1233,8 @@ cdef class EventDrain:
     # completed units and their results not yet handed to the deferred queue
     cdef object settle
     cdef list units, results
+    # the recorder's deques' append, bound once (a method call by name costs more)
+    cdef object states_append, touched_append, finished_append
 
     def __init__(self, recorder, dispatcher, finished, monotonic_ns, loads, processing,
                  completed, scheduled, settle, stock_stats=None, tuple bounds_ns=(),
@@ -1254,6 +1256,9 @@ cdef class EventDrain:
         self.completed_v = completed._value_
         self.settle = settle
         self.units = self.results = None
+        self.states_append = self.states.append
+        self.touched_append = self.touched.append
+        self.finished_append = finished.append
         self.count_here = stock_stats is not None and type(self.stats) is stock_stats
         if len(bounds_ns) > 32:
             raise ValueError("at most 32 histogram bounds")
@@ -1298,6 +1303,16 @@ cdef class EventDrain:
         finals[key] = finals.get(key, 0) + 1
         self._observe(self.run_hists[kind], run_ns)
 
+    cdef inline void _observe_run(self, long long run_ns) except *:
+        # Dispatcher.observe(run_ns), step for step (its moving average in doubles, as
+        # Python computes it), calling only its recompute() when that is due
+        d = self.dispatcher
+        d.avg_ns = <double>d.avg_ns * 0.9 + <double>run_ns * 0.1
+        seen = d.seen + 1
+        d.seen = seen
+        if seen & 15 == 0 or d.credits == 1:
+            d.recompute()
+
     cdef inline void _settle_batch(self) except *:
         # the completed units so far: one deferred settle call, in their place
         if self.units is not None:
@@ -1323,7 +1338,8 @@ cdef class EventDrain:
         cdef dict inflight = w.inflight
         cdef tuple rec
         cdef long long tag, t
-        cdef object a, b, unit, job, result, due, uuid
+        cdef object a, b, unit, job, result, due, uuid, kind, attempts
+        cdef long long run_ns
         cdef unsigned long long handle
         for rec in records:
             tag = rec[0]
@@ -1357,34 +1373,38 @@ cdef class EventDrain:
                     self._hand_over(slow, w, rec)  # the reference path reports it (ResultDecodeError)
                     continue
             try:
+                kind = job.kind
+                attempts = unit.attempts
+                uuid = unit._uuid_str  # (the uuid_str property's cache: made at creation)
+                if uuid is None:
+                    uuid = unit.uuid_str
                 if t == _E_STARTED:
                     unit.processed_ns = b
                     unit.started_mono = self.monotonic_ns()
                     w.running = unit
                     unit.state = self.processing
-                    if unit.attempts <= 1:  # queue wait: from its due time to its start
+                    if attempts <= 1:  # queue wait: from its due time to its start
                         due = unit.scheduled_ns
-                        self._started(job.kind, None if due is None else b - due)
+                        self._started(kind, None if due is None else b - due)
                     else:
-                        self._started(job.kind, None)
-                    uuid = unit.uuid_str
-                    self.states.append((uuid, job.kind, self.processing_v, b, unit.attempts,
+                        self._started(kind, None)
+                    self.states_append((uuid, kind, self.processing_v, b, attempts,
                                         unit.worker, unit.run, None))
-                    self.touched.append(unit)
+                    self.touched_append(unit)
                 else:
                     del inflight[handle]
                     w.running = None
                     w.jobs += 1
-                    self.dispatcher.observe(b - unit.processed_ns)
+                    run_ns = b - unit.processed_ns
+                    self._observe_run(run_ns)
                     unit.completed_ns = b
-                    uuid = unit.uuid_str
                     self.outcomes[uuid] = ("r", rec[3])
                     unit.state = self.completed
-                    self._completed(job.kind, b - unit.processed_ns)
-                    self.states.append((uuid, job.kind, self.completed_v, b, unit.attempts,
+                    self._completed(kind, run_ns)
+                    self.states_append((uuid, kind, self.completed_v, b, attempts,
                                         unit.worker, unit.run, None))
-                    self.touched.append(unit)
-                    self.finished.append(unit)
+                    self.touched_append(unit)
+                    self.finished_append(unit)
                     if self.units is None:
                         self.units, self.results = [], []
                     self.units.append(unit)

@@ -60,35 +60,36 @@ class Dispatcher:
         self.max_jobs = max_jobs_per_worker
         self.credits = 1  # until the first attempt finishes: assume long jobs
         self.nap_ns = 0  # how long the engine may sleep after a turn while a backlog waits
-        self._avg_ns = float(LONG_JOB_NS)  # EWMA of attempt run time
-        self._seen = 0
-
-    @property
-    def avg_ns(self) -> float:
-        """Moving average of attempt run time (ns)."""
-        return self._avg_ns
+        self.avg_ns = float(LONG_JOB_NS)  # moving average (EWMA) of attempt run time, ns
+        self.seen = 0  # attempts observed
 
     def observe(self, run_ns: int) -> None:
-        """Feed one attempt's run time into the credit estimate."""
-        avg = self._avg_ns = self._avg_ns * 0.9 + run_ns * 0.1
-        self._seen += 1
-        if self._seen & 15 == 0 or self.credits == 1:  # the credit count needs no more
-            if avg >= LONG_JOB_NS:
-                self.credits, self.nap_ns = 1, 0
-            elif avg < NAP_MIN_JOB_NS:
-                self.credits = max(2, min(MAX_CREDITS, int(QUEUED_WORK_NS / (avg + 1.0))))
-                self.nap_ns = 0
-            else:
-                workers = max(1, len(self.pool.workers))
-                nap = int(min(NAP_MAX_NS, NAP_JOBS * avg / workers))
-                # Enough for the nap, the usual margin and one GIL switch interval
-                # (the engine thread waits up to that long for the GIL while the host
-                # submits in a loop: 12% of the cores idled for 100 us jobs without
-                # it), plus the job running now and one more.
-                switch_ns = sys.getswitchinterval() * 1e9
-                work = (QUEUED_WORK_NS + nap + switch_ns) / avg
-                self.credits = max(2, min(MAX_CREDITS, int(work) + 2))
-                self.nap_ns = nap
+        """Feed one attempt's run time into the credit estimate.  (_core.EventDrain does
+        the same for the jobs it handles, step for step: keep them in agreement.)"""
+        self.avg_ns = self.avg_ns * 0.9 + run_ns * 0.1
+        self.seen += 1
+        if self.seen & 15 == 0 or self.credits == 1:  # the credit count needs no more
+            self.recompute()
+
+    def recompute(self) -> None:
+        """Credits and nap from the average run time."""
+        avg = self.avg_ns
+        if avg >= LONG_JOB_NS:
+            self.credits, self.nap_ns = 1, 0
+        elif avg < NAP_MIN_JOB_NS:
+            self.credits = max(2, min(MAX_CREDITS, int(QUEUED_WORK_NS / (avg + 1.0))))
+            self.nap_ns = 0
+        else:
+            workers = max(1, len(self.pool.workers))
+            nap = int(min(NAP_MAX_NS, NAP_JOBS * avg / workers))
+            # Enough for the nap, the usual margin and one GIL switch interval
+            # (the engine thread waits up to that long for the GIL while the host
+            # submits in a loop: 12% of the cores idled for 100 us jobs without
+            # it), plus the job running now and one more.
+            switch_ns = sys.getswitchinterval() * 1e9
+            work = (QUEUED_WORK_NS + nap + switch_ns) / avg
+            self.credits = max(2, min(MAX_CREDITS, int(work) + 2))
+            self.nap_ns = nap
 
     def room(self) -> int:
         """How many more instances the workers can take now (free credits)."""

@@ -132,6 +132,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
         return fn.__name__, owner, [show(a) for a in args]
 
     stats = rec.stats
+    d = engine.dispatcher
     kills, engine.pool = engine.pool.kills, None  # (an unstarted manager's, for its exit)
     return {
         "states": [(index[s[0]], *s[1:]) for s in rec._states],
@@ -148,7 +149,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
         ],
         "worker": (w.jobs, ids.get(id(w.running)), sorted(w.inflight)),
         "finished": [ids[id(i)] for i in engine._finished],
-        "dispatcher": (engine.dispatcher.avg_ns, engine.dispatcher.credits),
+        "dispatcher": (d.avg_ns, d.seen, d.credits, d.nap_ns),
         "kills": kills,
     }
 
