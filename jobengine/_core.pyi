@@ -139,7 +139,10 @@ def uuid_text(n: int) -> str:
 class EventDrain:
     """Engine._drain_worker's loop, compiled, for the two events every job sends
     (E_STARTED, E_OK) of one-off instances without handlers or a pending cancel; every
-    other record goes, in order, to the Python handler given to drain()."""
+    other record goes, in order, to the Python handler given to drain().  It counts
+    the stock metrics (stock_stats: the EngineStats class; a subclass is called
+    instead) into histograms with the given bucket bounds, and feeds the dispatcher's
+    moving average as Dispatcher.observe does."""
 
     def __init__(
         self,
@@ -151,10 +154,35 @@ class EventDrain:
         processing: object,
         completed: object,
         scheduled: object,
+        settle: object,
+        stock_stats: type | None = None,
+        bounds_ns: tuple = (),
+        completed_name: str = "completed",
     ) -> None: ...
     def drain(self, w: object, records: list, slow: object, failed: object) -> None:
         """Handle a worker's records in order; slow(w, record) handles the rest;
-        failed(w, unit, exception) fails a unit whose handling raised."""
+        failed(w, unit, exception) fails a unit whose handling raised.  The Futures of a
+        run of completed jobs are settled by one deferred settle(units, results)."""
+
+def settle_results(
+    pending: object, finished: object, log: object, units: list, results: list
+) -> None:
+    """Instance.set_result(result) for each unit, in order (the no-waiter case inline);
+    one that raises is logged on `log`, the others still settle."""
+
+def take_all(q: object) -> list:
+    """Everything in the deque q, oldest first, leaving it empty, in one step."""
+
+def snapshots(touched: list, outcomes: dict, instance_type: type) -> list[tuple]:
+    """The latest row of each instance in `touched` (Recorder.flush's batch rows), its
+    outcome popped from `outcomes`."""
+
+def deal_tasks(
+    slots: list, free: list, instances: list, kind_ids: dict, send: object, t_task: int
+) -> tuple[list, list, set]:
+    """Dispatcher.deal's loop: instances round-robin to slots with free credits; the
+    common task written here, the rest through send(w, inst).  Returns (requeue,
+    failed, touched)."""
 
 def memory_write(
     rows: dict,

@@ -183,12 +183,17 @@ class Worker:
             for i, (tag, a, b, payload) in enumerate(records):
                 kind = tag & TAG_MASK
                 if kind == T_TASK:
-                    self._run_task(a, b, read_payload(tag, payload))
                     # An attempt's outcome is written unpublished: when the next record
                     # is another task, its STARTED (microseconds later) publishes both,
-                    # one wake-up of the manager per job instead of two.
-                    if i == last or records[i + 1][0] & TAG_MASK != T_TASK:
-                        self.channel.events.publish()
+                    # one wake-up of the manager per job instead of two.  Anything else
+                    # (no next task here, or an exception on its way out) publishes now.
+                    ran = False
+                    try:
+                        self._run_task(a, b, read_payload(tag, payload))
+                        ran = True
+                    finally:
+                        if not ran or i == last or records[i + 1][0] & TAG_MASK != T_TASK:
+                            self.channel.events.publish()
                 elif kind == T_DEFINE:
                     self._define(a, read_payload(tag, payload))
                 elif kind == T_FORGET:
