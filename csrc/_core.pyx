@@ -1066,11 +1066,14 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
 # --- the recorder's batches -----------------------------------------------------------
 
 def take_all(q):
-    """Everything in the deque `q`, oldest first, leaving it empty: one step under the
-    GIL (a C copy and clear: no Python code runs in between, so an append from
-    another thread lands wholly before or after it)."""
-    cdef list out = list(q)
-    q.clear()
+    """What the deque `q` holds now, oldest first, popped one by one (as many as it
+    held when called): an append from another thread meanwhile, even one let in by a
+    finalizer the collector runs mid-way, stays in q for the next call, never lost."""
+    cdef Py_ssize_t i, n = len(q)
+    cdef list out = []
+    pop = q.popleft
+    for i in range(n):
+        out.append(pop())
     return out
 
 

@@ -171,7 +171,8 @@ def settle_results(
     one that raises is logged on `log`, the others still settle."""
 
 def take_all(q: object) -> list:
-    """Everything in the deque q, oldest first, leaving it empty, in one step."""
+    """What the deque q holds now, oldest first, popped one by one; what another thread
+    appends meanwhile stays for the next call."""
 
 def snapshots(touched: list, outcomes: dict, instance_type: type) -> list[tuple]:
     """The latest row of each instance in `touched` (Recorder.flush's batch rows), its
