@@ -106,7 +106,9 @@ class Instance(LogMethods, Future[T]):
         self._state = PENDING
         self._owner = owner
         self.job = job
-        self._uid = uid
+        # its text only: every instance needs it (records, lookups), the int would be
+        # ~48 more bytes per queued instance
+        self._uuid_str = uuid_text(uid)
         self.args = args
         self._kwargs = kwargs or None
         self.priority = priority
@@ -114,7 +116,6 @@ class Instance(LogMethods, Future[T]):
         self.payload = b""
         self.created_ns = created_ns
         self.scheduled_ns: int | None = None
-        self._uuid_str: str | None = None
         self.handle = -1
         self.attempts = 0
         self.worker: int | None = None
@@ -145,15 +146,12 @@ class Instance(LogMethods, Future[T]):
     @property
     def uuid(self) -> _uuid.UUID:
         """The instance's UUIDv7."""
-        return _uuid.UUID(int=self._uid)
+        return _uuid.UUID(self._uuid_str)
 
     @property
     def uuid_str(self) -> str:
         """The UUID as its canonical string (the key every store uses)."""
-        s = self._uuid_str
-        if s is None:
-            s = self._uuid_str = uuid_text(self._uid)
-        return s
+        return self._uuid_str
 
     # -- timestamps ----------------------------------------------------------------------
     @property

@@ -41,8 +41,6 @@ def test_snapshots_are_the_reference_rows(touches, with_outcome):
     m = Manager(1)
     job = Job("snap", jobs.noop)
     insts = [m._new_instance(job, (), {}, None, None, None, False, False)[0] for _ in range(5)]
-    fresh = insts[4]
-    fresh._uuid_str = None  # its text not made yet: read through the property
     touched, expected_touched = [], []
     for index, state, attempts in touches:
         inst = insts[index]
