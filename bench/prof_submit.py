@@ -1,12 +1,19 @@
 """The per-job profile's workload (bench/PROFILE.md): N no-op jobs submitted in a loop,
-then waited for, on Manager(2) and the memory store.
+then waited for, on Manager(2) and the memory store.  Prints the rate and the CPU time
+per job of the two busy threads of the manager's process, the submitting one and the
+engine thread (psutil, 10 ms ticks: use N >= 60,000): far less noisy than the rate on a
+shared machine, for A/B comparisons.
 
+    python bench/prof_submit.py [N]
     py-spy record -r 1000 -f raw -o sub.txt -- python bench/prof_submit.py [N]
 """
 
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -20,12 +27,26 @@ def main(n: int) -> None:
     while len([w for w in m.workers if w.pid]) < 2:
         time.sleep(0.01)
     ew.jobengine_submit_noop(m, 5_000)  # warm
+    engine = next(t for t in threading.enumerate() if t.name.startswith("jobengine-engine"))
+    me = psutil.Process()
+
+    def cpu() -> dict[int, float]:
+        return {t.id: t.user_time + t.system_time for t in me.threads()}
+
+    before = cpu()
     t = time.perf_counter()
     fs = [m.submit(ew.noop) for _ in range(n)]
     for f in fs:
         f.result()
     dt = time.perf_counter() - t
-    print(f"N={n} wall={dt:.2f}s rate={n / dt / 1e3:.1f}k jobs/s", flush=True)
+    after = cpu()
+    per = {tid: (after[tid] - before.get(tid, 0.0)) / n * 1e6 for tid in after}
+    print(
+        f"N={n} wall={dt:.2f}s rate={n / dt / 1e3:.1f}k jobs/s "
+        f"submit_us={per[threading.main_thread().native_id]:.2f} "
+        f"engine_us={per[engine.native_id]:.2f}",
+        flush=True,
+    )
     m.stop()
 
 

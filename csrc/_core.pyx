@@ -1077,21 +1077,18 @@ def take_all(q):
     return out
 
 
-def snapshots(list touched, dict outcomes, instance_type):
-    """Recorder.flush's instance rows: for each instance (or Run) in `touched`, its
-    latest state, once, ordered by its last touch: (uuid, kind, state value, priority,
-    attempts, created_ns, scheduled_ns, processed_ns, completed_ns, outcome), the
-    outcome popped from `outcomes` (uuid -> outcome).  instance_type: Instance, whose
-    cached uuid text is read directly (its uuid_str property otherwise)."""
+def snapshots(list touched, dict outcomes):
+    """Recorder.flush's instance rows: for each Instance in `touched` (a Run's records
+    touch its parent), its latest state, once, ordered by its last touch: (uuid, kind,
+    state value, priority, attempts, created_ns, scheduled_ns, processed_ns,
+    completed_ns, outcome), the outcome popped from `outcomes` (uuid -> outcome)."""
     cdef set seen = set()
     cdef list out = []
     cdef Py_ssize_t i
     cdef object u, uuid
     for i in range(len(touched) - 1, -1, -1):
         u = touched[i]
-        uuid = u._uuid_str if type(u) is instance_type else None
-        if uuid is None:
-            uuid = u.uuid_str
+        uuid = u._uuid_str  # (what the uuid_str property returns, without the call)
         if uuid in seen:
             continue
         seen.add(uuid)
@@ -1135,13 +1132,14 @@ cdef int _write_task(object w, object inst, dict kind_ids, uint32_t t_task) exce
 
 
 def deal_tasks(list slots, list free, list instances, dict kind_ids, send, uint32_t t_task):
-    """Dispatcher.deal's loop (Dispatcher._deal, the reference), compiled, for workers
-    that are not recycled: `instances` (best first) go to `slots` (workers with a free
-    credit, least loaded first; free[k] is slot k's), round-robin.  The common task (its
-    executor already sent to that worker, a payload the ring takes) is written here;
-    any other goes through send(w, inst) (Dispatcher._send).  Returns (requeue, failed,
-    touched): those that found no room, [(instance, exception)] for those whose send
-    raised, and the workers written to (to publish)."""
+    """Dispatcher.deal's loop: `instances` (best first) go to `slots` (workers with a
+    free credit, least loaded first; free[k] is slot k's), round-robin.  The common task
+    (its executor already sent to that worker, a payload the ring takes) is written
+    here; any other, and every one when kind_ids is empty (recycled workers: _send
+    counts them), goes through send(w, inst) (Dispatcher._send).  Returns (requeue,
+    failed, touched): those that found no room, [(instance, exception)] for those whose
+    send raised, and the workers written to (to publish).  tests/test_dispatcher.py
+    holds it to the Python loop it replaced."""
     cdef Py_ssize_t n = len(slots), k = 0, j
     cdef list requeue = [], failed = []
     cdef set touched = set()
@@ -1378,9 +1376,7 @@ cdef class EventDrain:
             try:
                 kind = job.kind
                 attempts = unit.attempts
-                uuid = unit._uuid_str  # (the uuid_str property's cache: made at creation)
-                if uuid is None:
-                    uuid = unit.uuid_str
+                uuid = unit._uuid_str  # (what the uuid_str property returns)
                 if t == _E_STARTED:
                     unit.processed_ns = b
                     unit.started_mono = self.monotonic_ns()

@@ -174,8 +174,8 @@ def take_all(q: object) -> list:
     """What the deque q holds now, oldest first, popped one by one; what another thread
     appends meanwhile stays for the next call."""
 
-def snapshots(touched: list, outcomes: dict, instance_type: type) -> list[tuple]:
-    """The latest row of each instance in `touched` (Recorder.flush's batch rows), its
+def snapshots(touched: list, outcomes: dict) -> list[tuple]:
+    """The latest row of each Instance in `touched` (Recorder.flush's batch rows), its
     outcome popped from `outcomes`."""
 
 def deal_tasks(

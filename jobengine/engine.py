@@ -355,8 +355,15 @@ class Engine:
     # -- admitting instances -------------------------------------------------------------
     def admit(self, inst: Instance, due: int, *, new: bool = True) -> Instance:
         """Queue `inst` to run at `due` (monotonic ns; 0: now).  new: record its
-        CREATED and SCHEDULED first (the caller recorded them otherwise)."""
-        self.admit_many([(inst, due)], new=new)
+        CREATED and SCHEDULED first (the caller recorded them otherwise).  admit_many
+        for a batch of one, without the batch (submit()'s short path runs this)."""
+        if new:
+            # Records first: once the engine has one, it may run at once.
+            self.recorder.created(inst, inst.created_ns)
+            self.remember(inst)
+        self.inbox.append((inst, due))
+        if not self._ring_for_inbox():
+            self.cancel_queued(inst)
         return inst
 
     def admit_many(self, batch: list[tuple[Instance, int]], *, new: bool = True) -> None:
@@ -370,24 +377,18 @@ class Engine:
                 created(inst, inst.created_ns)
                 remember(inst)
         self.inbox.extend(batch)
-        pool = self.pool
-        if pool is not None:
-            pool.doorbell.ring()
-        if self.state == "stopped":  # lost a race with stop(): nothing will run them
+        if not self._ring_for_inbox():
             for inst, _due in batch:
                 self.cancel_queued(inst)
 
-    def admit_now(self, inst: Instance) -> None:
-        """admit(inst, 0) of a new instance, as admit_many does it for a batch of one
-        (submit()'s short path)."""
-        self.recorder.created(inst, inst.created_ns)
-        self.remember(inst)
-        self.inbox.append((inst, 0))
+    def _ring_for_inbox(self) -> bool:
+        """Wake the engine thread for what was just put in the inbox.  False when the
+        engine has stopped (the caller lost a race with stop(): nothing will run what
+        it admitted; it cancels it)."""
         pool = self.pool
         if pool is not None:
             pool.doorbell.ring()
-        if self.state == "stopped":  # lost a race with stop(): nothing will run it
-            self.cancel_queued(inst)
+        return self.state != "stopped"
 
     def remember(self, inst: Instance) -> None:
         """Let lookups find `inst` by uuid while anyone holds it."""

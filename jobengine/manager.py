@@ -160,6 +160,15 @@ def _plain(job: Job) -> bool:
     )
 
 
+def _pickling_error(job: Job, e: Exception) -> SerializationError:
+    """What pickling `job`'s arguments (or its executor) raised, as SerializationError."""
+    if isinstance(e, SerializationError):
+        return e
+    return SerializationError(
+        f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
+    )
+
+
 class Manager(Executor):
     """The job manager (go-job's Manager), also a concurrent.futures.Executor.
 
@@ -544,12 +553,8 @@ class Manager(Executor):
                 # a per-schedule crontab is another schedule of the same arguments
                 spec = () if job.base is None else (job.crontab, job.timezone)
                 key_material = dumps_value((job.kind, args, kwargs, *spec))
-        except SerializationError as e:
-            err = e
         except Exception as e:
-            err = SerializationError(
-                f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
-            )
+            err = _pickling_error(job, e)
         else:
             err = None
         if err is not None:
@@ -919,22 +924,16 @@ class Manager(Executor):
         )
         inst.scheduled_ns = created
         try:
-            registry.executor_blob(job)  # made once per Job, then a dict lookup
+            if not raising:  # (raising: checked above, before anything was made)
+                registry.executor_blob(job)  # made once per Job, then a dict lookup
             inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
         except Exception as e:
-            err = (
-                e
-                if isinstance(e, SerializationError)
-                else SerializationError(
-                    f"arguments of job {job.kind!r} cannot be pickled: {type(e).__name__}: {e}"
-                )
-            )
+            err = _pickling_error(job, e)
             if raising:
                 raise err from None
             inst.payload = err  # _admit_batch fails the Future with it
             return self._admit_batch([(inst, 0)])[0]
-        engine.admit_now(inst)
-        return inst
+        return engine.admit(inst, 0)
 
     def _ensure_started(self) -> None:
         if self._engine.state == "new":

@@ -202,7 +202,7 @@ class Recorder:
                 return self._seq
             # the latest snapshot of each instance touched (compiled: per job, on the
             # engine thread)
-            instances = snapshots(touched, self._outcomes, Instance)
+            instances = snapshots(touched, self._outcomes)
             writer = self._writer or self._start_writer()
             n = MAX_BATCH_RECORDS
             while True:

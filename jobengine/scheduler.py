@@ -114,42 +114,13 @@ class Dispatcher:
         if not slots:
             return list(instances), []
         free = [credits - len(w.inflight) for w in slots]
-        if self.max_jobs is None:  # (recycling counts each task: the Python loop does)
-            requeue, failed, touched = deal_tasks(
-                slots, free, instances, self.registry.kind_ids(), self._send, T_TASK
-            )
-        else:
-            requeue, failed, touched = self._deal(slots, free, instances)
+        # A recycled worker counts each task it is sent (_send retires it at its
+        # limit): with no kind ids given, deal_tasks sends every task through _send.
+        kind_ids = self.registry.kind_ids() if self.max_jobs is None else {}
+        requeue, failed, touched = deal_tasks(slots, free, instances, kind_ids, self._send, T_TASK)
         for w in touched:
             w.channel.tasks.publish()
         return requeue, failed
-
-    def _deal(self, slots: list, free: list, instances: list) -> tuple[list, list, set]:
-        """deal()'s loop, every task through _send: the reference _core.deal_tasks
-        compiles (tests/test_dispatcher.py holds them to the same results)."""
-        touched = set()
-        requeue = []
-        failed = []
-        k = 0
-        n = len(slots)
-        for inst in instances:
-            for _ in range(n):
-                if free[k]:
-                    break
-                k = (k + 1) % n
-            w = slots[k]
-            try:
-                sent = free[k] and self._send(w, inst)
-            except Exception as e:  # only this instance fails, never the dispatch
-                failed.append((inst, e))
-                continue
-            if not sent:
-                requeue.append(inst)
-                continue
-            free[k] = 0 if w.retiring else free[k] - 1
-            touched.add(w)
-            k = (k + 1) % n
-        return requeue, failed, touched
 
     def preload(self, jobs: Iterable[Job]) -> None:
         """Ship the executors of `jobs` to every worker now, ahead of their due time:

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobengine import Job, Manager, State, _core
-from jobengine.instance import Instance
 
 
 def _reference_snapshots(touched, outcomes):
@@ -50,7 +49,7 @@ def test_snapshots_are_the_reference_rows(touches, with_outcome):
         expected_touched.append(inst)
     outcomes = {insts[i].uuid_str: ("r", b"%d" % i) for i in with_outcome}
     expected_outcomes = dict(outcomes)
-    got = _core.snapshots(touched, outcomes, Instance)
+    got = _core.snapshots(touched, outcomes)
     want = _reference_snapshots(expected_touched, expected_outcomes)
     assert got == want
     assert outcomes == expected_outcomes  # the same outcomes popped, the rest kept
