@@ -302,3 +302,48 @@ def test_claim_tick_once_per_tick_and_only_forward(make_store):
     assert s.claim_tick("other", t)  # schedules are independent
     s.delete_recurrence("a")  # its ticks go with it
     assert s.claim_tick("sched", t)
+
+
+def test_postgres_store_upgrades_tables_of_an_earlier_version():
+    """A history table with an index on id and an instances table packed to 70% (what
+    earlier versions made) are brought to today's shape on open, their rows kept: no
+    id index (each history row would pay a second B-tree insert) and room on each
+    instances page for its rows' updates."""
+    _external("postgres")
+    import psycopg
+
+    ns = _ns("upgrade")
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as db:
+        for t in ("instances", "history", "logs"):
+            db.execute(f"DROP TABLE IF EXISTS {ns}_{t}")
+        db.execute(f"""CREATE TABLE {ns}_instances (seq BIGSERIAL, uuid TEXT PRIMARY KEY,
+            kind TEXT, state INTEGER, priority INTEGER, attempts INTEGER, created_ns BIGINT,
+            scheduled_ns BIGINT, processed_ns BIGINT, completed_ns BIGINT, result BYTEA,
+            error TEXT, note TEXT) WITH (fillfactor = 70)""")
+        db.execute(f"""CREATE TABLE {ns}_history (id BIGSERIAL PRIMARY KEY, uuid TEXT,
+            kind TEXT, records TEXT, first_ns BIGINT, last_ns BIGINT)""")
+        db.execute(
+            f"INSERT INTO {ns}_history (uuid, kind, records, first_ns, last_ns) "
+            "VALUES ('a', 'k', '[[1,1,0,null,null,null],[2,5,0,null,null,null]]', 1, 5)"
+        )
+    s = PostgresStore(POSTGRES_DSN, namespace=ns)
+    try:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as db:
+            keys = db.execute(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                "to_regclass(%s) AND contype = 'p'",
+                (f"{ns}_history",),
+            ).fetchone()
+            opts = db.execute(
+                "SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", (f"{ns}_instances",)
+            ).fetchone()
+        assert keys[0] == 0 and "fillfactor=40" in opts[0]
+        s.append_states([StateRecord("a", "k", State.PROCESSING, 9)])
+        assert [r.time_ns for r in s.lookup_history("a")] == [1, 5, 9]  # in written order
+        assert s.clear_history(before_ns=3) == 1  # edits the old row, keeps the new one
+        assert [r.time_ns for r in s.lookup_history("a")] == [5, 9]
+        PostgresStore(POSTGRES_DSN, namespace=ns).close()  # opening again changes nothing
+        assert [r.time_ns for r in s.lookup_history("a")] == [5, 9]
+    finally:
+        s.clear()
+        s.close()

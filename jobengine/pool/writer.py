@@ -26,6 +26,7 @@ decide what to record, or touch an instance.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -286,6 +287,10 @@ def _run(channel_fd: int, doorbell_fd: int, parent_pid: int) -> int:
     unshield()
     die_with_parent(parent_pid, signal.SIGUSR1)
     setproctitle.setproctitle(f"jobengine store writer (manager pid {parent_pid})")
+    # Every batch is thousands of short-lived tuples and no cycles: at the default
+    # threshold the collector ran every 700 of them and took a quarter of this process
+    # (PostgreSQL, 10 -> 7.3 us of CPU per job with this).
+    gc.set_threshold(100_000, 20, 100)
     _mm, doorbell = attach_doorbell(doorbell_fd)
     channel = Channel(channel_fd, doorbell, "worker")
     tasks = channel.tasks

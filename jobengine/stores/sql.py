@@ -653,21 +653,23 @@ class SQLStore(Store):
         if before_ns is not None:
             where.append(f"first_ns < {ph}")
             args.append(before_ns)
-        sql = f"SELECT id, records FROM {t['s']}" + (
+        sql = f"SELECT uuid, id, records FROM {t['s']}" + (
             " WHERE " + " AND ".join(where) if where else ""
         )
         n = 0
-        for row_id, records in self._query(sql, tuple(args)):
+        # (a row is found by its uuid, then its id: the index a history table has)
+        for uuid, row_id, records in self._query(sql, tuple(args)):
             recs = orjson.loads(records)
             keep = [r for r in recs if not _in_window(r[1], before_ns, after_ns)]
             n += len(recs) - len(keep)
             if not keep:
-                self._execute(f"DELETE FROM {t['s']} WHERE id = {ph}", (row_id,))
+                self._execute(f"DELETE FROM {t['s']} WHERE uuid = {ph} AND id = {ph}",
+                              (uuid, row_id))  # fmt: skip
             elif len(keep) < len(recs):
                 self._execute(
                     f"UPDATE {t['s']} SET records = {ph}, first_ns = {ph}, last_ns = {ph} "
-                    f"WHERE id = {ph}",
-                    (orjson.dumps(keep).decode(), keep[0][1], keep[-1][1], row_id),
+                    f"WHERE uuid = {ph} AND id = {ph}",
+                    (orjson.dumps(keep).decode(), keep[0][1], keep[-1][1], uuid, row_id),
                 )
         # finished instances left with no history go too
         self._delete_instances(
