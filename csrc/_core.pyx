@@ -1098,6 +1098,92 @@ def snapshots(list touched, dict outcomes):
     return out
 
 
+# --- the SQL stores' history rows ------------------------------------------------------
+
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.stdio cimport snprintf
+
+cdef struct _Text:
+    char *p
+    Py_ssize_t n, cap
+
+cdef int _put(_Text *t, const char *s, Py_ssize_t n) except -1:
+    cdef Py_ssize_t cap
+    cdef char *grown
+    if t.n + n > t.cap:
+        cap = max(t.cap * 2, t.n + n + 256)
+        grown = <char *>realloc(t.p, cap)
+        if grown == NULL:
+            raise MemoryError()
+        t.p, t.cap = grown, cap
+    memcpy(t.p + t.n, s, n)
+    t.n += n
+    return 0
+
+cdef int _put_field(_Text *t, object v, object dumps) except -1:
+    # exactly what orjson writes for an int (64-bit), None or a str
+    cdef char num[24]
+    cdef int k
+    cdef bytes b
+    if v is None:
+        return _put(t, "null", 4)
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is int:
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow:
+            k = snprintf(num, 24, "%lld", x)
+            return _put(t, num, k)
+    b = dumps(v)  # a str (escaped as orjson does), an int past 63 bits, anything else
+    return _put(t, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+
+def group_history(list states, object dumps):
+    """sql.group_history compiled: STATE_ROWs (uuid, kind, state, time_ns, attempt,
+    worker, run, cause) -> one history row per uuid, in first-seen order: (uuid, kind,
+    the JSON text orjson gives for [[state, time_ns, attempt, worker, run, cause],
+    ...], the first record's time_ns, the last one's).  `dumps` is orjson.dumps: a
+    field that is not an int or None goes through it."""
+    cdef dict groups = {}
+    cdef list out = [], rows
+    cdef object r, g, u
+    cdef tuple row
+    cdef Py_ssize_t i, j, n
+    cdef _Text t
+    for r in states:
+        u = (<tuple?>r)[0]
+        g = groups.get(u)
+        if g is None:
+            groups[u] = [r]
+        else:
+            (<list>g).append(r)
+    t.p, t.n, t.cap = NULL, 0, 0
+    try:
+        for u, g in groups.items():
+            rows = <list>g
+            t.n = 0
+            _put(&t, "[", 1)
+            for i in range(len(rows)):
+                row = <tuple>rows[i]
+                n = len(row)
+                if n < 4:
+                    raise IndexError(f"a state row has {n} fields, not 8: {row!r}")
+                _put(&t, "[" if i == 0 else ",[", 1 if i == 0 else 2)
+                for j in range(2, n):
+                    if j > 2:
+                        _put(&t, ",", 1)
+                    _put_field(&t, row[j], dumps)
+                _put(&t, "]", 1)
+            _put(&t, "]", 1)
+            row = <tuple>rows[0]
+            out.append((u, row[1], PyUnicode_DecodeUTF8(t.p, t.n, NULL), row[3],
+                        (<tuple>rows[len(rows) - 1])[3]))
+    finally:
+        free(t.p)
+    return out
+
+
 # --- dispatch: ready instances into the workers' task rings ----------------------------
 
 cdef int _write_task(object w, object inst, dict kind_ids, uint32_t t_task) except -2:

@@ -6,7 +6,8 @@ RuntimeError rather than corrupting it.
 """
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 PRIORITY_MIN: int  # -524288: lowest priority SchedulerCore accepts
 PRIORITY_MAX: int  # 524287: highest priority SchedulerCore accepts
@@ -177,6 +178,10 @@ def take_all(q: object) -> list:
 def snapshots(touched: list, outcomes: dict) -> list[tuple]:
     """The latest row of each Instance in `touched` (Recorder.flush's batch rows), its
     outcome popped from `outcomes`."""
+
+def group_history(states: list[tuple], dumps: Callable[[Any], bytes]) -> list[tuple]:
+    """The SQL stores' history rows (stores/sql.py group_history, compiled): one row
+    per uuid, its records as the JSON text `dumps` (orjson.dumps) gives."""
 
 def deal_tasks(
     slots: list, free: list, instances: list, kind_ids: dict, send: object, t_task: int

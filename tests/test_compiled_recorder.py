@@ -1,10 +1,14 @@
-"""The recorder's compiled steps (_core.take_all, _core.snapshots) against what they
-replace: the deque drain and the Python loop that made each batch's instance rows."""
+"""The recorder's compiled steps (_core.take_all, _core.snapshots) and the SQL stores'
+(_core.group_history) against what they replace: the deque drain, the Python loop that
+made each batch's instance rows, and the one that grouped its state records into
+history rows."""
 
 import threading
 from collections import deque
 
 import jobs
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,3 +82,42 @@ def test_take_all_loses_nothing_another_thread_appends():
         taken.extend(_core.take_all(q))
     t.join()
     assert taken == list(range(n))
+
+
+def _reference_group_history(states):
+    # stores/sql.py group_history before it was compiled
+    groups = {}
+    for r in states:
+        g = groups.get(r[0])
+        if g is None:
+            groups[r[0]] = [r[1], [r[2:]]]
+        else:
+            g[1].append(r[2:])
+    return [(u, k, orjson.dumps(recs).decode(), recs[0][1], recs[-1][1])
+            for u, (k, recs) in groups.items()]  # fmt: skip
+
+
+# what a state record's fields can hold, and then some: ints of every size orjson
+# takes, text needing escapes (quotes, control characters, non-ASCII), bools, floats
+FIELD = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.text(max_size=6),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["k", "k2", "é"]),
+                          FIELD, FIELD, FIELD, FIELD, FIELD, FIELD), max_size=20))  # fmt: skip
+def test_group_history_is_the_reference(states):
+    assert _core.group_history(states, orjson.dumps) == _reference_group_history(states)
+
+
+def test_group_history_rejects_what_the_reference_does():
+    with pytest.raises(orjson.JSONEncodeError):  # past 64 bits
+        _core.group_history([("a", "k", 1, 2**64, 0, None, None, None)], orjson.dumps)
+    with pytest.raises(IndexError):  # no time to order it by
+        _core.group_history([("a", "k", 1)], orjson.dumps)
+    assert _core.group_history([], orjson.dumps) == []
