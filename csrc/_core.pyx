@@ -974,8 +974,11 @@ def uuid_text(object n):
         raise TypeError(f"a uuid must be an int, not {type(n).__name__}")
     if n < 0 or n >> 128:
         raise ValueError("a uuid must be a 128-bit unsigned int")
-    cdef uint64_t hi = (n >> 64) & 0xFFFFFFFFFFFFFFFF
-    cdef uint64_t lo = n & 0xFFFFFFFFFFFFFFFF
+    return _uuid_chars((n >> 64) & 0xFFFFFFFFFFFFFFFF, n & 0xFFFFFFFFFFFFFFFF)
+
+
+cdef object _uuid_chars(uint64_t hi, uint64_t lo):
+    # 8-4-4-4-12 lowercase hex digits of the 128-bit value hi:lo
     cdef char buf[36]
     cdef int i, pos = 35
     cdef uint64_t word = lo
@@ -1544,15 +1547,8 @@ cdef inline uint64_t _rand64() noexcept:
     return z ^ (z >> 31)
 
 
-def uuid7():
-    """A new UUIDv7 (RFC 9562) as an int: 48-bit Unix milliseconds, version 7, a 12-bit
-    counter that makes ids from one process increase within a millisecond (method 1 of
-    §6.2; it starts at a random value below 256 each millisecond and borrows the next
-    millisecond when it runs out), variant 10, 62 random bits.  Later calls in one
-    process give larger values.  Not thread-safe on its own: the GIL serializes it."""
+cdef void _uuid7_words(uint64_t *hi_out, uint64_t *lo_out) noexcept:
     global _u7_ms, _u7_seq
-    if not _u7_seeded:
-        uuid7_reseed()
     cdef je_timespec ts
     je_clock_gettime(JE_CLOCK_REALTIME, &ts)
     cdef uint64_t ms = <uint64_t>ts.tv_sec * 1000 + <uint64_t>ts.tv_nsec // 1000000
@@ -1565,11 +1561,33 @@ def uuid7():
     else:
         _u7_seq = _rand64() & 0xFF
     _u7_ms = ms
-    cdef uint64_t hi = (ms & 0xFFFFFFFFFFFF) << 16 | 0x7 << 12 | _u7_seq
-    cdef uint64_t lo = (<uint64_t>0b10) << 62 | (_rand64() & 0x3FFFFFFFFFFFFFFF)
+    hi_out[0] = (ms & 0xFFFFFFFFFFFF) << 16 | 0x7 << 12 | _u7_seq
+    lo_out[0] = (<uint64_t>0b10) << 62 | (_rand64() & 0x3FFFFFFFFFFFFFFF)
+
+
+def uuid7():
+    """A new UUIDv7 (RFC 9562) as an int: 48-bit Unix milliseconds, version 7, a 12-bit
+    counter that makes ids from one process increase within a millisecond (method 1 of
+    §6.2; it starts at a random value below 256 each millisecond and borrows the next
+    millisecond when it runs out), variant 10, 62 random bits.  Later calls in one
+    process give larger values.  Not thread-safe on its own: the GIL serializes it."""
+    if not _u7_seeded:
+        uuid7_reseed()
+    cdef uint64_t hi, lo
+    _uuid7_words(&hi, &lo)
     cdef unsigned char buf[16]
     cdef int i
     for i in range(8):
         buf[i] = (hi >> (56 - 8 * i)) & 0xFF
         buf[8 + i] = (lo >> (56 - 8 * i)) & 0xFF
     return _PyLong_FromByteArray(buf, 16, 0, 0)
+
+
+def uuid7_text():
+    """uuid_text(uuid7()) without the int between: the text of a new UUIDv7, what
+    every new instance keeps (~0.15 us less a call than the two)."""
+    if not _u7_seeded:
+        uuid7_reseed()
+    cdef uint64_t hi, lo
+    _uuid7_words(&hi, &lo)
+    return _uuid_chars(hi, lo)

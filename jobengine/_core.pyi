@@ -209,5 +209,8 @@ def uuid7() -> int:
     """A new UUIDv7 (RFC 9562) as an int: Unix milliseconds, version 7, a 12-bit counter
     (increasing within a millisecond in one process), variant 10, 62 random bits."""
 
+def uuid7_text() -> str:
+    """uuid_text(uuid7()) in one call: the canonical text of a new UUIDv7."""
+
 def uuid7_reseed() -> None:
     """New random state from the kernel (run after fork)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from ._core import uuid7, uuid7_reseed
+from ._core import uuid7, uuid7_reseed, uuid7_text
 
 # a forked child (a worker, a user's fork) must not repeat its parent's random bits
 os.register_at_fork(after_in_child=uuid7_reseed)
@@ -22,3 +22,9 @@ def uuid7_int() -> int:
     """A new UUIDv7 as an int; later calls in one process give larger values (the
     compiled core's uuid7: ~0.3 us, where building it in Python cost ~0.65 us)."""
     return uuid7()
+
+
+# A new UUIDv7 as its canonical text, what a new instance keeps: uuid7_int's next value
+# formatted in C without the int between (~0.15 us less).  The compiled function
+# itself, not a wrapper: it runs once per instance made.
+uuid7_str = uuid7_text

@@ -96,7 +96,7 @@ class Instance(LogMethods, Future[T]):
         self,
         owner: Owner | None,
         job: Job,
-        uid: int,
+        uid: int | str,
         args: tuple,
         kwargs: dict,
         priority: int,
@@ -107,8 +107,8 @@ class Instance(LogMethods, Future[T]):
         self._owner = owner
         self.job = job
         # its text only: every instance needs it (records, lookups), the int would be
-        # ~48 more bytes per queued instance
-        self._uuid_str = uuid_text(uid)
+        # ~48 more bytes per queued instance (uid: the text, or the 128-bit int)
+        self._uuid_str = uid if type(uid) is str else uuid_text(uid)
         self.args = args
         self._kwargs = kwargs or None
         self.priority = priority

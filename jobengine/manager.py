@@ -31,9 +31,9 @@ from .errors import (
     ManagerStateError,
     SerializationError,
 )
-from .ids import uuid7_int
+from .ids import uuid7_str
 from .instance import Instance
-from .job import Job, check_priority, check_schedule_at, check_seconds, task_payload
+from .job import Job, check_priority, check_schedule_at, check_seconds, task_bytes
 from .metrics import exposition
 from .payloads import PayloadError, dumps_value, secret_from
 from .pool.follow_up import FollowUps
@@ -465,14 +465,14 @@ class Manager(Executor):
         return self._admit_batch([(inst, due)], raising=True)[0]
 
     # -- follow-up jobs (an executor's Manager parameter: pool/follow_up.py) ------------
-    def _next_uid(self) -> int:
-        """The uuid of the next instance made on this thread: a new one, or the one a
-        worker gave a follow-up job it asked for."""
+    def _next_uid(self) -> int | str:
+        """The uuid of the next instance made on this thread: a new one (its text), or
+        the one a worker gave a follow-up job it asked for (an int)."""
         given = self._given_uid.value
         if given is not None:
             self._given_uid.value = None
             return given
-        return uuid7_int()
+        return uuid7_str()
 
     def _schedule_follow_up(self, uid: int, target: tuple, options: dict) -> None:
         how, what = target
@@ -548,7 +548,7 @@ class Manager(Executor):
         key_material = b""
         try:
             self._registry.executor_blob(job)  # made once per Job, then a dict lookup
-            inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
+            inst.payload = task_bytes(job, args, kwargs, inst.uuid_str)
             if job.crontab is not None:
                 # a per-schedule crontab is another schedule of the same arguments
                 spec = () if job.base is None else (job.crontab, job.timezone)
@@ -926,7 +926,7 @@ class Manager(Executor):
         try:
             if not raising:  # (raising: checked above, before anything was made)
                 registry.executor_blob(job)  # made once per Job, then a dict lookup
-            inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
+            inst.payload = task_bytes(job, args, kwargs, inst.uuid_str)
         except Exception as e:
             err = _pickling_error(job, e)
             if raising:

@@ -34,7 +34,7 @@ import cloudpickle
 
 from .errors import JobEngineError, ManagerStateError, SerializationError, StoreError
 from .instance import Instance
-from .job import Job, task_payload
+from .job import Job, task_bytes, task_payload
 from .payloads import dumps_value
 from .query import Query
 from .records import FINAL_STATES, QueueEntry
@@ -341,7 +341,7 @@ class SharedQueue:
         inst.scheduled_ns = e.due_ns
         inst.state = _SCHEDULED
         try:
-            inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
+            inst.payload = task_bytes(job, args, kwargs, inst.uuid_str)
         except Exception as err:
             self._terminate_unmade(e, err)
             return None

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidArgumentError, JobHandlingError, StoreError
 from .instance import Instance, Owner, Run
-from .job import task_payload
-from .payloads import dumps_value
+from .job import task_bytes
 from .records import LogLevel, RecurrenceRecord, datetime_to_ns
 from .recurrences import StoredRecurrences
 from .schedule import fire_times
@@ -184,7 +183,7 @@ class Ticks:
         if inst is None:
             inst = Instance(self.engine, job, _uuid.UUID(rec.uuid).int, args, kwargs,
                             rec.priority, rec.created_ns)  # fmt: skip
-        inst.payload = dumps_value(task_payload(job, args, kwargs, inst.uuid_str))
+        inst.payload = task_bytes(job, args, kwargs, inst.uuid_str)
         inst.counted = False
         inst.recurrence = Recurrence(None)
         inst.run = rec.run

@@ -1,5 +1,6 @@
 """Instance identifiers: UUIDv7 ints (ids.py) and their canonical text (the compiled
-core's uuid_text), which every store uses as the key."""
+core's uuid_text, or uuid7_str: a new one made as text), which every store uses as the
+key."""
 
 import uuid
 
@@ -8,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobengine._core import uuid_text
-from jobengine.ids import uuid7_int
+from jobengine.ids import uuid7_int, uuid7_str
 
 
 @given(st.integers(min_value=0, max_value=2**128 - 1))
@@ -58,3 +59,15 @@ def test_uuid7_ints_grow_and_are_version_7():
     for n in ids[:100]:
         u = uuid.UUID(int=n)
         assert u.version == 7 and u.variant == uuid.RFC_4122
+
+
+def test_uuid7_text_is_the_next_uuid7_as_text():
+    # made from one sequence: ints and texts interleaved still grow, text order too
+    made = []
+    for i in range(6_000):
+        made.append(uuid7_str() if i % 2 else uuid_text(uuid7_int()))
+    assert made == sorted(made) and len(set(made)) == len(made)
+    for t in made[:200]:
+        u = uuid.UUID(t)
+        assert str(u) == t and u.version == 7 and u.variant == uuid.RFC_4122
+    assert uuid.UUID(made[-1]).int >> 80 <= __import__("time").time_ns() // 1_000_000 + 1

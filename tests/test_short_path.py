@@ -94,3 +94,24 @@ def test_arguments_that_cannot_travel_follow_each_api_s_rule(spied):
         assert [k for k, _ in spied] == [job.kind, f.job.kind]
         assert f.state != State.COMPLETED
         wait_for(lambda: m.lookup_instance_history(f)[-1].state == f.state)
+
+
+def test_a_call_without_arguments_is_pickled_once_not_per_instance():
+    """NO_ARGUMENTS is every such instance's payload (~0.5 us a job saved); a call
+    whose executor takes its Instance, or one with any argument, is pickled for itself."""
+    import pickle
+
+    from jobengine.job import NO_ARGUMENTS, task_bytes
+
+    assert pickle.loads(NO_ARGUMENTS) == ((), {})
+    plain, injected = Job("noop", jobs.noop), Job("stamp", jobs.stamp_run)
+    assert task_bytes(plain, (), {}, "u") is NO_ARGUMENTS
+    assert task_bytes(plain, (), None, "u") is NO_ARGUMENTS
+    assert pickle.loads(task_bytes(injected, (), {}, "u1")) == ((), {}, "u1")
+    assert pickle.loads(task_bytes(plain, (1,), {}, "u")) == ((1,), {})
+    assert pickle.loads(task_bytes(plain, (), {"a": 1}, "u")) == ((), {"a": 1})
+    with Manager(1) as m:  # and end to end: each gets what it was given
+        m.register_job(Job("stamp", jobs.stamp_run, max_retries=0))
+        assert m.submit(jobs.noop).result(timeout=30) is None
+        assert m.schedule_registered_job("stamp").result(timeout=30) == 1
+        assert m.submit(jobs.add, 2, b=3).result(timeout=30) == 5
