@@ -2,6 +2,7 @@
 core's uuid_text, or uuid7_str: a new one made as text), which every store uses as the
 key."""
 
+import time
 import uuid
 
 import pytest
@@ -70,4 +71,4 @@ def test_uuid7_text_is_the_next_uuid7_as_text():
     for t in made[:200]:
         u = uuid.UUID(t)
         assert str(u) == t and u.version == 7 and u.variant == uuid.RFC_4122
-    assert uuid.UUID(made[-1]).int >> 80 <= __import__("time").time_ns() // 1_000_000 + 1
+    assert uuid.UUID(made[-1]).int >> 80 <= time.time_ns() // 1_000_000 + 1

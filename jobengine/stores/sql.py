@@ -59,7 +59,7 @@ def group_history(states: Sequence[tuple]) -> list[tuple]:
     """STATE_ROWs -> history rows: an instance's records of one batch in one row
     (uuid, kind, JSON [[state, time_ns, attempt, worker, run, cause], ...], first time,
     last time): a row, and an index entry, per instance and batch, not per record.
-    Compiled (a quarter of the store writer's CPU in Python; tests/test_store_contract.py
+    Compiled (a quarter of the store writer's CPU in Python; tests/test_compiled_recorder.py
     holds it to the Python it replaced)."""
     return _core.group_history(states if type(states) is list else list(states), orjson.dumps)
 
