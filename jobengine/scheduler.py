@@ -6,7 +6,8 @@ their rings) and the job registry (kind ids, executor blobs); it never touches t
 scheduler core (the heap), the handle table or the engine's lock; the loop that writes
 tasks into the rings is compiled (_core.deal_tasks).  Never does: decide priority
 (the engine pops what is ready from the core, in one place, and hands it over).  Runs
-on the engine thread.
+under the engine's turn: on the engine thread, or on a thread admitting a job to an
+idle engine (engine.py: _deal_here).
 
 Each worker holds at most `credits` instances, so none hoards work and a high-priority
 arrival waits at most for the jobs already handed out.  Credits adapt to job length (an

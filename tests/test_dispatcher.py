@@ -3,11 +3,12 @@ job for CPU-bound batches, with no lone result held back."""
 
 import os
 import sys
+import threading
 import time
 
 import jobs
 import pytest
-from conftest import wait_for
+from conftest import all_workers_up, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -142,6 +143,81 @@ def test_results_are_not_held_back_once_the_backlog_is_gone():
             lags.append(time.time_ns() - f.completed_ns)
         lags.sort()
     assert lags[len(lags) // 2] < NAP_MAX_NS / 2  # napping, ~NAP_MAX_NS
+
+
+# -- an idle engine: the admitting thread deals a new job itself --------------------------
+def _idle(m):
+    engine = m._engine
+    wait_for(all_workers_up(m))
+    wait_for(lambda: not engine.has_pending() and not len(engine.core))
+
+
+def _dealing_threads(monkeypatch, engine) -> list[str]:
+    """Names of the threads that run the engine's _dispatch from now on."""
+    seen = []
+    real = engine._dispatch
+
+    def spy():
+        seen.append(threading.current_thread().name)
+        return real()
+
+    monkeypatch.setattr(engine, "_dispatch", spy)
+    return seen
+
+
+def test_a_job_on_an_idle_pool_is_dealt_before_submit_returns(monkeypatch):
+    # One thread wake-up (the engine thread's) less between submit and start.
+    with Manager(2) as m:
+        m.submit(jobs.noop).result(timeout=30)
+        for schedule in (
+            lambda: m.submit(jobs.slow_value, 0.2, "executor"),
+            lambda: m.schedule_job(Job("idle-plain", jobs.slow_value), args=(0.2, "go-job")),
+            lambda: m.submit_many(jobs.slow_value, [0.2], ["many"])[0],
+        ):
+            _idle(m)
+            seen = _dealing_threads(monkeypatch, m._engine)
+            f = schedule()
+            # in a worker's ring already: the engine thread never ran for it
+            assert f.attempts == 1 and f.worker is not None
+            assert seen == [threading.current_thread().name]
+            assert f.result(timeout=30) in ("executor", "go-job", "many")
+            monkeypatch.undo()
+
+
+def test_a_busy_engine_deals_on_its_own_thread(monkeypatch):
+    with Manager(2) as m:
+        _idle(m)
+        first = m.submit(jobs.slow_value, 0.5, 1)  # the engine is no longer idle
+        seen = _dealing_threads(monkeypatch, m._engine)
+        later = [m.submit(jobs.noop) for _ in range(20)]
+        delayed = m.schedule_job(Job("idle-later", jobs.noop), schedule_after=0.05)
+        for f in [first, *later, delayed]:
+            f.result(timeout=30)
+        assert seen and threading.current_thread().name not in seen
+
+
+def test_many_threads_submitting_to_an_idle_pool_lose_nothing():
+    # Submitters race each other and the engine thread for the turn; every job runs
+    # once, with its own result, and the engine ends idle.
+    with Manager(2) as m:
+        _idle(m)
+        results = {}
+
+        def submitter(t):
+            for i in range(150):
+                if i % 10 == 0:
+                    time.sleep(0.002)  # the pool goes idle now and then
+                results[(t, i)] = m.submit(jobs.slow_value, 0, (t, i))
+
+        threads = [threading.Thread(target=submitter, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert all(f.result(timeout=60) == key for key, f in results.items())
+        assert len(results) == 600
+        m.wait()
+        assert not m._engine.has_pending() and m._engine._active == 0
 
 
 # -- the compiled deal (_core.deal_tasks) against the Python loop it replaced -----------
