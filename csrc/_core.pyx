@@ -1274,6 +1274,38 @@ cdef enum:
     _FLAG_LARGE = 0x100
 
 
+from cpython.weakref cimport PyWeakref_NewRef
+
+
+def release_units(list units, list by_handle, list free, dict known, object run_type):
+    """Engine._release for each unit, compiled (the engine thread runs it for every
+    finished job): free its handle (by_handle[h] = None, h onto `free`) if it still
+    holds one, set unit.handle = -1, and turn the engine's own (strong) entry in
+    `known` for an Instance into a weak reference (a Run, of type run_type, shares
+    its recurrence's uuid and never has an entry of its own).  Returns (how many of
+    the freed units counted toward wait(), the jobs of freed units whose job is
+    transient, one per unit).  The lock is the caller's."""
+    cdef Py_ssize_t h, n = len(by_handle)
+    cdef long long counted = 0
+    cdef list transient = []
+    for unit in units:
+        h = unit.handle
+        if 0 <= h < n and by_handle[h] is unit:
+            by_handle[h] = None
+            free.append(h)
+            if unit.counted:
+                counted += 1
+            job = unit.job
+            if job.transient:
+                transient.append(job)
+        unit.handle = -1
+        if type(unit) is not run_type:
+            uuid = unit._uuid_str
+            if known.get(uuid) is unit:
+                known[uuid] = PyWeakref_NewRef(unit, None)
+    return counted, transient
+
+
 def settle_results(pending, finished, log, list units, list results):
     """Instance.set_result(result) for each unit, in order: what the engine defers for
     a run of completed jobs (EventDrain).  The common case is instance.py's

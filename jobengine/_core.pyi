@@ -171,6 +171,14 @@ def settle_results(
     """Instance.set_result(result) for each unit, in order (the no-waiter case inline);
     one that raises is logged on `log`, the others still settle."""
 
+def release_units(
+    units: list, by_handle: list, free: list, known: dict, run_type: type
+) -> tuple[int, list]:
+    """Engine._release for each unit (lock held by the caller): free its handle, set
+    unit.handle = -1, turn an Instance's strong entry in `known` into a weak
+    reference.  Returns (freed units that counted toward wait(), the transient jobs
+    of the freed units, one per unit)."""
+
 def take_all(q: object) -> list:
     """What the deque q holds now, oldest first, popped one by one; what another thread
     appends meanwhile stays for the next call."""

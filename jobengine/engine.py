@@ -33,9 +33,9 @@ thread takes it once per turn, user threads only to cancel and to wait.  Worker 
 engine thread through each of its turns, or a user thread that admits a job to an idle
 engine while the engine thread parks (_deal_here: that job then starts one thread
 wake-up sooner).  One thread both dispatches and records: on a two-core machine a
-second Python thread would only trade GIL hand-offs for nothing.  Never does: argument checks (manager.py), dealing to workers
-(scheduler.py), tick and misfire rules (ticks.py), store I/O beyond handing batches to
-the recorder (recorder.py).
+second Python thread would only trade GIL hand-offs for nothing.  Never does: argument
+checks (manager.py), dealing to workers (scheduler.py), tick and misfire rules
+(ticks.py), store I/O beyond handing batches to the recorder (recorder.py).
 """
 
 from __future__ import annotations
@@ -144,6 +144,12 @@ def _pending(inst: Instance) -> bool:
     return inst.counted and inst.state is not _CANCELED and not inst.withdrawn
 
 
+def _inbox_entry(inst: Instance, due: int) -> Instance | tuple[Instance, int]:
+    """What the inbox holds for `inst`: itself when it is due now (most are: no tuple,
+    56 bytes less per instance queued before start()), else (inst, due)."""
+    return (inst, due) if due else inst
+
+
 class Engine:
     """One manager's engine.  Built by Manager; started once, stopped once."""
 
@@ -181,18 +187,21 @@ class Engine:
         self.init_blob = init_blob
         self.init_fds = list(init_fds or ())
         # New instances queue here (deque appends are atomic): scheduling takes no lock.
-        self.inbox: deque[tuple[Instance, int]] = deque()
+        self.inbox: deque[Instance | tuple[Instance, int]] = deque()  # see _inbox_entry
         self.lock = threading.Lock()
         self._idle = threading.Condition(self.lock)
         self.core = _core.SchedulerCore()
         self._by_handle: list[Instance | Run | None] = []
         self._free_handles: list[int] = []
         self._active = 0  # counted instances in the core or in a worker
-        # Every instance a user still holds, live or finished, by uuid: lookups return
-        # these objects rather than bare records.  (uuid -> weak reference; dead entries
-        # are pruned as the table doubles, which costs a fraction of
-        # WeakValueDictionary's per-insert callback machinery.)
-        self._known: dict[str, weakref.ref[Instance]] = {}
+        # Every instance the engine holds or a user still holds, live or finished, by
+        # uuid: lookups return these objects rather than bare records.  uuid -> the
+        # Instance itself while the engine holds it (admitted by the manager, until
+        # _release, also on cancel / withdraw), else a weak reference: a queued
+        # instance then costs no weak reference (~100 bytes with its entry).  Dead
+        # entries are pruned as the table doubles, which costs a fraction of
+        # WeakValueDictionary's per-insert callback machinery.
+        self._known: dict[str, Instance | weakref.ref[Instance]] = {}
         self._known_limit = 4096
         self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
         self._events: _core.EventDrain | None = None  # see start()
@@ -273,7 +282,7 @@ class Engine:
         ever run it); recurrences are freed for other managers; everything recorded
         reaches the store."""
         self.state = "stopped"
-        for inst, _ in list(self.inbox):
+        for inst in self._inbox_instances():
             if inst.counted:
                 self.cancel_queued(inst, notify=False)
         self._notify_if_idle()
@@ -293,7 +302,7 @@ class Engine:
     def has_pending(self) -> bool:
         """Whether any counted instance is queued, running or in the inbox."""
         with self.lock:
-            return self._active > 0 or any(_pending(i) for i, _ in self.inbox)
+            return self._active > 0 or any(map(_pending, self._inbox_instances()))
 
     def cancel_all_queued(self) -> None:
         """Cancel every counted instance no worker has taken yet (shutdown's
@@ -305,7 +314,7 @@ class Engine:
 
     def _notify_if_idle(self) -> None:
         with self.lock:
-            if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+            if self._active == 0 and not any(map(_pending, self._inbox_instances())):
                 self._idle.notify_all()
 
     def drain(self) -> None:
@@ -341,7 +350,7 @@ class Engine:
                 self._idle,
                 lambda: (
                     self.error is not None
-                    or (self._active == 0 and not any(_pending(i) for i, _ in self.inbox))
+                    or (self._active == 0 and not any(map(_pending, self._inbox_instances())))
                 ),
                 timeout,
             )
@@ -369,8 +378,8 @@ class Engine:
         if new:
             # Records first: once the engine has one, it may run at once.
             self.recorder.created(inst, inst.created_ns)
-            self.remember(inst)
-        self.inbox.append((inst, due))
+            self.remember(inst, held=True)
+        self.inbox.append((inst, due) if due else inst)  # (_inbox_entry, inlined)
         if not (new and due == 0 and self._deal_here()) and not self._ring_for_inbox():
             self.cancel_queued(inst)
         return inst
@@ -381,11 +390,13 @@ class Engine:
         if new:
             # Records first: once the engine has one, it may run at once.
             created = self.recorder.created
-            remember = self.remember
+            known = self._known
             for inst, _due in batch:
                 created(inst, inst.created_ns)
-                remember(inst)
-        self.inbox.extend(batch)
+                known[inst.uuid_str] = inst  # remember(inst, held=True), inlined
+            if len(known) > self._known_limit:
+                self._prune_known()
+        self.inbox.extend([_inbox_entry(inst, due) for inst, due in batch])
         if not (new and self._deal_here()) and not self._ring_for_inbox():
             for inst, _due in batch:
                 self.cancel_queued(inst)
@@ -420,6 +431,10 @@ class Engine:
         finally:
             turn.release()
 
+    def _inbox_instances(self) -> list[Instance]:
+        """The instances in the inbox now, oldest first."""
+        return [e[0] if type(e) is tuple else e for e in list(self.inbox)]
+
     def _ring_for_inbox(self) -> bool:
         """Wake the engine thread for what was just put in the inbox.  False when the
         engine has stopped (the caller lost a race with stop(): nothing will run what
@@ -429,19 +444,31 @@ class Engine:
             pool.doorbell.ring()
         return self.state != "stopped"
 
-    def remember(self, inst: Instance) -> None:
-        """Let lookups find `inst` by uuid while anyone holds it."""
+    def remember(self, inst: Instance, *, held: bool = False) -> None:
+        """Let lookups find `inst` by uuid while anyone holds it.  held: it is on its
+        way into this engine, which keeps the entry strong until it lets go of it."""
         known = self._known
-        known[inst.uuid_str] = weakref.ref(inst)
+        known[inst.uuid_str] = inst if held else weakref.ref(inst)
         if len(known) > self._known_limit:
-            for uuid in [u for u, r in known.items() if r() is None]:
-                known.pop(uuid, None)
-            self._known_limit = max(4096, 2 * len(known))
+            self._prune_known()
+
+    def _prune_known(self) -> None:
+        known = self._known
+        for uuid, r in list(known.items()):
+            if type(r) is weakref.ReferenceType:
+                if r() is None:
+                    known.pop(uuid, None)
+            elif r.handle < 0 and r.done():  # (a backstop: ended without _release)
+                known[uuid] = weakref.ref(r)
+        self._known_limit = max(4096, 2 * len(known))
 
     def lookup(self, uuid: str) -> Instance | None:
-        """The Instance of `uuid` if this manager made it and someone still holds it."""
+        """The Instance of `uuid` if this manager made it and the engine or someone
+        else still holds it."""
         ref = self._known.get(uuid)
-        return ref() if ref is not None else None
+        if ref is None:
+            return None
+        return ref() if type(ref) is weakref.ReferenceType else ref
 
     def new_handle(self, unit: Instance | Run) -> int:
         """Give `unit` a handle in the table (lock held)."""
@@ -473,7 +500,11 @@ class Engine:
         now = self.clock.monotonic_ns()
         core.pop_ready(now, 0)  # (moves what is due; pops nothing)
         while inbox:
-            inst, due = inbox.popleft()
+            inst = inbox.popleft()
+            if type(inst) is tuple:  # (_inbox_entry)
+                inst, due = inst
+            else:
+                due = 0
             if inst.state is _CANCELED or inst.withdrawn:  # canceled / given back meanwhile
                 continue
             if free:  # new_handle, inlined: this loop runs once per scheduled instance
@@ -498,15 +529,19 @@ class Engine:
         return n
 
     def _release(self, unit: Instance | Run) -> None:
-        """Free unit's handle (lock held)."""
-        h = unit.handle
-        if h >= 0 and self._by_handle[h] is unit:
-            self._by_handle[h] = None
-            self._free_handles.append(h)
-            self._active -= unit.counted
-            if unit.job.transient:
-                self.job_settled(unit.job)
-        unit.handle = -1
+        """Free unit's handle, if it holds one, and let go of it (lock held)."""
+        self._release_all([unit])
+
+    def _release_all(self, units: list[Instance | Run]) -> None:
+        """_release for each of `units` (lock held): the handles freed in one compiled
+        call (_core.release_units), which also turns the engine's strong entry for
+        each instance in the lookup table into a weak one."""
+        counted, transient = _core.release_units(
+            units, self._by_handle, self._free_handles, self._known, Run
+        )
+        self._active -= counted
+        for job in transient:
+            self.job_settled(job)
         if self._active == 0 and not self.inbox:
             self._idle.notify_all()
 
@@ -592,19 +627,19 @@ class Engine:
             if inst.handle >= 0:
                 if not self.core.cancel(inst.handle):
                     return False  # handed to a worker already
-                self._release(inst)
             elif inst.worker is not None:
                 return False
             elif inst.job.transient:  # still in the inbox: it never got a handle
                 self.job_settled(inst.job)
             # (in the inbox, the engine skips it once it is CANCELED)
+            self._release(inst)  # frees its handle if it has one, and lets go of it
             now = self.clock.time_ns()
             inst.completed_ns = now
             self.recorder.transition(inst, _CANCELED, now)
             self.notify_canceled(inst)
             if rec is not None:
                 self.ticks.canceled_while_queued(inst)
-            if notify and self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+            if notify and self._active == 0 and not any(map(_pending, self._inbox_instances())):
                 self._idle.notify_all()
         self.recorder.flush()
         inst.cancel_future()
@@ -616,12 +651,11 @@ class Engine:
         with self.lock:
             if inst.state is not _SCHEDULED or inst.worker is not None or inst.attempts:
                 return False  # (one waiting for a retry is canceled by the stop)
-            if inst.handle >= 0:
-                if not self.core.cancel(inst.handle):
-                    return False  # handed to a worker already
-                self._release(inst)
+            if inst.handle >= 0 and not self.core.cancel(inst.handle):
+                return False  # handed to a worker already
+            self._release(inst)  # frees its handle if it has one, and lets go of it
             inst.withdrawn = True
-            if self._active == 0 and not any(_pending(i) for i, _ in self.inbox):
+            if self._active == 0 and not any(map(_pending, self._inbox_instances())):
                 self._idle.notify_all()
         return True
 
@@ -659,7 +693,7 @@ class Engine:
         with self.lock:
             core = self.core
             waiting = [u for u in self._by_handle if u is not None and u.handle in core]
-            waiting += [i for i, _ in self.inbox if _pending(i)]
+            waiting += [i for i in self._inbox_instances() if _pending(i)]
         for u in waiting:
             key = (u.job.kind, u.priority)
             counts[key] = counts.get(key, 0) + 1
@@ -669,7 +703,7 @@ class Engine:
         """Instances in the engine (queued, running, or in the inbox)."""
         with self.lock:
             live = [i for i in self._by_handle if i is not None and i.parent is None]
-            live += [i for i, _ in self.inbox]
+            live += self._inbox_instances()
         return live
 
     def live_matching(self, query: Query) -> list[Instance]:
@@ -791,7 +825,7 @@ class Engine:
 
     def _idle_now(self) -> bool:
         with self.lock:
-            return self._active == 0 and not any(_pending(i) for i, _ in self.inbox)
+            return self._active == 0 and not any(map(_pending, self._inbox_instances()))
 
     def _forget_kinds(self) -> None:
         """Tell the workers to drop the executors of jobs the registry dropped."""
@@ -1072,8 +1106,7 @@ class Engine:
             busy |= self._drain_worker(w)
         if self._finished:
             with self.lock:
-                for unit in self._finished:
-                    self._release(unit)
+                self._release_all(self._finished)
             self._finished.clear()
         return busy
 

@@ -2,11 +2,13 @@
 
 import concurrent.futures as cf
 import functools
+import gc
 import os
 import pickle
 import random
 import threading
 import time
+import weakref
 from datetime import datetime, timedelta, timezone
 
 import jobs
@@ -229,6 +231,51 @@ def test_lookup_instances_filters(mgr):
     assert len(mgr.lookup_instances(Query(kind=kind, limit=2))) == 2
     # the current state, not "ever was": completed instances were PROCESSING once
     assert mgr.lookup_instances(Query(state=State.PROCESSING)) == []
+
+
+def test_a_queued_instance_is_found_as_itself_while_only_the_engine_holds_it():
+    m = Manager(1)  # not started: what is scheduled waits in the manager
+    job = m.register_job(Job("held-by-engine", jobs.add))
+    uuid = m.schedule_job(job, args=(1, 2)).uuid  # the caller keeps no reference
+    [found] = m.lookup_instances(Query(uuid=uuid))
+    assert isinstance(found, Instance) and found.state is State.SCHEDULED
+    m.start()
+    assert found.result(timeout=30) == 3
+    m.stop()
+
+
+def test_the_engine_lets_go_of_every_instance_it_is_done_with():
+    # The lookup table holds what the engine holds by a plain reference; once the
+    # engine is done with an instance only its caller keeps it alive, whichever way
+    # it ended.
+    m = Manager(1)
+    job = m.register_job(Job("let-go", jobs.add))
+    refs = {}
+    canceled = m.schedule_job(job, args=(0, 0))  # in the inbox, never started
+    assert canceled.cancel()
+    refs["canceled in the inbox"] = weakref.ref(canceled)
+    del canceled
+    m.start()
+    blocker = m.submit(jobs.slow_value, 0.3, 0)
+    queued = m.submit(jobs.add, 1, 1)  # waits for the only worker: queued in the core
+    assert queued.cancel()
+    refs["canceled in the core"] = weakref.ref(queued)
+    done = m.submit(jobs.add, 2, 2)
+    failed = m.submit(jobs.fail)
+    unpicklable = m.submit(jobs.echo, threading.Lock())
+    many = m.submit_many(jobs.add, [3], [3])
+    assert done.result(timeout=30) == 4 and many[0].result(timeout=30) == 6
+    assert isinstance(failed.exception(timeout=30), ValueError)
+    assert isinstance(unpicklable.exception(timeout=30), SerializationError)
+    blocker.result(timeout=30)
+    m.wait()
+    for name, inst in [("done", done), ("failed", failed), ("unpicklable", unpicklable),
+                       ("submit_many", many[0])]:  # fmt: skip
+        refs[name] = weakref.ref(inst)
+    del done, failed, unpicklable, many, inst, queued, blocker
+    gc.collect()
+    assert {name: ref() for name, ref in refs.items() if ref() is not None} == {}
+    m.stop()
 
 
 # -- priority and dispatch ---------------------------------------------------------------
