@@ -179,6 +179,10 @@ def release_units(
     reference.  Returns (freed units that counted toward wait(), the transient jobs
     of the freed units, one per unit)."""
 
+def prune_known(known: dict, done_states: object) -> None:
+    """Engine._prune_known's walk: drop dead weak references; a strong entry with no
+    handle whose Future's _state is in done_states becomes a weak reference."""
+
 def take_all(q: object) -> list:
     """What the deque q holds now, oldest first, popped one by one; what another thread
     appends meanwhile stays for the next call."""

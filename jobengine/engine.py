@@ -50,7 +50,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from concurrent.futures._base import FINISHED, PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any
 
 from . import _core, signals
@@ -104,6 +104,9 @@ _PROCESSING = State.PROCESSING
 _SCHEDULED = State.SCHEDULED
 _TERMINATED = State.TERMINATED
 _TIMED_OUT = State.TIMED_OUT
+
+# A Future's _state once it is done (Future.done()), for _core.prune_known
+_DONE_STATES = frozenset((FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED))
 
 log = logging.getLogger("jobengine")
 # How the compiled drain settles a run of completed instances: one deferred call each
@@ -453,13 +456,11 @@ class Engine:
             self._prune_known()
 
     def _prune_known(self) -> None:
+        """Forget the uuids nobody holds any more (and, a backstop, let go of a done
+        instance that ended without _release): compiled, each time the table has
+        doubled since the last walk."""
         known = self._known
-        for uuid, r in list(known.items()):
-            if type(r) is weakref.ReferenceType:
-                if r() is None:
-                    known.pop(uuid, None)
-            elif r.handle < 0 and r.done():  # (a backstop: ended without _release)
-                known[uuid] = weakref.ref(r)
+        _core.prune_known(known, _DONE_STATES)
         self._known_limit = max(4096, 2 * len(known))
 
     def lookup(self, uuid: str) -> Instance | None:

@@ -409,7 +409,10 @@ class Manager(Executor):
     # -- scheduling ----------------------------------------------------------------------
     def schedule_registered_job(self, kind: str, **options: Any) -> Instance:
         """Schedule an instance of the registered job `kind`; options as schedule_job."""
-        return self.schedule_job(self._registry.lookup(kind), **options)
+        job = self._registry.lookup(kind)
+        if not options and _plain(job) and self._short_path_open():
+            return self._admit_plain(job, (), {}, raising=True)  # schedule_job's own
+        return self.schedule_job(job, **options)
 
     def schedule_job(
         self,

@@ -278,6 +278,48 @@ def test_the_engine_lets_go_of_every_instance_it_is_done_with():
     m.stop()
 
 
+def test_the_lookup_table_forgets_instances_nobody_holds():
+    # Thousands of finished instances dropped by their caller: once the table has
+    # doubled, its walk forgets them, while the ones still held stay found as themselves.
+    with Manager(2) as m:
+        kept = [m.submit(jobs.add, i, 0) for i in range(50)]
+        for _ in range(3):
+            for f in [m.submit(jobs.add, 1, 1) for _ in range(3000)]:
+                f.result(timeout=60)
+        m.wait()
+        gc.collect()
+        m.submit(jobs.add, 0, 0).result(timeout=30)
+        m._engine._prune_known()
+        known = m._engine._known
+        assert len(known) < 3000
+        assert all(m._engine.lookup(f.uuid_str) is f for f in kept)
+        assert [f.result() for f in kept] == list(range(50))
+
+
+def test_the_lookup_table_walk_drops_dead_references_and_lets_go_of_done_instances():
+    from jobengine import _core
+    from jobengine.engine import _DONE_STATES
+
+    class Unit:  # what the walk reads of an Instance: its handle and its Future state
+        def __init__(self, handle, state):
+            self.handle, self._state = handle, state
+
+    gone = Unit(-1, "FINISHED")
+    alive = Unit(-1, "FINISHED")
+    done_unheld, running, queued = Unit(-1, "FINISHED"), Unit(3, "PENDING"), Unit(-1, "PENDING")
+    known = {
+        "gone": weakref.ref(gone), "alive": weakref.ref(alive), "done": done_unheld,
+        "running": running, "queued": queued,
+    }  # fmt: skip
+    del gone
+    gc.collect()
+    _core.prune_known(known, _DONE_STATES)
+    assert set(known) == {"alive", "done", "running", "queued"}
+    assert type(known["done"]) is weakref.ReferenceType and known["done"]() is done_unheld
+    assert known["running"] is running and known["queued"] is queued
+    assert known["alive"]() is alive
+
+
 # -- priority and dispatch ---------------------------------------------------------------
 def test_priority_order_holds_when_the_only_worker_is_busy(tmp_path):
     out = tmp_path / "order"
