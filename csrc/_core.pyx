@@ -12,6 +12,8 @@ from libc.stdint cimport uint64_t, uint32_t, int64_t, int32_t, INT64_MIN
 from libc.stdlib cimport malloc, realloc, free, qsort
 from cpython.array cimport array, clone
 from cpython.list cimport PyList_New
+from cpython.dict cimport PyDict_Next
+from cpython.ref cimport PyObject
 import array as _array_mod
 
 cdef extern from "heap.h" nogil:
@@ -1014,7 +1016,7 @@ cdef inline object _memory_row(dict rows, object uuid, object kind):
 
 def memory_write(dict rows, dict finished, dict outcomes, list instances, list states,
                  list logs, dict all_logs, frozenset final_states, object big_outcome,
-                 Py_ssize_t max_raw, bint want_finished):
+                 Py_ssize_t max_raw, bint want_finished, Py_ssize_t keep):
     """MemoryStore.write_batch's loops, compiled (the engine thread runs them for every
     record of every instance on the default store).  Layout as in stores/memory.py:
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
@@ -1022,7 +1024,10 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e", ...), kept
     raw and turned into store columns when read, except a result over max_raw bytes,
     which big_outcome(outcome) turns into its columns now (it is not kept).  Returns
-    the uuids that reached a final state when want_finished, else None."""
+    the uuids that reached a final state when want_finished, else None.  Retention:
+    with keep >= 0, the oldest finished instances beyond `keep` are forgotten, each
+    with its row, logs and outcome (MemoryStore._drop, per job once the store is full).
+    The uuids returned may include some of those."""
     cdef tuple r
     cdef object uuid, row, o, code
     cdef list done = [] if want_finished else None
@@ -1063,6 +1068,23 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
             all_logs[uuid] = [r[1:]]
         else:
             (<list>row).append(r[1:])
+    cdef Py_ssize_t extra = len(finished) - keep if keep >= 0 else 0
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *k
+    cdef PyObject *v
+    cdef list oldest
+    if extra > 0:
+        # the oldest few only, found first and dropped after: the walk must not see
+        # the dict change under it
+        oldest = []
+        while extra > 0 and PyDict_Next(finished, &pos, &k, &v):
+            oldest.append(<object>k)
+            extra -= 1
+        for uuid in oldest:
+            del finished[uuid]
+            rows.pop(uuid, None)
+            all_logs.pop(uuid, None)
+            outcomes.pop(uuid, None)
     return done
 
 
@@ -1275,8 +1297,6 @@ cdef enum:
 
 
 from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_CheckRef, PyWeakref_GET_OBJECT
-from cpython.dict cimport PyDict_Next
-from cpython.ref cimport PyObject
 
 
 def release_units(list units, list by_handle, list free, dict known, object run_type):

@@ -214,8 +214,11 @@ def memory_write(
     big_outcome: object,
     max_raw: int,
     want_finished: bool,
+    keep: int,
 ) -> list | None:
-    """MemoryStore.write_batch's loops (stores/memory.py documents the layout)."""
+    """MemoryStore.write_batch's loops (stores/memory.py documents the layout); with
+    keep >= 0, also its retention: the oldest finished instances beyond `keep` are
+    forgotten with their rows, logs and outcomes."""
 
 def uuid7() -> int:
     """A new UUIDv7 (RFC 9562) as an int: Unix milliseconds, version 7, a 12-bit counter

@@ -424,6 +424,29 @@ def test_the_default_memory_store_keeps_the_10000_most_recent_finished_instances
     assert m.lookup_instance_history(by_finish[0]) == []
 
 
+def test_the_memory_store_forgets_a_dropped_instance_whole_and_keeps_the_rest():
+    from jobengine.stores.memory import MemoryStore
+
+    store = MemoryStore(max_instances=3)
+    with Manager(1, store=store) as m:
+        fs = [m.submit(jobs.log_lines, i) for i in range(8)]  # logs i lines, returns i
+        assert [f.result(timeout=30) for f in fs] == list(range(8))
+        m.lookup_instances()  # flushed
+        kept = {r.uuid for r in store.lookup_instances(Query())}
+    by_finish = sorted(fs, key=lambda f: f.completed_ns)
+    assert kept == {f.uuid_str for f in by_finish[-3:]}
+    for f in by_finish[:-3]:  # its row, history, logs and outcome: all gone
+        u = f.uuid_str
+        assert store.get_instance(u) is None and store.lookup_history(u) == []
+        assert u not in store._logs and u not in store._outcomes and u not in store._rows
+    for f in by_finish[-3:]:
+        record = store.get_instance(f.uuid_str)
+        assert record.result() == f.result()
+        n = f.result()
+        logged = [r.message for r in store.lookup_logs(f.uuid_str)]
+        assert logged == [f"line {i}" for i in range(n)] + ["careful"]
+
+
 def test_every_store_takes_a_retention(durable):
     store = durable()
     store.set_retention(max_instances=5)

@@ -96,24 +96,18 @@ class MemoryStore(Store):
     ) -> None:
         # (token: a write to a dict cannot fail half-way, so there is nothing to retry)
         with self._lock:
-            finished = self._finished
             done = memory_write(
-                self._rows, finished, self._outcomes,
+                self._rows, self._finished, self._outcomes,
                 instances if type(instances) is list else list(instances),
                 states if type(states) is list else list(states),
                 logs if type(logs) is list else list(logs),
                 self._logs, FINAL_STATES, self._outcome_now, MAX_RESULT_BYTES,
                 bool(self._queue),
+                -1 if self.max_instances is None else self.max_instances,  # retention
             )  # fmt: skip
             if done:  # a finished instance leaves the shared queue
                 for uuid in done:
                     self._finish_locked(uuid)
-            limit = self.max_instances
-            if limit is not None and len(finished) > limit:
-                # the oldest few only: list(finished) would copy every kept key, on
-                # every batch, once the store is full
-                for uuid in list(islice(finished, len(finished) - limit)):
-                    self._drop(uuid)
 
     def _outcome_now(self, outcome: tuple) -> tuple:
         # a result too large to keep: its columns (a note saying so) now, not the bytes
