@@ -1005,11 +1005,20 @@ cdef object _uuid_chars(uint64_t hi, uint64_t lo):
 cdef list _state_codes = [None] * (128 * 4)
 
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+
+
 cdef inline object _memory_row(dict rows, object uuid, object kind):
-    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape)
+    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape).  Not
+    # tracked by the garbage collector: a row holds only strings, numbers and None, so
+    # it can never be part of a reference cycle, and the store keeps thousands of them
+    # for a long time (each one tracked was one more object every full collection
+    # walks, and one more survivor bringing the next young collection closer).
     row = rows.get(uuid)
     if row is None:
         row = [kind, None, 0, 0, 0, None, None, None]
+        PyObject_GC_UnTrack(<void *>row)
         rows[uuid] = row
     return row
 
