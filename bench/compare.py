@@ -157,11 +157,16 @@ def engine_rows(quick: bool) -> list[Row]:
     try:
         ours, ppe = [], []
         imap1, registered = [], []
-        for _ in range(rounds):  # interleaved rounds
-            ours.append(ew.jobengine_submit_noop(m, n))
-            ppe.append(ew.ppe_submit_noop(ex, n))
-            imap1.append(ew.pool_imap_noop(pool, n, 1))
-            registered.append(ew.jobengine_registered_noop(m, n))
+        runs = [
+            (ours, lambda: ew.jobengine_submit_noop(m, n)),
+            (ppe, lambda: ew.ppe_submit_noop(ex, n)),
+            (imap1, lambda: ew.pool_imap_noop(pool, n, 1)),
+            (registered, lambda: ew.jobengine_registered_noop(m, n)),
+        ]
+        for r in range(rounds):  # interleaved rounds, every other one in reverse order:
+            # a run right after another pool's may share the cores with its wind-down
+            for out, run in runs if r % 2 == 0 else runs[::-1]:
+                out.append(run())
         o, p, i1, reg = (statistics.median(x) for x in (ours, ppe, imap1, registered))
         rate = lambda sec: f"{n / sec / 1e3:,.1f} k jobs/s"  # noqa: E731
         rows.append(
