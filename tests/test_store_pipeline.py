@@ -435,10 +435,10 @@ def test_the_memory_store_forgets_a_dropped_instance_whole_and_keeps_the_rest():
         kept = {r.uuid for r in store.lookup_instances(Query())}
     by_finish = sorted(fs, key=lambda f: f.completed_ns)
     assert kept == {f.uuid_str for f in by_finish[-3:]}
-    for f in by_finish[:-3]:  # its row, history, logs and outcome: all gone
+    for f in by_finish[:-3]:  # its row, history and logs: all gone
         u = f.uuid_str
         assert store.get_instance(u) is None and store.lookup_history(u) == []
-        assert u not in store._logs and u not in store._outcomes and u not in store._rows
+        assert store.lookup_logs(u) == []
     for f in by_finish[-3:]:
         record = store.get_instance(f.uuid_str)
         assert record.result() == f.result()
