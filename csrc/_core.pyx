@@ -1041,10 +1041,12 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     cdef object uuid, row, o, code
     cdef list done = [] if want_finished else None
     cdef long long s, a, run
+    cdef Py_ssize_t j
     for r in instances:
         uuid = r[0]
         row = _memory_row(rows, uuid, r[1])
-        (<list>row)[0:8] = r[1:9]
+        for j in range(8):  # row[0:8] = r[1:9], without the slice's tuple
+            (<list>row)[j] = r[j + 1]
         if r[2] in final_states:
             if want_finished:
                 done.append(uuid)
@@ -1069,7 +1071,10 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
                 code = _state_codes[s * 4 + a] = s | a << 8 | 1 << 24
         else:
             code = s | a << 8 | run << 24
-        (<list>row).extend((code, r[3], r[5], r[7]))
+        (<list>row).append(code)  # (four appends: no tuple made for an extend)
+        (<list>row).append(r[3])
+        (<list>row).append(r[5])
+        (<list>row).append(r[7])
     for r in logs:
         uuid = r[0]
         row = all_logs.get(uuid)
