@@ -1089,7 +1089,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     cdef list oldest
     if extra > 0:
         # the oldest few only, found first and dropped after: the walk must not see
-        # the dict change under it
+        # the dict change under it.  Each goes as MemoryStore._drop forgets one.
         oldest = []
         while extra > 0 and PyDict_Next(finished, &pos, &k, &v):
             oldest.append(<object>k)

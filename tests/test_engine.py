@@ -297,6 +297,8 @@ def test_the_lookup_table_forgets_instances_nobody_holds():
 
 
 def test_the_lookup_table_walk_drops_dead_references_and_lets_go_of_done_instances():
+    from concurrent.futures._base import FINISHED, PENDING
+
     from jobengine import _core
     from jobengine.engine import _DONE_STATES
 
@@ -304,9 +306,9 @@ def test_the_lookup_table_walk_drops_dead_references_and_lets_go_of_done_instanc
         def __init__(self, handle, state):
             self.handle, self._state = handle, state
 
-    gone = Unit(-1, "FINISHED")
-    alive = Unit(-1, "FINISHED")
-    done_unheld, running, queued = Unit(-1, "FINISHED"), Unit(3, "PENDING"), Unit(-1, "PENDING")
+    gone = Unit(-1, FINISHED)
+    alive = Unit(-1, FINISHED)
+    done_unheld, running, queued = Unit(-1, FINISHED), Unit(3, PENDING), Unit(-1, PENDING)
     known = {
         "gone": weakref.ref(gone), "alive": weakref.ref(alive), "done": done_unheld,
         "running": running, "queued": queued,

@@ -114,7 +114,9 @@ class MemoryStore(Store):
         return outcome_columns(outcome, self.codec, check_json=False)
 
     def _drop(self, uuid: str) -> None:
-        """Forget a finished instance with its history, logs and outcome (lock held)."""
+        """Forget a finished instance with its history, logs and outcome (lock held).
+        write_batch's retention does the same, compiled (_core.memory_write, `keep`):
+        keep the two in agreement."""
         self._finished.pop(uuid, None)
         self._rows.pop(uuid, None)
         self._logs.pop(uuid, None)
