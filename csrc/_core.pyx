@@ -997,6 +997,73 @@ cdef object _uuid_chars(uint64_t hi, uint64_t lo):
     return PyUnicode_DecodeASCII(buf, 36, NULL)
 
 
+# --- the Instance's fields ------------------------------------------------------------
+
+@cython.auto_pickle(False)
+cdef class InstanceFields:
+    """The fields of an Instance (instance.py) the engine reads and writes for every
+    job, as C members: the compiled calls below read and write them as struct fields
+    where a Python attribute costs a dictionary-backed lookup each (on the engine
+    thread, ~20 of them a job).  Python code sees ordinary attributes.  Instance
+    derives from it (and from concurrent.futures.Future, whose own fields _state,
+    _result and _exception live here too); instance.py documents each field."""
+
+    cdef public object _state, _result, _exception, _owner, job, _uuid_str, args, _kwargs
+    cdef public object priority, state, payload, created_ns, scheduled_ns, handle, attempts
+    cdef public object worker, processed_ns, started_mono, completed_ns
+
+    def __init__(self, owner, job, uid, args, kwargs, priority, created_ns):
+        # Future.__init__ minus its Condition and lists (instance.py: Instance makes
+        # them on first use).  The fields not set here start as None.
+        self._state = _FUTURE_PENDING
+        self._owner = owner
+        self.job = job
+        # its text only: every instance needs it (records, lookups), the int would be
+        # ~48 more bytes per queued instance (uid: the text, or the 128-bit int)
+        self._uuid_str = uid if type(uid) is str else uuid_text(uid)
+        self.args = args
+        self._kwargs = kwargs or None
+        self.priority = priority
+        self.state = _CREATED if _CREATED is not None else _created_state()
+        self.payload = b""
+        self.created_ns = created_ns
+        self.handle = -1
+        self.attempts = 0
+        self.started_mono = 0
+
+    def __reduce__(self):
+        # copy.copy() and pickle, as before the fields were C members: its class, then
+        # its fields (these members, then the attribute array's, if any)
+        return (_restore_instance, (type(self), (
+            self._state, self._result, self._exception, self._owner, self.job,
+            self._uuid_str, self.args, self._kwargs, self.priority, self.state,
+            self.payload, self.created_ns, self.scheduled_ns, self.handle, self.attempts,
+            self.worker, self.processed_ns, self.started_mono, self.completed_ns,
+        ), getattr(self, "__dict__", None)))
+
+
+def _restore_instance(cls, tuple members, attributes):
+    """InstanceFields.__reduce__'s inverse."""
+    cdef InstanceFields f = cls.__new__(cls)
+    (f._state, f._result, f._exception, f._owner, f.job, f._uuid_str, f.args, f._kwargs,
+     f.priority, f.state, f.payload, f.created_ns, f.scheduled_ns, f.handle, f.attempts,
+     f.worker, f.processed_ns, f.started_mono, f.completed_ns) = members
+    if attributes:
+        f.__dict__.update(attributes)
+    return f
+
+
+cdef object _FUTURE_PENDING = "PENDING"  # concurrent.futures._base.PENDING
+cdef object _CREATED = None  # State.CREATED (state.py), looked up on first use
+
+
+cdef object _created_state():
+    global _CREATED
+    from jobengine.state import State
+    _CREATED = State.CREATED
+    return _CREATED
+
+
 # --- the memory store's batch write ---------------------------------------------------
 
 # history codes (state | attempt << 8 | run << 24) of a first run's first attempts, made
@@ -1125,8 +1192,19 @@ def snapshots(list touched, dict outcomes):
     cdef list out = []
     cdef Py_ssize_t i
     cdef object u, uuid
+    cdef InstanceFields f
     for i in range(len(touched) - 1, -1, -1):
         u = touched[i]
+        if isinstance(u, InstanceFields):  # (every Instance: its fields as C members)
+            f = <InstanceFields>u
+            uuid = f._uuid_str
+            if uuid in seen:
+                continue
+            seen.add(uuid)
+            out.append((uuid, f.job.kind, f.state._value_, f.priority, f.attempts,
+                        f.created_ns, f.scheduled_ns, f.processed_ns, f.completed_ns,
+                        outcomes.pop(uuid, None)))
+            continue
         uuid = u._uuid_str  # (what the uuid_str property returns, without the call)
         if uuid in seen:
             continue
@@ -1234,8 +1312,39 @@ cdef int _write_task(object w, object inst, dict kind_ids, uint32_t t_task) exce
     cdef Py_ssize_t n
     cdef const char *p = NULL
     cdef unsigned long long attempt, handle
+    cdef InstanceFields f
     if kind_id is None or kind_id not in w.kinds:
         return -1  # its executor goes first (T_DEFINE)
+    if not isinstance(inst, InstanceFields):
+        return _write_task_generic(w, inst, kind_id, t_task)
+    f = <InstanceFields>inst
+    payload = f.payload
+    ring = w.channel.tasks
+    if type(payload) is not bytes:
+        return -1
+    n = PyBytes_GET_SIZE(payload)
+    if <uint64_t>n > je_ring_max_payload(&ring.r):
+        return -1  # spilled to a file
+    if n:
+        p = PyBytes_AS_STRING(payload)
+    handle = f.handle
+    attempt = f.attempts + 1
+    if je_ring_write(&ring.r, t_task, handle | attempt << 32, kind_id, p, <uint32_t>n) != 0:
+        return 0
+    f.attempts = attempt
+    f.worker = w.index
+    w.inflight[handle] = inst
+    w.dispatched += 1
+    return 1
+
+
+cdef int _write_task_generic(object w, object inst, object kind_id, uint32_t t_task) except -2:
+    # _write_task for a unit without C fields (a Run of a recurrence)
+    cdef object payload
+    cdef Ring ring
+    cdef Py_ssize_t n
+    cdef const char *p = NULL
+    cdef unsigned long long attempt, handle
     payload = inst.payload
     ring = w.channel.tasks
     if type(payload) is not bytes:
@@ -1324,7 +1433,24 @@ def release_units(list units, list by_handle, list free, dict known, object run_
     cdef Py_ssize_t h, n = len(by_handle)
     cdef long long counted = 0
     cdef list transient = []
+    cdef InstanceFields f
     for unit in units:
+        if isinstance(unit, InstanceFields):
+            f = <InstanceFields>unit
+            h = f.handle
+            if 0 <= h < n and by_handle[h] is unit:
+                by_handle[h] = None
+                free.append(h)
+                if unit.counted:
+                    counted += 1
+                job = f.job
+                if job.transient:
+                    transient.append(job)
+            f.handle = -1
+            uuid = f._uuid_str
+            if known.get(uuid) is unit:
+                known[uuid] = PyWeakref_NewRef(unit, None)
+            continue
         h = unit.handle
         if 0 <= h < n and by_handle[h] is unit:
             by_handle[h] = None
@@ -1379,10 +1505,21 @@ def settle_results(pending, finished, log, list units, list results):
     callback, no cancel) done here; any other goes through the unit's set_result.  One
     that raises is logged as the engine's deferred calls are, the others still settle."""
     cdef Py_ssize_t i
+    cdef InstanceFields f
     for i in range(len(units)):
         unit = units[i]
         try:
-            if unit._cond is None and unit._state == pending:
+            if isinstance(unit, InstanceFields) and unit._cond is None:
+                f = <InstanceFields>unit
+                if f._state != pending:
+                    unit.set_result(results[i])  # (it raises InvalidStateError)
+                    continue
+                f._result = results[i]
+                f._exception = None
+                f._state = finished
+                if unit._cond is not None:  # made meanwhile: its waiter needs the news
+                    unit._notify_settled()
+            elif unit._cond is None and unit._state == pending:
                 unit._result = results[i]
                 unit._exception = None
                 unit._state = finished
@@ -1529,6 +1666,7 @@ cdef class EventDrain:
         cdef object a, b, unit, job, result, due, uuid, kind, attempts
         cdef long long run_ns
         cdef unsigned long long handle
+        cdef InstanceFields f
         for rec in records:
             tag = rec[0]
             t = tag & _TAG_MASK
@@ -1538,21 +1676,25 @@ cdef class EventDrain:
             a = rec[1]
             handle = <unsigned long long>a & 0xFFFFFFFF
             unit = inflight.get(handle)
-            if (unit is None or unit.attempts != (a >> 32) or unit.parent is not None
-                    or unit.cancel_requested):
+            # (a Run of a recurrence has no C fields: the reference path takes it)
+            if unit is None or not isinstance(unit, InstanceFields):
                 self._hand_over(slow, w, rec)
                 continue
-            job = unit.job
+            f = <InstanceFields>unit
+            if f.attempts != (a >> 32) or unit.cancel_requested:
+                self._hand_over(slow, w, rec)
+                continue
+            job = f.job
             if job.state_change_handler is not None:
                 self._hand_over(slow, w, rec)
                 continue
             b = rec[2]
             if t == _E_STARTED:
-                if unit.state is not self.scheduled:
+                if f.state is not self.scheduled:
                     self._hand_over(slow, w, rec)  # (an illegal move: the reference path raises it)
                     continue
             else:
-                if job.response_handler is not None or unit.state is not self.processing:
+                if job.response_handler is not None or f.state is not self.processing:
                     self._hand_over(slow, w, rec)
                     continue
                 try:
@@ -1562,33 +1704,33 @@ cdef class EventDrain:
                     continue
             try:
                 kind = job.kind
-                attempts = unit.attempts
-                uuid = unit._uuid_str  # (what the uuid_str property returns)
+                attempts = f.attempts
+                uuid = f._uuid_str  # (what the uuid_str property returns)
                 if t == _E_STARTED:
-                    unit.processed_ns = b
-                    unit.started_mono = self.monotonic_ns()
+                    f.processed_ns = b
+                    f.started_mono = self.monotonic_ns()
                     w.running = unit
-                    unit.state = self.processing
+                    f.state = self.processing
                     if attempts <= 1:  # queue wait: from its due time to its start
-                        due = unit.scheduled_ns
+                        due = f.scheduled_ns
                         self._started(kind, None if due is None else b - due)
                     else:
                         self._started(kind, None)
                     self.states_append((uuid, kind, self.processing_v, b, attempts,
-                                        unit.worker, unit.run, None))
+                                        f.worker, unit.run, None))
                     self.touched_append(unit)
                 else:
                     del inflight[handle]
                     w.running = None
                     w.jobs += 1
-                    run_ns = b - unit.processed_ns
+                    run_ns = b - f.processed_ns
                     self._observe_run(run_ns)
-                    unit.completed_ns = b
+                    f.completed_ns = b
                     self.outcomes[uuid] = ("r", rec[3])
-                    unit.state = self.completed
+                    f.state = self.completed
                     self._completed(kind, run_ns)
                     self.states_append((uuid, kind, self.completed_v, b, attempts,
-                                        unit.worker, unit.run, None))
+                                        f.worker, unit.run, None))
                     self.touched_append(unit)
                     self.finished_append(unit)
                     if self.units is None:

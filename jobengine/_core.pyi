@@ -7,7 +7,10 @@ RuntimeError rather than corrupting it.
 
 from array import array
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import Job
 
 PRIORITY_MIN: int  # -524288: lowest priority SchedulerCore accepts
 PRIORITY_MAX: int  # 524287: highest priority SchedulerCore accepts
@@ -136,6 +139,41 @@ def uuid_text(n: int) -> str:
     """The canonical 8-4-4-4-12 text of a 128-bit UUID given as an int (what
     str(uuid.UUID(int=n)) gives).  TypeError for a non-int, ValueError outside
     0 <= n < 2**128."""
+
+class InstanceFields:
+    """Instance's per-job fields as C members (instance.py documents each): the
+    compiled calls read and write them as struct fields.  Instance derives from it."""
+
+    _state: str
+    _result: Any
+    _exception: BaseException | None
+    _owner: Any  # instance.Owner (the engine), or None
+    job: Job
+    _uuid_str: str
+    args: tuple
+    _kwargs: dict | None
+    priority: int
+    state: Any
+    payload: bytes
+    created_ns: int
+    scheduled_ns: int | None
+    handle: int
+    attempts: int
+    worker: int | None
+    processed_ns: int | None
+    started_mono: int
+    completed_ns: int | None
+
+    def __init__(
+        self,
+        owner: Any,
+        job: Job,
+        uid: int | str,
+        args: tuple,
+        kwargs: dict | None,
+        priority: int,
+        created_ns: int,
+    ) -> None: ...
 
 class EventDrain:
     """Engine._drain_worker's loop, compiled, for the two events every job sends

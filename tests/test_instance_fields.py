@@ -1,0 +1,118 @@
+"""Instance's per-job fields are C members of _core.InstanceFields (issue 14): to Python
+they must behave as the plain attributes they replaced, and the compiled calls that
+read them must see what Python code wrote."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+import weakref
+from concurrent.futures import Future
+
+import pytest
+
+from jobengine import Job, Manager, State
+from jobengine._core import InstanceFields, settle_results, snapshots
+from jobengine.instance import Instance, Run
+
+MEMBERS = [
+    name
+    for name, value in vars(InstanceFields).items()
+    if type(value).__name__ == "getset_descriptor" and name not in ("__dict__", "__weakref__")
+]
+
+
+def noop():
+    return None
+
+
+def make(uid=7, args=(1, 2), kwargs=None, priority=3, created_ns=123) -> Instance:
+    return Instance(None, Job("fields", noop), uid, args, kwargs or {}, priority, created_ns)
+
+
+def test_the_members_are_the_fields_every_instance_has():
+    assert sorted(MEMBERS) == sorted([
+        "_state", "_result", "_exception", "_owner", "job", "_uuid_str", "args", "_kwargs",
+        "priority", "state", "payload", "created_ns", "scheduled_ns", "handle", "attempts",
+        "worker", "processed_ns", "started_mono", "completed_ns",
+    ])  # fmt: skip
+
+
+def test_no_class_attribute_hides_a_member():
+    # A class attribute of the same name in a class before InstanceFields in the MRO
+    # would be found first: reads would see it, writes would go to the attribute array
+    # and the compiled calls would never see them.
+    for cls in Instance.__mro__[: Instance.__mro__.index(InstanceFields)]:
+        hidden = sorted(set(MEMBERS) & set(vars(cls)))
+        assert not hidden, f"{cls.__name__} hides {hidden}"
+
+
+def test_a_new_instance_starts_as_before():
+    inst = make()
+    assert isinstance(inst, Future)
+    assert inst.uuid_str == "00000000-0000-0000-0000-000000000007"
+    assert inst.state is State.CREATED
+    assert (inst.args, inst.kwargs, inst.priority, inst.created_ns) == ((1, 2), {}, 3, 123)
+    assert (inst.handle, inst.attempts, inst.started_mono, inst.payload) == (-1, 0, 0, b"")
+    for name in ("scheduled_ns", "processed_ns", "completed_ns", "worker"):
+        assert getattr(inst, name) is None, name
+    assert not inst.done() and not inst.running()
+    assert make(uid="abc").uuid_str == "abc"  # a text uid is kept as it is
+
+
+def test_python_writes_are_what_the_compiled_row_reads():
+    inst = make()
+    inst.state = State.PROCESSING
+    inst.attempts, inst.worker = 2, 1
+    inst.scheduled_ns, inst.processed_ns, inst.completed_ns = 200, 300, 400
+    outcomes = {inst.uuid_str: ("r", b"x")}
+    row = snapshots([inst], outcomes)
+    assert row == [(inst.uuid_str, "fields", int(State.PROCESSING), 3, 2, 123, 200, 300, 400,
+                    ("r", b"x"))]  # fmt: skip
+    assert outcomes == {}
+
+
+def test_compiled_settling_is_seen_by_the_future_api():
+    a, b = make(uid=1), make(uid=2)
+    seen = []
+    b.add_done_callback(lambda f: seen.append(f.result()))  # b has a Condition: set_result
+    settle_results("PENDING", "FINISHED", None, [a, b], ["ra", "rb"])
+    assert (a.result(), b.result(), seen) == ("ra", "rb", ["rb"])
+    assert a.done() and a.exception() is None
+
+
+def test_an_instance_in_a_cycle_is_collected():
+    inst = make()
+    inst.args = (inst,)  # a cycle through a C member: the collector must see it
+    ref = weakref.ref(inst)
+    del inst
+    gc.collect()
+    assert ref() is None
+
+
+def test_copy_and_pickle_keep_every_field():
+    inst = make()
+    inst.attempts, inst.completed_ns = 4, 999
+    inst.timeout_sent = True  # a rarely set field, in the attribute array
+    for clone in (copy.copy(inst), pickle.loads(pickle.dumps(inst))):
+        assert type(clone) is Instance
+        assert (clone.uuid_str, clone.attempts, clone.completed_ns) == (inst.uuid_str, 4, 999)
+        assert clone.timeout_sent is True and clone.state is State.CREATED
+
+
+def test_a_run_has_no_members_and_takes_the_reference_path():
+    assert not issubclass(Run, InstanceFields)
+
+
+@pytest.mark.timeout(60)
+def test_jobs_through_the_engine_fill_the_members():
+    with Manager(num_workers=2) as m:
+        fs = [m.submit(pow, 2, i) for i in range(300)]
+        assert [f.result() for f in fs] == [2**i for i in range(300)]
+        for f in fs:
+            assert f.state is State.COMPLETED and f.attempts == 1 and f.worker in (0, 1)
+            assert f.created_ns <= f.scheduled_ns <= f.processed_ns <= f.completed_ns
+            assert f.handle == -1
+        history = [r.state for r in fs[-1].history()]
+        assert history == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
