@@ -12,7 +12,7 @@ from libc.stdint cimport uint64_t, uint32_t, int64_t, int32_t, INT64_MIN
 from libc.stdlib cimport malloc, realloc, free, qsort
 from cpython.array cimport array, clone
 from cpython.list cimport PyList_New
-from cpython.dict cimport PyDict_Next
+from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_DelItem
 from cpython.ref cimport PyObject
 import array as _array_mod
 
@@ -997,7 +997,65 @@ cdef object _uuid_chars(uint64_t hi, uint64_t lo):
     return PyUnicode_DecodeASCII(buf, 36, NULL)
 
 
-# --- the Instance's fields ------------------------------------------------------------
+# --- the Instance's fields and the engine's lookup table ------------------------------
+
+from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_CheckRef, PyWeakref_GET_OBJECT
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Borrowed:
+    """An entry of the engine's lookup table (engine.py: Engine._known, uuid -> the
+    Instance) for an Instance the engine no longer holds: the object's address, not a
+    reference, so the table keeps nobody's Instance alive.  A weak reference did the
+    same at the cost of one more object per finished job for the garbage collector to
+    count and walk (~8% of a submit loop that holds its Futures).  The Instance's
+    finalizer (InstanceFields.__del__) finds the entry in its owner's table
+    (owner._known), clears it and removes it before the object goes.  So an entry is
+    made only in the table of the Instance's own engine (lend), and read only there,
+    with the GIL held and no Python code run between reading it and taking a
+    reference (known_get): Python code never sees the address."""
+
+    cdef PyObject *ptr
+
+
+cdef inline Borrowed _borrow(object inst):
+    cdef Borrowed b = Borrowed.__new__(Borrowed)
+    b.ptr = <PyObject *>inst
+    return b
+
+
+def lend(dict known, InstanceFields inst):
+    """Make `known`'s entry for `inst` one that does not keep it alive: a Borrowed one
+    if `known` is the table its finalizer leaves (inst._owner._known: its owner is
+    the engine), else a weak reference (an instance handed to a shared queue, which
+    owns its cancel)."""
+    known[inst._uuid_str] = _entry_for(known, inst, inst._owner)
+
+
+cdef inline object _entry_for(dict known, object inst, object owner):
+    if owner is not None and getattr(owner, "_known", None) is known:
+        return _borrow(inst)
+    return PyWeakref_NewRef(inst, None)
+
+
+def known_get(dict known, object uuid):
+    """The Instance the lookup table has for `uuid` (held by the engine, or lent and
+    still alive), else None.  One C call: nothing can free a lent Instance between
+    reading its entry and taking a reference to it."""
+    cdef PyObject *v = PyDict_GetItem(known, uuid)
+    if v is NULL:
+        return None
+    if type(<object>v) is Borrowed:
+        v = (<Borrowed>v).ptr
+    elif PyWeakref_CheckRef(<object>v):
+        v = PyWeakref_GET_OBJECT(<object>v)
+        if v == <PyObject *>None:
+            return None
+    if v is NULL:
+        return None
+    return <object>v
+
 
 @cython.auto_pickle(False)
 cdef class InstanceFields:
@@ -1030,6 +1088,26 @@ cdef class InstanceFields:
         self.handle = -1
         self.attempts = 0
         self.started_mono = 0
+
+    def __del__(self):
+        # Out of the owner's lookup table before the object goes (see Borrowed): the
+        # entry, if it is this object's, is cleared and removed in C, no Python code
+        # in between.  (An Instance without an engine, or an engine already torn down
+        # at interpreter exit, has no table to leave.)
+        cdef PyObject *v
+        owner = self._owner
+        if owner is None:
+            return
+        try:
+            known = owner._known
+        except AttributeError:
+            return
+        if type(known) is not dict:
+            return
+        v = PyDict_GetItem(known, self._uuid_str)
+        if v is not NULL and type(<object>v) is Borrowed and (<Borrowed>v).ptr == <PyObject *>self:
+            (<Borrowed>v).ptr = NULL
+            PyDict_DelItem(known, self._uuid_str)
 
     def __reduce__(self):
         # copy.copy() and pickle, as before the fields were C members: its class, then
@@ -1419,21 +1497,20 @@ cdef enum:
     _FLAG_LARGE = 0x100
 
 
-from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_CheckRef, PyWeakref_GET_OBJECT
-
-
-def release_units(list units, list by_handle, list free, dict known, object run_type):
+def release_units(list units, list by_handle, list free, object owner, object run_type):
     """Engine._release for each unit, compiled (the engine thread runs it for every
     finished job): free its handle (by_handle[h] = None, h onto `free`) if it still
-    holds one, set unit.handle = -1, and turn the engine's own (strong) entry in
-    `known` for an Instance into a weak reference (a Run, of type run_type, shares
-    its recurrence's uuid and never has an entry of its own).  Returns (how many of
-    the freed units counted toward wait(), the jobs of freed units whose job is
-    transient, one per unit).  The lock is the caller's."""
+    holds one, set unit.handle = -1, and turn the engine's own (strong) entry in its
+    lookup table (owner._known, owner the engine) for an Instance into a borrowed
+    one (Borrowed; a Run, of type run_type, shares its recurrence's uuid and never
+    has an entry of its own).  Returns (how many of the freed units counted toward
+    wait(), the jobs of freed units whose job is transient, one per unit).  The lock
+    is the caller's."""
     cdef Py_ssize_t h, n = len(by_handle)
     cdef long long counted = 0
     cdef list transient = []
     cdef InstanceFields f
+    cdef dict known = owner._known
     for unit in units:
         if isinstance(unit, InstanceFields):
             f = <InstanceFields>unit
@@ -1449,7 +1526,8 @@ def release_units(list units, list by_handle, list free, dict known, object run_
             f.handle = -1
             uuid = f._uuid_str
             if known.get(uuid) is unit:
-                known[uuid] = PyWeakref_NewRef(unit, None)
+                # (its finalizer leaves this table when its owner is the engine)
+                known[uuid] = _borrow(unit) if f._owner is owner else _entry_for(known, unit, f._owner)
             continue
         h = unit.handle
         if 0 <= h < n and by_handle[h] is unit:
@@ -1460,29 +1538,28 @@ def release_units(list units, list by_handle, list free, dict known, object run_
             job = unit.job
             if job.transient:
                 transient.append(job)
-        unit.handle = -1
-        if type(unit) is not run_type:
-            uuid = unit._uuid_str
-            if known.get(uuid) is unit:
-                known[uuid] = PyWeakref_NewRef(unit, None)
+        unit.handle = -1  # (a Run: no entry in `known`)
     return counted, transient
 
 
 def prune_known(dict known, object done_states):
     """Engine._prune_known's walk, compiled (it walks every uuid the engine knows each
     time the table doubles: ~0.3 us an entry in Python, a few percent of a submit
-    loop that holds its Futures).  Drops the entries whose weak reference died and
-    turns a strong entry (an Instance the engine held) that has no handle and is done
-    (its Future's _state in done_states) into a weak reference: a backstop for one
-    that ended without Engine._release.  The walk runs no Python code and makes no
-    object the collector counts, so no other thread can change `known` under it; the
-    changes are made after it, each only if the entry is still the one seen."""
+    loop that holds its Futures).  Turns a strong entry (an Instance the engine held)
+    that has no handle and is done (its Future's _state in done_states) into one that
+    does not keep it (lend): a backstop for one that ended without Engine._release;
+    drops the weak references that died (a Borrowed entry leaves the table with its
+    Instance: see Borrowed).  The walk runs no Python code and makes no object the
+    collector counts, so no other thread can change `known` under it; the changes are
+    made after it, each only if the entry is still the one seen."""
     cdef Py_ssize_t pos = 0
     cdef PyObject *k
     cdef PyObject *v
     cdef list dead_keys = [], dead_refs = [], done_keys = [], done_units = []
     cdef Py_ssize_t i
     while PyDict_Next(known, &pos, &k, &v):
+        if type(<object>v) is Borrowed:
+            continue
         if PyWeakref_CheckRef(<object>v):
             if PyWeakref_GET_OBJECT(<object>v) == <PyObject *>None:
                 dead_keys.append(<object>k)
@@ -1495,7 +1572,7 @@ def prune_known(dict known, object done_states):
             del known[dead_keys[i]]
     for i in range(len(done_keys)):
         if known.get(done_keys[i]) is done_units[i]:
-            known[done_keys[i]] = PyWeakref_NewRef(done_units[i], None)
+            lend(known, done_units[i])
 
 
 def settle_results(pending, finished, log, list units, list results):

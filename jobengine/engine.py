@@ -200,11 +200,12 @@ class Engine:
         # Every instance the engine holds or a user still holds, live or finished, by
         # uuid: lookups return these objects rather than bare records.  uuid -> the
         # Instance itself while the engine holds it (admitted by the manager, until
-        # _release, also on cancel / withdraw), else a weak reference: a queued
-        # instance then costs no weak reference (~100 bytes with its entry).  Dead
-        # entries are pruned as the table doubles, which costs a fraction of
-        # WeakValueDictionary's per-insert callback machinery.
-        self._known: dict[str, Instance | weakref.ref[Instance]] = {}
+        # _release, also on cancel / withdraw), else a _core.Borrowed: its address,
+        # which the Instance's finalizer takes out of the table before it goes.  No
+        # weak reference (an object the collector counts and walks, per finished job)
+        # and no dead entries; the walk as the table doubles only lets go of done
+        # instances the engine still holds (_prune_known).
+        self._known: dict[str, Instance | _core.Borrowed] = {}
         self._known_limit = 4096
         self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
         self._events: _core.EventDrain | None = None  # see start()
@@ -451,14 +452,17 @@ class Engine:
         """Let lookups find `inst` by uuid while anyone holds it.  held: it is on its
         way into this engine, which keeps the entry strong until it lets go of it."""
         known = self._known
-        known[inst.uuid_str] = inst if held else weakref.ref(inst)
+        if held:
+            known[inst.uuid_str] = inst
+        else:
+            _core.lend(known, inst)
         if len(known) > self._known_limit:
             self._prune_known()
 
     def _prune_known(self) -> None:
-        """Forget the uuids nobody holds any more (and, a backstop, let go of a done
-        instance that ended without _release): compiled, each time the table has
-        doubled since the last walk."""
+        """Let go of a done instance that ended without _release (a backstop: a
+        borrowed entry leaves the table with its Instance): compiled, each time the
+        table has doubled since the last walk."""
         known = self._known
         _core.prune_known(known, _DONE_STATES)
         self._known_limit = max(4096, 2 * len(known))
@@ -466,10 +470,7 @@ class Engine:
     def lookup(self, uuid: str) -> Instance | None:
         """The Instance of `uuid` if this manager made it and the engine or someone
         else still holds it."""
-        ref = self._known.get(uuid)
-        if ref is None:
-            return None
-        return ref() if type(ref) is weakref.ReferenceType else ref
+        return _core.known_get(self._known, uuid)
 
     def new_handle(self, unit: Instance | Run) -> int:
         """Give `unit` a handle in the table (lock held)."""
@@ -536,9 +537,9 @@ class Engine:
     def _release_all(self, units: list[Instance | Run]) -> None:
         """_release for each of `units` (lock held): the handles freed in one compiled
         call (_core.release_units), which also turns the engine's strong entry for
-        each instance in the lookup table into a weak one."""
+        each instance in the lookup table into a borrowed one."""
         counted, transient = _core.release_units(
-            units, self._by_handle, self._free_handles, self._known, Run
+            units, self._by_handle, self._free_handles, self, Run
         )
         self._active -= counted
         for job in transient:

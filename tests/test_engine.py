@@ -296,30 +296,37 @@ def test_the_lookup_table_forgets_instances_nobody_holds():
         assert [f.result() for f in kept] == list(range(50))
 
 
-def test_the_lookup_table_walk_drops_dead_references_and_lets_go_of_done_instances():
-    from concurrent.futures._base import FINISHED, PENDING
+def test_the_lookup_table_walk_lets_go_of_done_instances_the_engine_still_holds():
+    from concurrent.futures._base import FINISHED
 
-    from jobengine import _core
+    from jobengine import Job, _core
     from jobengine.engine import _DONE_STATES
+    from jobengine.instance import Instance
 
-    class Unit:  # what the walk reads of an Instance: its handle and its Future state
-        def __init__(self, handle, state):
-            self.handle, self._state = handle, state
+    class Engine:  # the table's owner, as the finalizer of a lent Instance reads it
+        _known: dict = {}
 
-    gone = Unit(-1, FINISHED)
-    alive = Unit(-1, FINISHED)
-    done_unheld, running, queued = Unit(-1, FINISHED), Unit(3, PENDING), Unit(-1, PENDING)
-    known = {
-        "gone": weakref.ref(gone), "alive": weakref.ref(alive), "done": done_unheld,
-        "running": running, "queued": queued,
-    }  # fmt: skip
-    del gone
-    gc.collect()
+    def unit(uid, handle, done):
+        inst = Instance(Engine, Job("walk", jobs.add), uid, (), {}, 0, 0)
+        inst.handle = handle
+        if done:
+            inst._state = FINISHED
+        return inst
+
+    done, running, queued = unit(1, -1, True), unit(2, 3, False), unit(3, -1, False)
+    lent = unit(4, -1, True)
+    known = Engine._known  # keyed by uuid, as the engine's (the finalizer leaves by it)
+    known.update({u.uuid_str: u for u in (done, running, queued)})
+    _core.lend(known, lent)
     _core.prune_known(known, _DONE_STATES)
-    assert set(known) == {"alive", "done", "running", "queued"}
-    assert type(known["done"]) is weakref.ReferenceType and known["done"]() is done_unheld
-    assert known["running"] is running and known["queued"] is queued
-    assert known["alive"]() is alive
+    assert type(known[done.uuid_str]) is _core.Borrowed
+    assert _core.known_get(known, done.uuid_str) is done
+    assert known[running.uuid_str] is running and known[queued.uuid_str] is queued
+    assert _core.known_get(known, lent.uuid_str) is lent
+    assert _core.known_get(known, "none") is None
+    uuid = done.uuid_str
+    del done
+    assert uuid not in known
 
 
 # -- priority and dispatch ---------------------------------------------------------------

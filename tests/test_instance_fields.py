@@ -12,7 +12,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from jobengine import Job, Manager, State
+from jobengine import Job, Manager, Query, State
 from jobengine._core import InstanceFields, settle_results, snapshots
 from jobengine.instance import Instance, Run
 
@@ -116,3 +116,84 @@ def test_jobs_through_the_engine_fill_the_members():
             assert f.handle == -1
         history = [r.state for r in fs[-1].history()]
         assert history == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
+
+
+# -- the lookup table's borrowed entries --------------------------------------------------
+class Owner:  # what an Instance's finalizer reads of its engine: the lookup table
+    def __init__(self):
+        self._known: dict = {}
+
+
+def test_a_lent_entry_leaves_the_table_with_its_instance():
+    from jobengine._core import Borrowed, known_get, lend
+
+    owner = Owner()
+    inst = Instance(owner, Job("fields", noop), 9, (), {}, 0, 0)
+    uuid = inst.uuid_str
+    lend(owner._known, inst)
+    assert type(owner._known[uuid]) is Borrowed and known_get(owner._known, uuid) is inst
+    held = Instance(owner, Job("fields", noop), 10, (), {}, 0, 0)
+    owner._known[held.uuid_str] = held  # a strong entry stays until the engine lends it
+    del inst
+    assert uuid not in owner._known and known_get(owner._known, uuid) is None
+    assert known_get(owner._known, held.uuid_str) is held
+
+
+def test_an_entry_replaced_under_its_uuid_is_not_removed_by_the_old_instance():
+    from jobengine._core import known_get, lend
+
+    owner = Owner()
+    old = Instance(owner, Job("fields", noop), 12, (), {}, 0, 0)
+    new = Instance(owner, Job("fields", noop), 12, (), {}, 0, 0)  # the same uuid
+    lend(owner._known, old)
+    lend(owner._known, new)
+    del old  # its finalizer finds another object's entry: it leaves it
+    assert known_get(owner._known, new.uuid_str) is new
+
+
+def test_an_instance_in_a_cycle_leaves_the_table_when_collected():
+    from jobengine._core import lend
+
+    owner = Owner()
+    inst = Instance(owner, Job("fields", noop), 11, (), {}, 0, 0)
+    inst.set_result(1)
+    box = [inst]
+    inst.add_done_callback(lambda f, box=box: box)  # a callback that holds it: a cycle
+    lend(owner._known, inst)
+    ref = weakref.ref(inst)
+    del inst, box
+    gc.collect()
+    assert ref() is None and owner._known == {}
+
+
+def test_an_instance_owned_elsewhere_gets_a_weak_reference():
+    # An instance handed to a shared queue (its owner then) is not in its owner's
+    # table: its finalizer would not leave this one, so the entry is a weak reference.
+    from jobengine._core import known_get, lend
+
+    with pytest.raises(TypeError):
+        lend({}, object())
+    table: dict = {}
+    for owner in (None, Owner()):  # no engine; an engine whose table is another
+        inst = Instance(owner, Job("fields", noop), 13, (), {}, 0, 0)
+        lend(table, inst)
+        assert type(table[inst.uuid_str]) is weakref.ReferenceType
+        assert known_get(table, inst.uuid_str) is inst
+        uuid = inst.uuid_str
+        del inst
+        assert known_get(table, uuid) is None
+
+
+@pytest.mark.timeout(60)
+def test_lookups_find_held_instances_and_forget_dropped_ones():
+    with Manager(num_workers=2) as m:
+        held = [m.submit(pow, 3, i) for i in range(200)]
+        dropped = [m.submit(pow, 5, i).uuid_str for i in range(200)]
+        m.wait()
+        gc.collect()
+        found = m.lookup_instances(Query(uuid=held[7].uuid_str))
+        assert found == [held[7]] and found[0] is held[7]
+        # a dropped one is no object any more: its lookup is built from the store
+        again = m.lookup_instances(Query(uuid=dropped[3]))
+        assert len(again) == 1 and again[0].uuid_str == dropped[3]
+        assert again[0].state is State.COMPLETED
