@@ -164,6 +164,14 @@ class InstanceFields:
     started_mono: int
     completed_ns: int | None
 
+    @property
+    def uuid_str(self) -> str:
+        """The UUID as its canonical string (the key every store uses)."""
+
+    @property
+    def kind(self) -> str:
+        """The kind of the instance's job."""
+
     def __init__(
         self,
         owner: Any,

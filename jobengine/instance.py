@@ -109,21 +109,11 @@ class Instance(LogMethods, InstanceFields, Future[T]):
         rec = self.recurrence
         return [] if rec is None else rec.fire_log
 
-    # -- identity ------------------------------------------------------------------------
-    @property
-    def kind(self) -> str:
-        """The kind of the instance's job."""
-        return self.job.kind
-
+    # -- identity (uuid_str and kind: InstanceFields, compiled) ---------------------------
     @property
     def uuid(self) -> _uuid.UUID:
         """The instance's UUIDv7."""
         return _uuid.UUID(self._uuid_str)
-
-    @property
-    def uuid_str(self) -> str:
-        """The UUID as its canonical string (the key every store uses)."""
-        return self._uuid_str
 
     # -- timestamps ----------------------------------------------------------------------
     @property

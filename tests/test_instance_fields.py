@@ -16,11 +16,13 @@ from jobengine import Job, Manager, Query, State
 from jobengine._core import InstanceFields, settle_results, snapshots
 from jobengine.instance import Instance, Run
 
-MEMBERS = [
+GETSETS = [
     name
     for name, value in vars(InstanceFields).items()
     if type(value).__name__ == "getset_descriptor" and name not in ("__dict__", "__weakref__")
 ]
+PROPERTIES = ["kind", "uuid_str"]  # read-only, compiled
+MEMBERS = [name for name in GETSETS if name not in PROPERTIES]
 
 
 def noop():
@@ -44,8 +46,17 @@ def test_no_class_attribute_hides_a_member():
     # would be found first: reads would see it, writes would go to the attribute array
     # and the compiled calls would never see them.
     for cls in Instance.__mro__[: Instance.__mro__.index(InstanceFields)]:
-        hidden = sorted(set(MEMBERS) & set(vars(cls)))
+        hidden = sorted(set(GETSETS) & set(vars(cls)))
         assert not hidden, f"{cls.__name__} hides {hidden}"
+
+
+def test_uuid_str_and_kind_are_read_only_properties():
+    inst = make()
+    assert (inst.uuid_str, inst.kind) == ("00000000-0000-0000-0000-000000000007", "fields")
+    assert set(PROPERTIES) <= set(GETSETS)
+    for name in PROPERTIES:
+        with pytest.raises(AttributeError):
+            setattr(inst, name, "x")
 
 
 def test_a_new_instance_starts_as_before():
