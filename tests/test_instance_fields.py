@@ -208,3 +208,55 @@ def test_lookups_find_held_instances_and_forget_dropped_ones():
         again = m.lookup_instances(Query(uuid=dropped[3]))
         assert len(again) == 1 and again[0].uuid_str == dropped[3]
         assert again[0].state is State.COMPLETED
+
+
+@pytest.mark.timeout(120)
+def test_lookups_race_instances_being_dropped_and_collected():
+    # Instances dropped (some in cycles, freed by the collector) on one thread while
+    # another looks their uuids up: a lookup returns the very object or nothing, never
+    # a dead one.
+    import random
+    import threading
+
+    with Manager(num_workers=2) as m:
+        uuids: list[str] = []
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def produce():
+            try:
+                for i in range(40):
+                    batch = m.submit_many(pow, [2] * 200, range(200))
+                    uuids.extend(f.uuid_str for f in batch)
+                    for f in batch[::3]:
+                        box = [f]
+                        f.add_done_callback(lambda _f, box=box: box)  # a cycle
+                    for f in batch:
+                        f.result(timeout=60)
+                    del batch, f, box
+                    if i % 5 == 0:
+                        gc.collect()
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                stop.set()
+
+        def look():
+            rng = random.Random(5)
+            try:
+                while not stop.is_set():
+                    if not uuids:
+                        continue
+                    uuid = uuids[rng.randrange(len(uuids))]
+                    for inst in m.lookup_instances(Query(uuid=uuid)):
+                        assert inst.uuid_str == uuid and inst.kind
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=produce), threading.Thread(target=look)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=100)
+        assert not errors, errors
+        assert len(uuids) == 8000
