@@ -1398,61 +1398,44 @@ cdef int _write_task(object w, object inst, dict kind_ids, uint32_t t_task) exce
     # -1 not the common case (the caller sends it the Python way).
     cdef object kind_id = kind_ids.get(inst.job)
     cdef object payload
-    cdef Ring ring
-    cdef Py_ssize_t n
-    cdef const char *p = NULL
     cdef unsigned long long attempt, handle
-    cdef InstanceFields f
+    cdef InstanceFields f = None
+    cdef int written
     if kind_id is None or kind_id not in w.kinds:
         return -1  # its executor goes first (T_DEFINE)
-    if not isinstance(inst, InstanceFields):
-        return _write_task_generic(w, inst, kind_id, t_task)
-    f = <InstanceFields>inst
-    payload = f.payload
-    ring = w.channel.tasks
-    if type(payload) is not bytes:
-        return -1
-    n = PyBytes_GET_SIZE(payload)
-    if <uint64_t>n > je_ring_max_payload(&ring.r):
-        return -1  # spilled to a file
-    if n:
-        p = PyBytes_AS_STRING(payload)
-    handle = f.handle
-    attempt = f.attempts + 1
-    if je_ring_write(&ring.r, t_task, handle | attempt << 32, kind_id, p, <uint32_t>n) != 0:
-        return 0
-    f.attempts = attempt
-    f.worker = w.index
+    if isinstance(inst, InstanceFields):  # (its fields as C members)
+        f = <InstanceFields>inst
+        payload, handle, attempt = f.payload, f.handle, f.attempts + 1
+    else:  # a Run of a recurrence
+        payload, handle, attempt = inst.payload, inst.handle, inst.attempts + 1
+    written = _ring_task(w.channel.tasks, t_task, handle | attempt << 32, kind_id, payload)
+    if written != 1:
+        return written
+    if f is not None:
+        f.attempts = attempt
+        f.worker = w.index
+    else:
+        inst.attempts = attempt
+        inst.worker = w.index
     w.inflight[handle] = inst
     w.dispatched += 1
     return 1
 
 
-cdef int _write_task_generic(object w, object inst, object kind_id, uint32_t t_task) except -2:
-    # _write_task for a unit without C fields (a Run of a recurrence)
-    cdef object payload
-    cdef Ring ring
+cdef int _ring_task(Ring ring, uint32_t t_task, unsigned long long a, object kind_id,
+                    object payload) except -2:
+    # A task record into a worker's ring: 1 written, 0 the ring is full, -1 a payload
+    # it cannot take inline (not bytes, or spilled to a file: the Python way sends it)
     cdef Py_ssize_t n
     cdef const char *p = NULL
-    cdef unsigned long long attempt, handle
-    payload = inst.payload
-    ring = w.channel.tasks
     if type(payload) is not bytes:
         return -1
     n = PyBytes_GET_SIZE(payload)
     if <uint64_t>n > je_ring_max_payload(&ring.r):
-        return -1  # spilled to a file
+        return -1
     if n:
         p = PyBytes_AS_STRING(payload)
-    handle = inst.handle
-    attempt = inst.attempts + 1
-    if je_ring_write(&ring.r, t_task, handle | attempt << 32, kind_id, p, <uint32_t>n) != 0:
-        return 0
-    inst.attempts = attempt
-    inst.worker = w.index
-    w.inflight[handle] = inst
-    w.dispatched += 1
-    return 1
+    return 1 if je_ring_write(&ring.r, t_task, a, kind_id, p, <uint32_t>n) == 0 else 0
 
 
 def deal_tasks(list slots, list free, list instances, dict kind_ids, send, uint32_t t_task):
@@ -1524,33 +1507,24 @@ def release_units(list units, list by_handle, list free, object owner, object ru
     cdef InstanceFields f
     cdef dict known = owner._known
     for unit in units:
-        if isinstance(unit, InstanceFields):
-            f = <InstanceFields>unit
-            h = f.handle
-            if 0 <= h < n and by_handle[h] is unit:
-                by_handle[h] = None
-                free.append(h)
-                if unit.counted:
-                    counted += 1
-                job = f.job
-                if job.transient:
-                    transient.append(job)
-            f.handle = -1
-            uuid = f._uuid_str
-            if known.get(uuid) is unit:
-                # (its finalizer leaves this table when its owner is the engine)
-                known[uuid] = _borrow(unit) if f._owner is owner else _entry_for(known, unit, f._owner)
-            continue
-        h = unit.handle
+        f = <InstanceFields>unit if isinstance(unit, InstanceFields) else None
+        h = f.handle if f is not None else unit.handle  # (None: a Run of a recurrence)
         if 0 <= h < n and by_handle[h] is unit:
             by_handle[h] = None
             free.append(h)
             if unit.counted:
                 counted += 1
-            job = unit.job
+            job = f.job if f is not None else unit.job
             if job.transient:
                 transient.append(job)
-        unit.handle = -1  # (a Run: no entry in `known`)
+        if f is None:
+            unit.handle = -1  # (a Run: no entry in `known`)
+            continue
+        f.handle = -1
+        uuid = f._uuid_str
+        if known.get(uuid) is unit:
+            # (its finalizer leaves this table when its owner is the engine)
+            known[uuid] = _borrow(unit) if f._owner is owner else _entry_for(known, unit, f._owner)
     return counted, transient
 
 
