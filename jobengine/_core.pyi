@@ -154,7 +154,7 @@ class InstanceFields:
     _kwargs: dict | None
     priority: int
     state: Any
-    payload: bytes
+    payload: bytes  # (until dealt, the exception if its arguments could not be pickled)
     created_ns: int
     scheduled_ns: int | None
     handle: int
@@ -221,24 +221,24 @@ def release_units(
     units: list, by_handle: list, free: list, owner: Any, run_type: type
 ) -> tuple[int, list]:
     """Engine._release for each unit (lock held by the caller): free its handle, set
-    unit.handle = -1, turn an Instance's strong entry in owner._known into a
-    Borrowed one.  Returns (freed units that counted toward wait(), the transient jobs
+    unit.handle = -1, turn an Instance's strong entry in owner._known into one that
+    does not keep it (lend).  Returns (freed units that counted toward wait(), the transient jobs
     of the freed units, one per unit)."""
 
 def prune_known(known: dict, done_states: object) -> None:
-    """Engine._prune_known's walk: a strong entry with no handle whose Future's _state
-    is in done_states becomes a Borrowed one."""
+    """Engine._prune_known's walk: drop dead weak references; a strong entry with no
+    handle whose Future's _state is in done_states is lent (lend)."""
 
 class Borrowed:
     """A lookup-table entry for an Instance the engine no longer holds: its address,
     cleared and removed from the table by the Instance's finalizer before it goes."""
 
 def lend(known: dict, inst: InstanceFields) -> None:
-    """Make known's entry for inst a Borrowed one; known must be inst's own engine's
-    table (ValueError otherwise)."""
+    """Make known's entry for inst one that does not keep it alive: a Borrowed one if
+    known is its own engine's table (inst._owner._known), else a weak reference."""
 
 def known_get(known: dict, uuid: str) -> Any:
-    """The Instance the lookup table has for uuid (held, or borrowed and alive), else
+    """The Instance the lookup table has for uuid (held, or lent and alive), else
     None."""
 
 def take_all(q: object) -> list:

@@ -201,10 +201,12 @@ class Engine:
         # uuid: lookups return these objects rather than bare records.  uuid -> the
         # Instance itself while the engine holds it (admitted by the manager, until
         # _release, also on cancel / withdraw), else a _core.Borrowed: its address,
-        # which the Instance's finalizer takes out of the table before it goes.  No
-        # weak reference (an object the collector counts and walks, per finished job)
-        # and no dead entries; the walk as the table doubles only lets go of done
-        # instances the engine still holds (_prune_known).
+        # which the Instance's finalizer takes out of the table before it goes (no
+        # weak reference per finished job for the collector to count and walk).  An
+        # instance a shared queue owns (queue.py: its cancel goes through the store)
+        # gets a weak reference instead: its finalizer would not find this table.  The
+        # walk as the table doubles (_prune_known) drops those that died and lets go
+        # of done instances the engine still holds.
         self._known: dict[str, Instance | _core.Borrowed] = {}
         self._known_limit = 4096
         self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
@@ -460,9 +462,9 @@ class Engine:
             self._prune_known()
 
     def _prune_known(self) -> None:
-        """Let go of a done instance that ended without _release (a backstop: a
-        borrowed entry leaves the table with its Instance): compiled, each time the
-        table has doubled since the last walk."""
+        """Drop the weak references that died and let go of a done instance that
+        ended without _release (a backstop; a borrowed entry leaves the table with its
+        Instance): compiled, each time the table has doubled since the last walk."""
         known = self._known
         _core.prune_known(known, _DONE_STATES)
         self._known_limit = max(4096, 2 * len(known))

@@ -66,7 +66,8 @@ class Instance(LogMethods, InstanceFields, Future[T]):
     __init__: the engine's compiled calls (event drain, dealing, settling, releasing,
     the store rows) read and write them as struct fields, not dictionary-backed
     attributes (issue 14: the engine thread -0.55 us a no-op job, -43 bytes a queued
-    instance).  To Python they are ordinary attributes.
+    instance).  To Python they are ordinary attributes.  Its finalizer takes it out of
+    its engine's lookup table (_core.Borrowed) before it goes.
 
     Speed: Future.__init__ builds a threading.Condition (~1 us) and two lists that most
     instances never need (nobody waits on most of a batch's futures), and every such
