@@ -154,7 +154,7 @@ class InstanceFields:
     _kwargs: dict | None
     priority: int
     state: Any
-    payload: bytes  # (until dealt, the exception if its arguments could not be pickled)
+    payload: bytes  # (or the exception, when its arguments could not be pickled)
     created_ns: int
     scheduled_ns: int | None
     handle: int

@@ -9,11 +9,23 @@ import gc
 import pickle
 import weakref
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from jobengine import Job, Manager, Query, State
-from jobengine._core import InstanceFields, settle_results, snapshots
+from jobengine._core import (
+    InstanceFields,
+    known_get,
+    prune_known,
+    release_units,
+    settle_results,
+    snapshots,
+)
+from jobengine.engine import _DONE_STATES
 from jobengine.instance import Instance, Run
 
 GETSETS = [
@@ -260,3 +272,94 @@ def test_lookups_race_instances_being_dropped_and_collected():
             t.join(timeout=100)
         assert not errors, errors
         assert len(uuids) == 8000
+
+
+# -- the lookup table against a model ------------------------------------------------------
+class LookupTableMachine(RuleBasedStateMachine):
+    """The engine's lookup table (strong entries while the engine holds an instance,
+    lent ones after release_units or prune_known's backstop) against the model it must
+    follow: an entry finds its Instance exactly while that Instance is alive, and no
+    entry outlives it, whoever drops it last, in a cycle or not."""
+
+    def __init__(self):
+        super().__init__()
+        self.owner = Owner()
+        self.table = self.owner._known
+        self.by_handle: list = []  # the engine's own strong references
+        self.free: list = []
+        self.user: dict = {}  # the references a caller holds
+        self.refs: dict = {}  # uuid -> weakref: the oracle of what is alive
+        self.lent: set = set()  # the entries that no longer keep their instance
+        self.let_go: set = set()  # ended without release: lent at the next prune
+        self.n = 0
+
+    def _alive(self, where):
+        return sorted(u for u in where if self.refs[u]() is not None)
+
+    @rule()
+    def admit(self):
+        self.n += 1
+        inst = Instance(self.owner, Job("fields", noop), self.n, (), {}, 0, 0)
+        h = self.free.pop() if self.free else len(self.by_handle)
+        if h == len(self.by_handle):
+            self.by_handle.append(None)
+        self.by_handle[h] = inst
+        inst.handle = h
+        self.table[inst.uuid_str] = inst  # (Engine.admit: held)
+        self.user[inst.uuid_str] = inst
+        self.refs[inst.uuid_str] = weakref.ref(inst)
+
+    @rule(data=st.data())
+    def release(self, data):
+        held = [i for i in self.by_handle if i is not None]
+        if held:
+            inst = data.draw(st.sampled_from(held))
+            release_units([inst], self.by_handle, self.free, self.owner, Run)
+            assert inst.handle == -1
+            self.lent.add(inst.uuid_str)
+
+    @rule(data=st.data())
+    def let_go_without_release(self, data):
+        # an instance that ended without Engine._release: prune_known's backstop
+        held = [i for i in self.by_handle if i is not None]
+        if held:
+            inst = data.draw(st.sampled_from(held))
+            self.by_handle[inst.handle] = None
+            inst.handle = -1
+            inst._state = FINISHED
+            self.let_go.add(inst.uuid_str)
+
+    @rule(data=st.data(), cycle=st.booleans())
+    def drop(self, data, cycle):
+        if self.user:
+            uuid = data.draw(st.sampled_from(sorted(self.user)))
+            inst = self.user.pop(uuid)
+            if cycle:
+                inst.args = (inst,)  # only the collector can free it now
+            del inst
+
+    @rule()
+    def collect(self):
+        gc.collect()
+        # what only a lent entry refers to is gone (the table keeps nobody alive)
+        assert self._alive(self.lent - set(self.user)) == []
+
+    @rule()
+    def prune(self):
+        prune_known(self.table, _DONE_STATES)
+        self.lent |= self.let_go
+        self.let_go = set()
+
+    @invariant()
+    def finds_exactly_the_living(self):
+        gc.disable()  # (a collection in the middle of the check would move its ground)
+        try:
+            for uuid, ref in self.refs.items():
+                assert known_get(self.table, uuid) is ref()
+            assert sorted(self.table) == self._alive(self.refs)
+        finally:
+            gc.enable()
+
+
+TestLookupTable = LookupTableMachine.TestCase
+TestLookupTable.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
