@@ -1281,26 +1281,16 @@ def snapshots(list touched, dict outcomes):
     cdef set seen = set()
     cdef list out = []
     cdef Py_ssize_t i
-    cdef object u, uuid
+    cdef object uuid
     cdef InstanceFields f
     for i in range(len(touched) - 1, -1, -1):
-        u = touched[i]
-        if isinstance(u, InstanceFields):  # (every Instance: its fields as C members)
-            f = <InstanceFields>u
-            uuid = f._uuid_str
-            if uuid in seen:
-                continue
-            seen.add(uuid)
-            out.append((uuid, f.job.kind, f.state._value_, f.priority, f.attempts,
-                        f.created_ns, f.scheduled_ns, f.processed_ns, f.completed_ns,
-                        outcomes.pop(uuid, None)))
-            continue
-        uuid = u._uuid_str  # (what the uuid_str property returns, without the call)
+        f = <InstanceFields?>touched[i]  # (only Instances: a Run's records touch its parent)
+        uuid = f._uuid_str
         if uuid in seen:
             continue
         seen.add(uuid)
-        out.append((uuid, u.job.kind, u.state._value_, u.priority, u.attempts, u.created_ns,
-                    u.scheduled_ns, u.processed_ns, u.completed_ns, outcomes.pop(uuid, None)))
+        out.append((uuid, f.job.kind, f.state._value_, f.priority, f.attempts, f.created_ns,
+                    f.scheduled_ns, f.processed_ns, f.completed_ns, outcomes.pop(uuid, None)))
     out.reverse()
     return out
 
@@ -1492,13 +1482,13 @@ cdef enum:
     _FLAG_LARGE = 0x100
 
 
-def release_units(list units, list by_handle, list free, object owner, object run_type):
+def release_units(list units, list by_handle, list free, object owner):
     """Engine._release for each unit, compiled (the engine thread runs it for every
     finished job): free its handle (by_handle[h] = None, h onto `free`) if it still
     holds one, set unit.handle = -1, and turn the engine's own (strong) entry in its
     lookup table (owner._known, owner the engine) for an Instance into a borrowed
-    one (Borrowed; a Run, of type run_type, shares its recurrence's uuid and never
-    has an entry of its own).  Returns (how many of the freed units counted toward
+    one (Borrowed; a Run shares its recurrence's uuid and never has an entry of its
+    own).  Returns (how many of the freed units counted toward
     wait(), the jobs of freed units whose job is transient, one per unit).  The lock
     is the caller's."""
     cdef Py_ssize_t h, n = len(by_handle)
@@ -1572,20 +1562,11 @@ def settle_results(pending, finished, log, list units, list results):
     for i in range(len(units)):
         unit = units[i]
         try:
-            if isinstance(unit, InstanceFields) and unit._cond is None:
-                f = <InstanceFields>unit
-                if f._state != pending:
-                    unit.set_result(results[i])  # (it raises InvalidStateError)
-                    continue
+            f = <InstanceFields?>unit  # (the drain's units: Instances, never a Run)
+            if unit._cond is None and f._state == pending:
                 f._result = results[i]
                 f._exception = None
                 f._state = finished
-                if unit._cond is not None:  # made meanwhile: its waiter needs the news
-                    unit._notify_settled()
-            elif unit._cond is None and unit._state == pending:
-                unit._result = results[i]
-                unit._exception = None
-                unit._state = finished
                 if unit._cond is not None:  # made meanwhile: its waiter needs the news
                     unit._notify_settled()
             else:

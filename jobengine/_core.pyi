@@ -217,9 +217,7 @@ def settle_results(
     """Instance.set_result(result) for each unit, in order (the no-waiter case inline);
     one that raises is logged on `log`, the others still settle."""
 
-def release_units(
-    units: list, by_handle: list, free: list, owner: Any, run_type: type
-) -> tuple[int, list]:
+def release_units(units: list, by_handle: list, free: list, owner: Any) -> tuple[int, list]:
     """Engine._release for each unit (lock held by the caller): free its handle, set
     unit.handle = -1, turn an Instance's strong entry in owner._known into one that
     does not keep it (lend).  Returns (freed units that counted toward wait(), the transient jobs

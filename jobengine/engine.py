@@ -540,9 +540,7 @@ class Engine:
         """_release for each of `units` (lock held): the handles freed in one compiled
         call (_core.release_units), which also turns the engine's strong entry for
         each instance in the lookup table into a borrowed one."""
-        counted, transient = _core.release_units(
-            units, self._by_handle, self._free_handles, self, Run
-        )
+        counted, transient = _core.release_units(units, self._by_handle, self._free_handles, self)
         self._active -= counted
         for job in transient:
             self.job_settled(job)

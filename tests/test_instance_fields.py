@@ -315,7 +315,7 @@ class LookupTableMachine(RuleBasedStateMachine):
         held = [i for i in self.by_handle if i is not None]
         if held:
             inst = data.draw(st.sampled_from(held))
-            release_units([inst], self.by_handle, self.free, self.owner, Run)
+            release_units([inst], self.by_handle, self.free, self.owner)
             assert inst.handle == -1
             self.lent.add(inst.uuid_str)
 
