@@ -1166,6 +1166,35 @@ cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
 
 
+# A queued instance's row, compact.  Most rows the store keeps at any moment belong to
+# instances that are only waiting: their whole story is CREATED and SCHEDULED at the
+# instant they were made.  Such a row is kept as (kind, priority, created_ns), a tuple
+# (64 bytes, and the collector stops tracking it) instead of the 16-item list (192
+# bytes), and becomes the list, the same values, when it is written again or read
+# (issue 14: memory per queued instance).  The two records it stands for:
+cdef int _V_CREATED = 1, _V_SCHEDULED = 2  # State.CREATED/SCHEDULED's values (tested)
+cdef object _CODE_CREATED = _V_CREATED | 1 << 24  # (state | attempt 0 << 8 | run 1 << 24)
+cdef object _CODE_SCHEDULED = _V_SCHEDULED | 1 << 24
+
+
+cdef list _unpack_fresh(tuple fresh, int records):
+    # the list row a compact one stands for, with its first `records` (0-2) records
+    kind, priority, created = fresh
+    cdef list row = [kind, _V_SCHEDULED, priority, 0, created, created, None, None]
+    if records > 0:
+        row += [_CODE_CREATED, created, None, None]
+    if records > 1:
+        row += [_CODE_SCHEDULED, created, None, None]
+    PyObject_GC_UnTrack(<void *>row)
+    return row
+
+
+def memory_row_list(object row):
+    """A MemoryStore row as its list (stores/memory.py): a compact queued row (a tuple,
+    see memory_write) unpacked into a new list, any other row itself."""
+    return _unpack_fresh(row, 2) if type(row) is tuple else row
+
+
 cdef inline object _memory_row(dict rows, object uuid, object kind):
     # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape).  Not
     # tracked by the garbage collector: a row holds only strings, numbers and None, so
@@ -1177,7 +1206,24 @@ cdef inline object _memory_row(dict rows, object uuid, object kind):
         row = [kind, None, 0, 0, 0, None, None, None]
         PyObject_GC_UnTrack(<void *>row)
         rows[uuid] = row
+    elif type(row) is tuple:  # a compact queued row, written again
+        row = rows[uuid] = _unpack_fresh(<tuple>row, 2)
     return row
+
+
+cdef inline object _compact(list row):
+    # the compact form of a row that holds exactly a queued instance's story (header:
+    # SCHEDULED at its creation, never tried, no outcome; records: CREATED and
+    # SCHEDULED at that instant, attempt 0, run 1, no worker, no cause), else None
+    if len(row) != 16:
+        return None
+    created = row[4]
+    if (row[1] == _V_SCHEDULED and row[3] == 0 and row[5] == created and row[6] is None
+            and row[7] is None and row[8] == _CODE_CREATED and row[9] == created
+            and row[10] is None and row[11] is None and row[12] == _CODE_SCHEDULED
+            and row[13] == created and row[14] is None and row[15] is None):
+        return (row[0], row[2], created)
+    return None
 
 
 def memory_write(dict rows, dict finished, dict outcomes, list instances, list states,
@@ -1186,7 +1232,9 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     """MemoryStore.write_batch's loops, compiled (the engine thread runs them for every
     record of every instance on the default store).  Layout as in stores/memory.py:
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
-    completed, then 4 items per state record]; finished: uuid -> completed_ns, oldest
+    completed, then 4 items per state record], or for an instance that is only queued
+    (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
+    the compact (kind, priority, created) that memory_row_list unpacks; finished: uuid -> completed_ns, oldest
     first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e", ...), kept
     raw and turned into store columns when read, except a result over max_raw bytes,
     which big_outcome(outcome) turns into its columns now (it is not kept).  Returns
@@ -1195,7 +1243,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     with its row, logs and outcome (MemoryStore._drop, per job once the store is full).
     The uuids returned may include some of those."""
     cdef tuple r
-    cdef object uuid, row, o, code
+    cdef object uuid, row, o, code, compact
     cdef list done = [] if want_finished else None
     cdef long long s, a, run
     cdef Py_ssize_t j
@@ -1232,6 +1280,10 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
         (<list>row).append(r[3])
         (<list>row).append(r[5])
         (<list>row).append(r[7])
+        if s == _V_SCHEDULED and len(<list>row) == 16:  # perhaps now a queued one's story
+            compact = _compact(<list>row)
+            if compact is not None:
+                rows[uuid] = compact
     for r in logs:
         uuid = r[0]
         row = all_logs.get(uuid)

@@ -258,6 +258,11 @@ def deal_tasks(
     common task written here, the rest through send(w, inst).  Returns (requeue,
     failed, touched)."""
 
+def memory_row_list(row: list | tuple) -> list:
+    """A MemoryStore row as its list: a compact queued row ((kind, priority,
+    created_ns): SCHEDULED, its CREATED and SCHEDULED records at created_ns) unpacked
+    into a new list, any other row itself."""
+
 def memory_write(
     rows: dict,
     finished: dict,

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from itertools import islice
 
-from .._core import memory_write
+from .._core import memory_row_list, memory_write
 from ..payloads import MAX_RESULT_BYTES, outcome_columns
 from ..query import Query
 from ..records import (
@@ -54,6 +54,8 @@ class MemoryStore(Store):
     # Per instance, one flat list: the InstanceRecord's fields, then its history as
     # HISTORY_STRIDE items per record.  No object per record, one dict entry per
     # instance: about half the memory of record tuples (bench/load.py measures it).
+    # An instance that is only queued has a compact row, a (kind, priority, created)
+    # tuple (_core.memory_write says when); memory_row_list gives the list it stands for.
     HEADER = 8  # kind, state, priority, attempts, created, scheduled, processed, completed
     HISTORY_STRIDE = 4  # state | attempt << 8 | run << 24, time_ns, worker, cause
 
@@ -66,7 +68,7 @@ class MemoryStore(Store):
         self.namespace = namespace
         self.set_retention(max_instances, max_age)
         self._lock = threading.RLock()  # (enqueue writes its records under it)
-        self._rows: dict[str, list] = {}  # uuid -> header + flattened history
+        self._rows: dict[str, list | tuple] = {}  # uuid -> header + flat history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
         # uuid -> (result payload, error, note), or the outcome as recorded (a tuple
@@ -84,6 +86,8 @@ class MemoryStore(Store):
         row = self._rows.get(uuid)
         if row is None:
             row = self._rows[uuid] = [kind, None, 0, 0, 0, None, None, None]
+        elif type(row) is tuple:  # compact: the list it stands for, to change
+            row = self._rows[uuid] = memory_row_list(row)
         return row
 
     # -- writes ------------------------------------------------------------------------
@@ -182,7 +186,10 @@ class MemoryStore(Store):
     def get_instance(self, uuid: str) -> InstanceRecord | None:
         with self._lock:
             row = self._rows.get(uuid)
-            if row is None or row[1] is None:
+            if row is None:
+                return None
+            row = memory_row_list(row)
+            if row[1] is None:
                 return None
             return self._instance(uuid, row)
 
@@ -190,9 +197,9 @@ class MemoryStore(Store):
         with self._lock:
             if query.uuid is not None:
                 row = self._rows.get(query.uuid)
-                candidates = [] if row is None else [(query.uuid, row[:8])]
+                candidates = [] if row is None else [(query.uuid, memory_row_list(row)[:8])]
             else:
-                candidates = [(u, row[:8]) for u, row in self._rows.items()]
+                candidates = [(u, memory_row_list(row)[:8]) for u, row in self._rows.items()]
             out = []
             limit = query.limit
             for uuid, head in candidates:
@@ -209,6 +216,7 @@ class MemoryStore(Store):
             row = self._rows.get(uuid)
             if row is None:
                 return []
+            row = memory_row_list(row)
             kind, flat = row[0], row[8:]
         out = []
         for i in range(0, len(flat), 4):
@@ -391,7 +399,8 @@ class MemoryStore(Store):
             done = self._done.get(origin, [])
             uuids, self._done[origin] = done[:limit], done[limit:]
             rows = [(u, self._rows.get(u)) for u in uuids]
-            return [self._instance(u, row) for u, row in rows if row is not None and row[1]]
+            rows = [(u, memory_row_list(row)) for u, row in rows if row is not None]
+            return [self._instance(u, row) for u, row in rows if row[1]]
 
     def queue_length(self) -> int:
         with self._lock:
@@ -403,6 +412,9 @@ class MemoryStore(Store):
         with self._lock:
             for uuid in list(self._rows):
                 row = self._rows[uuid]
+                if type(row) is tuple and not _in_window(row[2], before_ns, after_ns):
+                    continue  # compact, and both its records (at row[2]) stay
+                row = self._row(uuid, None)
                 flat = row[8:]
                 keep = []
                 for i in range(0, len(flat), 4):
