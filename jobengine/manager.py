@@ -107,6 +107,17 @@ def _register_exit_hook() -> None:
 _register_exit_hook()
 
 
+def _forget_engines_in_child() -> None:
+    """os.fork() child: the managers of the parent are not this process's (their
+    threads did not come along, their workers are the parent's).  Its exit must not
+    drain or wait for the copies, nor a stop a signal began in the parent."""
+    _live_engines.clear()
+    _signal_stops.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_in_child)
+
+
 def _abandon(engine: Engine) -> None:
     """A Manager was garbage-collected without shutdown: its engine runs what it holds,
     then stops its supervisor and workers (nobody waits for it)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -76,7 +77,13 @@ def user_code() -> Iterator[None]:
 
 class SignalStop:
     """On SIGINT or SIGTERM, call `begin_stop()` (a graceful stop), then raise
-    KeyboardInterrupt (SIGINT) or exit with 128 + the signal number (SIGTERM)."""
+    KeyboardInterrupt (SIGINT) or exit with 128 + the signal number (SIGTERM).
+
+    Only in the process that installed them: a process forked from it (a
+    multiprocessing or concurrent.futures worker, a plain os.fork()) gets the handlers
+    it had before back as it starts (_restore_in_child), so it dies of SIGTERM as it
+    would without jobengine (Pool.terminate() counts on that) and never tries to stop
+    a copy of a manager whose threads did not come with it."""
 
     def __init__(self, begin_stop: Callable[[], None]):
         self._begin_stop = begin_stop
@@ -104,20 +111,42 @@ class SignalStop:
             if signal.getsignal(sig) is default:
                 self._old[sig] = default
                 signal.signal(sig, self._on_signal)
+        if self._old:
+            _installed.add(self)
 
     def restore(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._put_back()
+
+    def _put_back(self) -> None:
         for sig, old in self._old.items():
             if signal.getsignal(sig) == self._on_signal:
                 signal.signal(sig, old)
         self._old = {}
+        _installed.discard(self)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._begin_stop()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
+
+
+_installed: set[SignalStop] = set()  # those whose handlers are in place in this process
+
+
+def _restore_in_child() -> None:
+    """os.fork() child: the handlers each SignalStop replaced, back (the forking thread
+    is the child's main thread, where signal.signal works)."""
+    for stop in list(_installed):
+        try:
+            stop._put_back()  # noqa: SLF001 - its own class, at module level
+        except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+            _installed.discard(stop)
+
+
+os.register_at_fork(after_in_child=_restore_in_child)
 
 
 __all__ = ["SIGNAL_SLICE_S", "SignalStop", "join", "start_thread", "user_code", "wait_for"]

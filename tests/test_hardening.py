@@ -359,6 +359,85 @@ def test_signal_handlers_are_installed_only_in_programs_or_when_asked():
                                     "False default default"], err  # fmt: skip
 
 
+def _child_handlers(conn):
+    # (a forked child) which SIGINT / SIGTERM handlers it started with
+    conn.send((signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+               signal.getsignal(signal.SIGTERM) == signal.SIG_DFL))  # fmt: skip
+    time.sleep(60)
+
+
+def test_a_process_forked_while_a_manager_runs_dies_of_sigterm_as_without_jobengine():
+    # A multiprocessing worker forked from a program whose manager runs is not the
+    # manager's process: it starts with the handlers the program had before jobengine
+    # installed its own, so terminate() ends it with SIGTERM (-15), as
+    # multiprocessing.Pool.terminate() expects, and it never acts on a copy of the
+    # parent's manager.
+    import multiprocessing as mp
+
+    m = Manager(1, handle_signals=True).start()
+    try:
+        ours = signal.getsignal(signal.SIGTERM)
+        assert ours != signal.SIG_DFL
+        parent, child = mp.get_context("fork").Pipe()
+        proc = mp.get_context("fork").Process(target=_child_handlers, args=(child,))
+        proc.start()
+        assert parent.poll(30)
+        assert parent.recv() == (True, True)  # the defaults, not the manager's
+        proc.terminate()
+        proc.join(10)
+        assert proc.exitcode == -signal.SIGTERM
+        # the parent's manager and handlers are as they were
+        assert signal.getsignal(signal.SIGTERM) == ours
+        assert m.submit(jobs.add, 2, 3).result(timeout=30) == 5
+    finally:
+        m.stop()
+
+
+def test_multiprocessing_pool_terminate_while_a_manager_runs():
+    import multiprocessing as mp
+
+    m = Manager(2, handle_signals=True).start()
+    try:
+        for _ in range(3):
+            pool = mp.get_context("fork").Pool(2)
+            assert sorted(pool.imap_unordered(abs, range(-500, 0), chunksize=1))[0] == 1
+            workers = list(pool._pool)  # noqa: SLF001 - the exit codes terminate() left
+            t = time.monotonic()
+            pool.terminate()
+            assert time.monotonic() - t < 10
+            assert {w.exitcode for w in workers} <= {-signal.SIGTERM, 0}
+        assert m.submit(jobs.add, 1, 1).result(timeout=30) == 2
+    finally:
+        m.stop()
+
+
+def test_a_forked_child_exits_without_touching_the_parents_manager():
+    # os.fork() while a manager holds running work; the child exits normally (its exit
+    # hooks run): it must not wait for, drain or stop the copy of the manager it got.
+    proc = _script("""
+        import os, sys, time
+        import jobs
+        from jobengine import Manager
+        m = Manager(1).start()
+        ji = m.submit(jobs.sleep_then, 3, "done")
+        time.sleep(0.5)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(7)  # interpreter exit: threading's exit hooks, atexit
+        t = time.monotonic()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), round(time.monotonic() - t, 1))
+        print(ji.result(timeout=30), m.lookup_instance_history(ji)[-1].state.name)
+        m.stop()
+    """)
+    out, err = proc.communicate(timeout=60)
+    lines = out.split("\n")
+    code, took = lines[0].split()
+    assert code == "7", err
+    assert float(took) < 2.0, err  # not held until the parent's job ends
+    assert lines[1] == "done COMPLETED", err
+
+
 def test_a_day_of_far_future_work_is_accepted():
     at = datetime.now(UTC) + timedelta(days=365 * 99)
     mgr = Manager(1)
