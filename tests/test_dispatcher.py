@@ -150,6 +150,9 @@ def _idle(m):
     engine = m._engine
     wait_for(all_workers_up(m))
     wait_for(lambda: not engine.has_pending() and not len(engine.core))
+    # and its thread between turns (it may still be settling the last job's Future:
+    # the submitting thread deals only while nobody holds the turn)
+    wait_for(lambda: not engine._turn.locked())
 
 
 def _dealing_threads(monkeypatch, engine) -> list[str]:
