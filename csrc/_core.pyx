@@ -1169,7 +1169,7 @@ cdef extern from "Python.h":
 # A queued instance's row, compact.  Most rows the store keeps at any moment belong to
 # instances that are only waiting: their whole story is CREATED and SCHEDULED at the
 # instant they were made.  Such a row is kept as (kind, priority, created_ns), a tuple
-# (64 bytes, and the collector stops tracking it) instead of the 16-item list (192
+# (64 bytes, and the collector stops tracking it) instead of the 16-item list (184
 # bytes), and becomes the list, the same values, when it is written again or read
 # (issue 14: memory per queued instance).  The two records it stands for:
 cdef int _V_CREATED = 1, _V_SCHEDULED = 2  # State.CREATED/SCHEDULED's values (tested)
@@ -1177,14 +1177,11 @@ cdef object _CODE_CREATED = _V_CREATED | 1 << 24  # (state | attempt 0 << 8 | ru
 cdef object _CODE_SCHEDULED = _V_SCHEDULED | 1 << 24
 
 
-cdef list _unpack_fresh(tuple fresh, int records):
-    # the list row a compact one stands for, with its first `records` (0-2) records
+cdef list _unpack_fresh(tuple fresh):
+    # the list row a compact one stands for: its header, then its two records
     kind, priority, created = fresh
-    cdef list row = [kind, _V_SCHEDULED, priority, 0, created, created, None, None]
-    if records > 0:
-        row += [_CODE_CREATED, created, None, None]
-    if records > 1:
-        row += [_CODE_SCHEDULED, created, None, None]
+    cdef list row = [kind, _V_SCHEDULED, priority, 0, created, created, None, None,
+                     _CODE_CREATED, created, None, None, _CODE_SCHEDULED, created, None, None]
     PyObject_GC_UnTrack(<void *>row)
     return row
 
@@ -1192,7 +1189,7 @@ cdef list _unpack_fresh(tuple fresh, int records):
 def memory_row_list(object row):
     """A MemoryStore row as its list (stores/memory.py): a compact queued row (a tuple,
     see memory_write) unpacked into a new list, any other row itself."""
-    return _unpack_fresh(row, 2) if type(row) is tuple else row
+    return _unpack_fresh(row) if type(row) is tuple else row
 
 
 cdef inline object _memory_row(dict rows, object uuid, object kind):
@@ -1207,7 +1204,7 @@ cdef inline object _memory_row(dict rows, object uuid, object kind):
         PyObject_GC_UnTrack(<void *>row)
         rows[uuid] = row
     elif type(row) is tuple:  # a compact queued row, written again
-        row = rows[uuid] = _unpack_fresh(<tuple>row, 2)
+        row = rows[uuid] = _unpack_fresh(<tuple>row)
     return row
 
 
@@ -1234,8 +1231,8 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
     completed, then 4 items per state record], or for an instance that is only queued
     (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
-    the compact (kind, priority, created) that memory_row_list unpacks; finished: uuid -> completed_ns, oldest
-    first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e", ...), kept
+    the compact (kind, priority, created) that memory_row_list unpacks; finished: uuid
+    -> completed_ns, oldest first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e", ...), kept
     raw and turned into store columns when read, except a result over max_raw bytes,
     which big_outcome(outcome) turns into its columns now (it is not kept).  Returns
     the uuids that reached a final state when want_finished, else None.  Retention:
