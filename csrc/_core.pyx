@@ -1232,9 +1232,10 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     completed, then 4 items per state record], or for an instance that is only queued
     (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
     the compact (kind, priority, created) that memory_row_list unpacks; finished: uuid
-    -> completed_ns, oldest first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e", ...), kept
-    raw and turned into store columns when read, except a result over max_raw bytes,
-    which big_outcome(outcome) turns into its columns now (it is not kept).  Returns
+    -> completed_ns, oldest first; outcomes[uuid] = the outcome tuple as recorded
+    ("r", raw) / ("e", ...), kept raw and turned into store columns when read, except
+    a result over max_raw bytes, which big_outcome(outcome) turns into its columns now
+    (it is not kept).  Returns
     the uuids that reached a final state when want_finished, else None.  Retention:
     with keep >= 0, the oldest finished instances beyond `keep` are forgotten, each
     with its row, logs and outcome (MemoryStore._drop, per job once the store is full).
@@ -1537,9 +1538,8 @@ def release_units(list units, list by_handle, list free, object owner):
     holds one, set unit.handle = -1, and turn the engine's own (strong) entry in its
     lookup table (owner._known, owner the engine) for an Instance into a borrowed
     one (Borrowed; a Run shares its recurrence's uuid and never has an entry of its
-    own).  Returns (how many of the freed units counted toward
-    wait(), the jobs of freed units whose job is transient, one per unit).  The lock
-    is the caller's."""
+    own).  Returns (how many of the freed units counted toward wait(), the jobs of
+    freed units whose job is transient, one per unit).  The lock is the caller's."""
     cdef Py_ssize_t h, n = len(by_handle)
     cdef long long counted = 0
     cdef list transient = []

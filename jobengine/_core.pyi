@@ -220,8 +220,8 @@ def settle_results(
 def release_units(units: list, by_handle: list, free: list, owner: Any) -> tuple[int, list]:
     """Engine._release for each unit (lock held by the caller): free its handle, set
     unit.handle = -1, turn an Instance's strong entry in owner._known into one that
-    does not keep it (lend).  Returns (freed units that counted toward wait(), the transient jobs
-    of the freed units, one per unit)."""
+    does not keep it (lend).  Returns (freed units that counted toward wait(), the
+    transient jobs of the freed units, one per unit)."""
 
 def prune_known(known: dict, done_states: object) -> None:
     """Engine._prune_known's walk: drop dead weak references; a strong entry with no
