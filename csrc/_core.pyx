@@ -14,6 +14,7 @@ from cpython.array cimport array, clone
 from cpython.list cimport PyList_New
 from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_DelItem
 from cpython.ref cimport PyObject
+from cpython.number cimport PyNumber_Index
 import array as _array_mod
 
 cdef extern from "heap.h" nogil:
@@ -1067,8 +1068,11 @@ cdef class InstanceFields:
     _result and _exception live here too); instance.py documents each field."""
 
     cdef public object _state, _result, _exception, _owner, job, _uuid_str, args, _kwargs
-    cdef public object priority, state, payload, created_ns, scheduled_ns, handle, attempts
+    cdef public object priority, state, payload, handle, attempts
     cdef public object worker, processed_ns, started_mono, completed_ns
+    # Unboxed (_NO_NS: None): every queued instance has both, and as int objects they
+    # were 40 bytes more per queued instance (one int, shared with the store's row)
+    cdef int64_t _created_ns, _scheduled_ns
 
     def __init__(self, owner, job, uid, args, kwargs, priority, created_ns):
         # Future.__init__ minus its Condition and lists (instance.py: Instance makes
@@ -1084,10 +1088,29 @@ cdef class InstanceFields:
         self.priority = priority
         self.state = _CREATED if _CREATED is not None else _created_state()
         self.payload = b""
-        self.created_ns = created_ns
+        self._created_ns = _ns_field(created_ns)
+        self._scheduled_ns = _NO_NS
         self.handle = -1
         self.attempts = 0
         self.started_mono = 0
+
+    @property
+    def created_ns(self):
+        """When it was made (Unix ns)."""
+        return _ns(self._created_ns)
+
+    @created_ns.setter
+    def created_ns(self, value):
+        self._created_ns = _ns_field(value)
+
+    @property
+    def scheduled_ns(self):
+        """When it is (or was) due to run (Unix ns); None until it is scheduled."""
+        return _ns(self._scheduled_ns)
+
+    @scheduled_ns.setter
+    def scheduled_ns(self, value):
+        self._scheduled_ns = _ns_field(value)
 
     # Read on every path that records or looks up an instance: as C properties they
     # cost a third of what a Python property does.
@@ -1143,6 +1166,25 @@ def _restore_instance(cls, tuple members, attributes):
     return f
 
 
+# A time field's None, unboxed (no instant this engine handles is 292 years before 1970)
+cdef int64_t _NO_NS = INT64_MIN
+
+
+cdef inline object _ns(int64_t value):
+    return None if value == _NO_NS else value
+
+
+cdef int64_t _ns_field(object value) except? -1:
+    # what a time field keeps: None, or an int (no float truncated) that fits in
+    # int64 and is not the None marker
+    if value is None:
+        return _NO_NS
+    cdef int64_t v = PyNumber_Index(value)
+    if v == _NO_NS:
+        raise OverflowError(f"a time in ns must be above {_NO_NS}")
+    return v
+
+
 cdef object _FUTURE_PENDING = "PENDING"  # concurrent.futures._base.PENDING
 cdef object _CREATED = None  # State.CREATED (state.py), looked up on first use
 
@@ -1165,31 +1207,49 @@ cdef list _state_codes = [None] * (128 * 4)
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
 
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+
 
 # A queued instance's row, compact.  Most rows the store keeps at any moment belong to
 # instances that are only waiting: their whole story is CREATED and SCHEDULED at the
-# instant they were made.  Such a row is kept as (kind, priority, created_ns), a tuple
-# (64 bytes, and the collector stops tracking it) instead of the 16-item list (184
-# bytes), and becomes the list, the same values, when it is written again or read
-# (issue 14: memory per queued instance).  The two records it stands for:
+# instant they were made.  Such a row is kept as a QueuedRow (48 bytes, its time
+# unboxed, nothing for the collector to track) instead of the 16-item list (184 bytes)
+# and the int of its time (40), and becomes the list, the same values, when it is
+# written again or read (issue 14: memory per queued instance).  The two records it
+# stands for:
 cdef int _V_CREATED = 1, _V_SCHEDULED = 2  # State.CREATED/SCHEDULED's values (tested)
 cdef object _CODE_CREATED = _V_CREATED | 1 << 24  # (state | attempt 0 << 8 | run 1 << 24)
 cdef object _CODE_SCHEDULED = _V_SCHEDULED | 1 << 24
 
 
-cdef list _unpack_fresh(tuple fresh):
+@cython.no_gc  # it holds a str and an int: never part of a reference cycle
+@cython.final
+@cython.auto_pickle(False)
+cdef class QueuedRow:
+    """A MemoryStore row (stores/memory.py) of an instance that is only queued: made
+    by memory_write, read through memory_row_list.  Not a public type."""
+
+    cdef readonly object kind, priority
+    cdef readonly int64_t created_ns
+
+    def __repr__(self):
+        return f"QueuedRow({self.kind!r}, {self.priority!r}, {self.created_ns})"
+
+
+cdef list _unpack_fresh(QueuedRow fresh):
     # the list row a compact one stands for: its header, then its two records
-    kind, priority, created = fresh
-    cdef list row = [kind, _V_SCHEDULED, priority, 0, created, created, None, None,
-                     _CODE_CREATED, created, None, None, _CODE_SCHEDULED, created, None, None]
+    created = fresh.created_ns
+    cdef list row = [fresh.kind, _V_SCHEDULED, fresh.priority, 0, created, created, None,
+                     None, _CODE_CREATED, created, None, None, _CODE_SCHEDULED, created,
+                     None, None]
     PyObject_GC_UnTrack(<void *>row)
     return row
 
 
 def memory_row_list(object row):
-    """A MemoryStore row as its list (stores/memory.py): a compact queued row (a tuple,
-    see memory_write) unpacked into a new list, any other row itself."""
-    return _unpack_fresh(row) if type(row) is tuple else row
+    """A MemoryStore row as its list (stores/memory.py): a compact queued row (a
+    QueuedRow, see memory_write) unpacked into a new list, any other row itself."""
+    return _unpack_fresh(row) if type(row) is QueuedRow else row
 
 
 cdef inline object _memory_row(dict rows, object uuid, object kind):
@@ -1203,23 +1263,35 @@ cdef inline object _memory_row(dict rows, object uuid, object kind):
         row = [kind, None, 0, 0, 0, None, None, None]
         PyObject_GC_UnTrack(<void *>row)
         rows[uuid] = row
-    elif type(row) is tuple:  # a compact queued row, written again
-        row = rows[uuid] = _unpack_fresh(<tuple>row)
+    elif type(row) is QueuedRow:  # a compact queued row, written again
+        row = rows[uuid] = _unpack_fresh(<QueuedRow>row)
     return row
 
 
 cdef inline object _compact(list row):
     # the compact form of a row that holds exactly a queued instance's story (header:
     # SCHEDULED at its creation, never tried, no outcome; records: CREATED and
-    # SCHEDULED at that instant, attempt 0, run 1, no worker, no cause), else None
+    # SCHEDULED at that instant, attempt 0, run 1, no worker, no cause; a time that is
+    # an int64), else None
+    cdef QueuedRow compact
     if len(row) != 16:
         return None
     created = row[4]
+    if type(created) is not int:
+        return None
+    cdef int overflow = 0
+    cdef long long ns = PyLong_AsLongLongAndOverflow(created, &overflow)
+    if overflow:
+        return None
     if (row[1] == _V_SCHEDULED and row[3] == 0 and row[5] == created and row[6] is None
             and row[7] is None and row[8] == _CODE_CREATED and row[9] == created
             and row[10] is None and row[11] is None and row[12] == _CODE_SCHEDULED
             and row[13] == created and row[14] is None and row[15] is None):
-        return (row[0], row[2], created)
+        compact = QueuedRow.__new__(QueuedRow)
+        compact.kind = row[0]
+        compact.priority = row[2]
+        compact.created_ns = ns
+        return compact
     return None
 
 
@@ -1339,8 +1411,9 @@ def snapshots(list touched, dict outcomes):
         if uuid in seen:
             continue
         seen.add(uuid)
-        out.append((uuid, f.job.kind, f.state._value_, f.priority, f.attempts, f.created_ns,
-                    f.scheduled_ns, f.processed_ns, f.completed_ns, outcomes.pop(uuid, None)))
+        out.append((uuid, f.job.kind, f.state._value_, f.priority, f.attempts,
+                    _ns(f._created_ns), _ns(f._scheduled_ns), f.processed_ns, f.completed_ns,
+                    outcomes.pop(uuid, None)))
     out.reverse()
     return out
 
@@ -1348,7 +1421,6 @@ def snapshots(list touched, dict outcomes):
 # --- the SQL stores' history rows ------------------------------------------------------
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.stdio cimport snprintf
 
 cdef struct _Text:
@@ -1805,8 +1877,8 @@ cdef class EventDrain:
                     w.running = unit
                     f.state = self.processing
                     if attempts <= 1:  # queue wait: from its due time to its start
-                        due = f.scheduled_ns
-                        self._started(kind, None if due is None else b - due)
+                        self._started(kind, None if f._scheduled_ns == _NO_NS
+                                      else b - f._scheduled_ns)
                     else:
                         self._started(kind, None)
                     self.states_append((uuid, kind, self.processing_v, b, attempts,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import sys
 import weakref
 from concurrent.futures import Future
 from concurrent.futures._base import FINISHED
@@ -122,6 +123,31 @@ def test_copy_and_pickle_keep_every_field():
         assert type(clone) is Instance
         assert (clone.uuid_str, clone.attempts, clone.completed_ns) == (inst.uuid_str, 4, 999)
         assert clone.timeout_sent is True and clone.state is State.CREATED
+
+
+def test_created_and_scheduled_times_are_kept_unboxed():
+    # Every queued instance has both; held as int objects they cost ~40 bytes each
+    # instance (bench/PROFILE.md).  To Python they read and write as the ints they were.
+    inst = make(created_ns=None)
+    assert inst.created_ns is None and inst.scheduled_ns is None
+    big = 1_796_000_000_123_456_789 + len("x")  # a fresh int object, not a cached one
+    refs = sys.getrefcount(big)
+    inst.created_ns = inst.scheduled_ns = big
+    assert sys.getrefcount(big) == refs  # the instance holds its value, not the object
+    assert inst.created_ns == big and inst.scheduled_ns == big
+    for value in (0, -1, 2**63 - 1, -(2**63) + 1):
+        inst.scheduled_ns = value
+        assert inst.scheduled_ns == value
+    inst.scheduled_ns = None
+    assert inst.scheduled_ns is None
+    with pytest.raises(TypeError):
+        inst.scheduled_ns = 1.5
+    for out_of_range in (2**63, -(2**63)):  # (the least int64 is the None marker)
+        with pytest.raises(OverflowError):
+            inst.created_ns = out_of_range
+    assert inst.created_ns == big  # a refused write leaves the field as it was
+    row = snapshots([inst], {})[0]
+    assert (row[5], row[6]) == (big, None)
 
 
 def test_a_run_has_no_members_and_takes_the_reference_path():
