@@ -11,7 +11,7 @@ cimport cython
 from libc.stdint cimport uint64_t, uint32_t, int64_t, int32_t, INT64_MIN
 from libc.stdlib cimport malloc, realloc, free, qsort
 from cpython.array cimport array, clone
-from cpython.list cimport PyList_New
+from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_DelItem
 from cpython.ref cimport PyObject
 from cpython.number cimport PyNumber_Index
@@ -665,7 +665,7 @@ cdef class SchedulerCore:
 
 # --- Shared-memory rings -----------------------------------------------------------------
 
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
@@ -1197,6 +1197,131 @@ cdef object _created_state():
     return _CREATED
 
 
+# --- the recorder's state records ----------------------------------------------------
+
+from cpython.ref cimport Py_XDECREF
+
+cdef int _V_CREATED = 1, _V_SCHEDULED = 2  # State.CREATED/SCHEDULED's values (tested)
+
+# One state record (records.py: STATE_ROW, the same fields).  The objects are owned
+# references; state, attempt and run are what every reader computes with.
+ctypedef struct _StateRec:
+    PyObject *uuid
+    PyObject *kind
+    PyObject *time
+    PyObject *worker
+    PyObject *cause
+    int64_t state, attempt, run
+
+
+@cython.no_gc  # it holds strs, ints and None only: never part of a reference cycle
+@cython.final
+@cython.auto_pickle(False)
+cdef class RecordBuffer:
+    """The recorder's state records not yet handed to the store (issue 14: records in
+    a compact C buffer).  Each is 64 bytes in one growable array instead of an 8-tuple
+    (~120 bytes and an allocation) in a deque; the memory store's write reads them in
+    place (memory_write), and they become STATE_ROW tuples only for a store that
+    needs them (tuples()).  Appends from any thread: each one runs no Python code
+    once its arguments are converted, so the GIL makes it whole; take() moves the
+    records out the same way."""
+
+    cdef _StateRec *a
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            _release_rec(&self.a[i])
+        free(self.a)
+
+    cdef int push(self, object uuid, object kind, int64_t state, object time,
+                  int64_t attempt, object worker, int64_t run, object cause) except -1:
+        cdef Py_ssize_t cap
+        cdef _StateRec *grown
+        if self.n == self.cap:
+            cap = max(64, self.cap * 2)
+            grown = <_StateRec *>realloc(self.a, cap * sizeof(_StateRec))
+            if grown == NULL:
+                raise MemoryError()
+            self.a, self.cap = grown, cap
+        cdef _StateRec *r = &self.a[self.n]
+        Py_INCREF(uuid)
+        Py_INCREF(kind)
+        Py_INCREF(time)
+        Py_INCREF(worker)
+        Py_INCREF(cause)
+        r.uuid, r.kind, r.time = <PyObject *>uuid, <PyObject *>kind, <PyObject *>time
+        r.worker, r.cause = <PyObject *>worker, <PyObject *>cause
+        r.state, r.attempt, r.run = state, attempt, run
+        self.n += 1
+        return 0
+
+    def append(self, uuid, kind, state, time, attempt, worker, run, cause):
+        """Add one record: STATE_ROW's fields, in its order (state, attempt and run:
+        ints, no float truncated)."""
+        self.push(uuid, kind, _index64(state), time, _index64(attempt), worker,
+                  _index64(run), cause)
+
+    def created(self, uuid, kind, time, run):
+        """Add a new instance's two records: CREATED, then SCHEDULED, at `time`."""
+        cdef int64_t r = _index64(run)
+        self.push(uuid, kind, _V_CREATED, time, 0, None, r, None)
+        self.push(uuid, kind, _V_SCHEDULED, time, 0, None, r, None)
+
+    def take(self, Py_ssize_t max_n=-1):
+        """A new buffer holding the first `max_n` records (all: -1), which leave this
+        one."""
+        # Made before anything moves: a collection its allocation triggers may run a
+        # finalizer that appends here, and that record must not be lost.
+        cdef RecordBuffer out = RecordBuffer.__new__(RecordBuffer)
+        cdef _StateRec *part
+        if max_n < 0 or max_n >= self.n:
+            out.a, out.n, out.cap = self.a, self.n, self.cap
+            self.a, self.n, self.cap = NULL, 0, 0
+            return out
+        if max_n == 0:
+            return out
+        part = <_StateRec *>malloc(max_n * sizeof(_StateRec))
+        if part == NULL:
+            raise MemoryError()
+        memcpy(part, self.a, max_n * sizeof(_StateRec))
+        memmove(self.a, self.a + max_n, (self.n - max_n) * sizeof(_StateRec))
+        self.n -= max_n
+        out.a, out.n, out.cap = part, max_n, max_n
+        return out
+
+    def tuples(self):
+        """The records as STATE_ROW tuples (uuid, kind, state, time_ns, attempt,
+        worker, run, cause), oldest first."""
+        cdef list out = PyList_New(self.n)
+        cdef Py_ssize_t i
+        cdef _StateRec *r
+        cdef tuple t
+        for i in range(self.n):
+            r = &self.a[i]
+            t = (<object>r.uuid, <object>r.kind, r.state, <object>r.time, r.attempt,
+                 <object>r.worker, r.run, <object>r.cause)
+            Py_INCREF(t)
+            PyList_SET_ITEM(out, i, t)
+        return out
+
+    def __len__(self):
+        return self.n
+
+
+cdef inline int64_t _index64(object value) except? -1:
+    return PyNumber_Index(value)  # (OverflowError past int64)
+
+
+cdef inline void _release_rec(_StateRec *r) noexcept:
+    Py_XDECREF(r.uuid)
+    Py_XDECREF(r.kind)
+    Py_XDECREF(r.time)
+    Py_XDECREF(r.worker)
+    Py_XDECREF(r.cause)
+
+
 # --- the memory store's batch write ---------------------------------------------------
 
 # history codes (state | attempt << 8 | run << 24) of a first run's first attempts, made
@@ -1217,8 +1342,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 # unboxed, nothing for the collector to track) instead of the 16-item list (184 bytes)
 # and the int of its time (40), and becomes the list, the same values, when it is
 # written again or read (issue 14: memory per queued instance).  The two records it
-# stands for:
-cdef int _V_CREATED = 1, _V_SCHEDULED = 2  # State.CREATED/SCHEDULED's values (tested)
+# stands for (_V_CREATED, _V_SCHEDULED: see the state records above):
 cdef object _CODE_CREATED = _V_CREATED | 1 << 24  # (state | attempt 0 << 8 | run 1 << 24)
 cdef object _CODE_SCHEDULED = _V_SCHEDULED | 1 << 24
 
@@ -1296,7 +1420,26 @@ cdef inline object _compact(list row):
     return None
 
 
-def memory_write(dict rows, dict finished, dict outcomes, list instances, list states,
+cdef inline object _add_record(list row, long long s, long long a, long long run,
+                               object time, object worker, object cause):
+    # one state record onto its instance's row; the row's compact form if it now
+    # tells exactly a queued instance's story, else None
+    if run == 1 and 0 <= s < 128 and 0 <= a < 4:  # the common codes: one object each
+        code = _state_codes[s * 4 + a]
+        if code is None:
+            code = _state_codes[s * 4 + a] = s | a << 8 | 1 << 24
+    else:
+        code = s | a << 8 | run << 24
+    row.append(code)  # (four appends: no tuple made for an extend)
+    row.append(time)
+    row.append(worker)
+    row.append(cause)
+    if s == _V_SCHEDULED and len(row) == 16:  # perhaps now a queued one's story
+        return _compact(row)
+    return None
+
+
+def memory_write(dict rows, dict finished, dict outcomes, list instances, object states,
                  list logs, dict all_logs, frozenset final_states, object big_outcome,
                  Py_ssize_t max_raw, bint want_finished, Py_ssize_t keep):
     """MemoryStore.write_batch's loops, compiled (the engine thread runs them for every
@@ -1304,19 +1447,19 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
     completed, then 4 items per state record], or for an instance that is only queued
     (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
-    the compact (kind, priority, created) that memory_row_list unpacks; finished: uuid
+    the compact QueuedRow that memory_row_list unpacks; finished: uuid
     -> completed_ns, oldest first; outcomes[uuid] = the outcome tuple as recorded
     ("r", raw) / ("e", ...), kept raw and turned into store columns when read, except
     a result over max_raw bytes, which big_outcome(outcome) turns into its columns now
-    (it is not kept).  Returns
-    the uuids that reached a final state when want_finished, else None.  Retention:
+    (it is not kept).  `states`: a RecordBuffer, read in place, or a list of
+    STATE_ROW tuples.  Returns the uuids that reached a final state when
+    want_finished, else None.  Retention:
     with keep >= 0, the oldest finished instances beyond `keep` are forgotten, each
     with its row, logs and outcome (MemoryStore._drop, per job once the store is full).
     The uuids returned may include some of those."""
     cdef tuple r
-    cdef object uuid, row, o, code, compact
+    cdef object uuid, row, o, compact
     cdef list done = [] if want_finished else None
-    cdef long long s, a, run
     cdef Py_ssize_t j
     for r in instances:
         uuid = r[0]
@@ -1335,24 +1478,28 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, list s
                 outcomes[uuid] = o
         elif uuid in finished:  # a recurrence running again
             del finished[uuid]
-    for r in states:
-        uuid = r[0]
-        row = _memory_row(rows, uuid, r[1])
-        s = r[2]
-        a = r[4]
-        run = r[6]
-        if run == 1 and 0 <= s < 128 and 0 <= a < 4:  # the common codes: one object each
-            code = _state_codes[s * 4 + a]
-            if code is None:
-                code = _state_codes[s * 4 + a] = s | a << 8 | 1 << 24
-        else:
-            code = s | a << 8 | run << 24
-        (<list>row).append(code)  # (four appends: no tuple made for an extend)
-        (<list>row).append(r[3])
-        (<list>row).append(r[5])
-        (<list>row).append(r[7])
-        if s == _V_SCHEDULED and len(<list>row) == 16:  # perhaps now a queued one's story
-            compact = _compact(<list>row)
+    cdef RecordBuffer buf
+    cdef _StateRec *rec
+    cdef PyObject *last = NULL  # the uuid of the record before, whose row is `row`
+    if type(states) is RecordBuffer:
+        buf = <RecordBuffer>states
+        for j in range(buf.n):
+            rec = &buf.a[j]
+            uuid = <object>rec.uuid
+            if rec.uuid != last:  # (a new instance's two records share one uuid object)
+                row = _memory_row(rows, uuid, <object>rec.kind)
+            compact = _add_record(<list>row, rec.state, rec.attempt, rec.run,
+                                  <object>rec.time, <object>rec.worker, <object>rec.cause)
+            if compact is not None:
+                rows[uuid] = compact
+                last = NULL  # (`row` is no longer the one the store keeps)
+            else:
+                last = rec.uuid
+    else:
+        for r in states:
+            uuid = r[0]
+            row = _memory_row(rows, uuid, r[1])
+            compact = _add_record(<list>row, r[2], r[4], r[6], r[3], r[5], r[7])
             if compact is not None:
                 rows[uuid] = compact
     for r in logs:
@@ -1694,7 +1841,8 @@ cdef class EventDrain:
     and touched instances recorded, the same metrics counted, the result unpickled and
     its Future settled (deferred) once its batch is written."""
 
-    cdef object states, touched, outcomes, deferred, finished, stats, dispatcher
+    cdef RecordBuffer records
+    cdef object touched, outcomes, deferred, finished, stats, dispatcher
     cdef object monotonic_ns, loads, processing, completed, scheduled
     cdef long long processing_v, completed_v
     # metrics.EngineStats counted here, not called (4 Python calls a job): its dicts,
@@ -1708,13 +1856,13 @@ cdef class EventDrain:
     cdef object settle
     cdef list units, results
     # the recorder's deques' append, bound once (a method call by name costs more)
-    cdef object states_append, touched_append, finished_append
+    cdef object touched_append, finished_append
 
     def __init__(self, recorder, dispatcher, finished, monotonic_ns, loads, processing,
                  completed, scheduled, settle, stock_stats=None, tuple bounds_ns=(),
                  completed_name="completed"):
         cdef Py_ssize_t i
-        self.states = recorder._states
+        self.records = recorder._records
         self.touched = recorder._touched
         self.outcomes = recorder._outcomes
         self.deferred = recorder._deferred
@@ -1730,7 +1878,6 @@ cdef class EventDrain:
         self.completed_v = completed._value_
         self.settle = settle
         self.units = self.results = None
-        self.states_append = self.states.append
         self.touched_append = self.touched.append
         self.finished_append = finished.append
         self.count_here = stock_stats is not None and type(self.stats) is stock_stats
@@ -1865,8 +2012,8 @@ cdef class EventDrain:
                                       else b - f._scheduled_ns)
                     else:
                         self._started(kind, None)
-                    self.states_append((uuid, kind, self.processing_v, b, attempts,
-                                        f.worker, unit.run, None))
+                    self.records.push(uuid, kind, self.processing_v, b, attempts, f.worker,
+                                      unit.run, None)
                     self.touched_append(unit)
                 else:
                     del inflight[handle]
@@ -1878,8 +2025,8 @@ cdef class EventDrain:
                     self.outcomes[uuid] = ("r", rec[3])
                     f.state = self.completed
                     self._completed(kind, run_ns)
-                    self.states_append((uuid, kind, self.completed_v, b, attempts,
-                                        f.worker, unit.run, None))
+                    self.records.push(uuid, kind, self.completed_v, b, attempts, f.worker,
+                                      unit.run, None)
                     self.touched_append(unit)
                     self.finished_append(unit)
                     if self.units is None:

@@ -9,8 +9,10 @@ store.
     acks:       the writer says which seq it has written; futures are settled and
                 handlers run only once the batch that explains them is written
 
-Records are plain tuples (records.py: INSTANCE_ROW, STATE_ROW, LOG_ROW): the engine
-thread builds no record objects and never waits for store I/O.  Guarantees: when a
+Records are plain tuples (records.py: INSTANCE_ROW, STATE_ROW, LOG_ROW), state
+records kept in a compiled buffer (_core.RecordBuffer) until the store writes them: the
+memory store reads them in place, other stores get the tuples.  The engine thread
+builds no record objects and never waits for store I/O.  Guarantees: when a
 Future settles, the records up to its final state are in the store (lookups see the
 whole history: read-your-writes); lookups from any thread first wait for everything
 recorded before them to be written (sync).  While the store is unreachable the writer
@@ -35,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._core import snapshots, take_all
+from ._core import RecordBuffer, snapshots, take_all
 from .errors import StoreError
 from .instance import Instance
 from .logbridge import to_job_logger
@@ -53,7 +55,6 @@ _CREATED = State.CREATED
 _SCHEDULED = State.SCHEDULED
 _PROCESSING = State.PROCESSING
 _FINAL_STATES = frozenset(s for s in State if s.name and s & State.FINAL and s != State.FINAL)
-_C, _S = int(State.CREATED), int(State.SCHEDULED)
 
 log = logging.getLogger("jobengine")
 
@@ -70,7 +71,7 @@ class Recorder:
         self._doorbell = doorbell  # rung by writers when a batch is written
         self._doorbell_fd = doorbell_fd
         self._flush_lock = threading.Lock()  # keeps batches in order across flushers
-        self._states: deque[tuple] = deque()
+        self._records = RecordBuffer()  # state records (STATE_ROW's fields)
         self._logs: deque[tuple] = deque()
         self._touched: deque[Instance] = deque()
         self._outcomes: dict[str, tuple] = {}  # uuid -> outcome of its final state
@@ -102,10 +103,8 @@ class Recorder:
         elif state in _FINAL_STATES:  # (`state & State.FINAL`, an IntFlag op, costs ~1 us)
             started = inst.processed_ns
             self.stats.ended(inst.job.kind, state, None if started is None else time_ns - started)
-        self._states.append(
-            (owner.uuid_str, inst.job.kind, state._value_, time_ns, inst.attempts, inst.worker,
-             inst.run, cause)
-        )  # fmt: skip
+        self._records.append(owner.uuid_str, inst.job.kind, state._value_, time_ns,
+                             inst.attempts, inst.worker, inst.run, cause)  # fmt: skip
         self._touched.append(owner)
         handler = inst.job.state_change_handler
         if handler is not None:
@@ -116,9 +115,8 @@ class Recorder:
     ) -> None:
         """Record the state of a recurring instance's next run (inst.run), which has no
         Run yet: SCHEDULED when its tick is armed, CANCELED if the recurrence ends first."""
-        self._states.append(
-            (inst.uuid_str, inst.job.kind, state._value_, time_ns, 0, None, inst.run, cause)
-        )
+        self._records.append(inst.uuid_str, inst.job.kind, state._value_, time_ns, 0, None,
+                             inst.run, cause)  # fmt: skip
         self._touched.append(inst)
         handler = inst.job.state_change_handler
         if handler is not None:
@@ -143,12 +141,8 @@ class Recorder:
     def created(self, inst: Instance, time_ns: int) -> None:
         """Record a new instance: CREATED, then SCHEDULED, at the same instant.  Waits
         (the scheduling thread) while too much waits for the store."""
-        kind = inst.job.kind
-        uuid = inst.uuid_str
         inst.state = _SCHEDULED
-        states = self._states
-        states.append((uuid, kind, _C, time_ns, 0, None, inst.run, None))
-        states.append((uuid, kind, _S, time_ns, 0, None, inst.run, None))
+        self._records.created(inst.uuid_str, inst.job.kind, time_ns, inst.run)
         self._touched.append(inst)
         self._unflushed += 2
         if self._unflushed > FLUSH_EVERY:
@@ -195,7 +189,7 @@ class Recorder:
         with self._flush_lock:
             self._unflushed = 0
             touched = take_all(self._touched)
-            states = take_all(self._states)
+            states = self._records.take()
             logs = take_all(self._logs)
             ops = take_all(self._store_ops)
             if not (touched or states or logs or ops):
@@ -207,7 +201,9 @@ class Recorder:
             n = MAX_BATCH_RECORDS
             while True:
                 part_i, instances = instances[:n], instances[n:]
-                part_s, states = states[:n], states[n:]
+                part_s = states.take(n)
+                if not writer.reads_buffers:
+                    part_s = part_s.tuples()
                 part_l, logs = logs[:n], logs[n:]
                 last = not (instances or states or logs)
                 self._seq += 1
@@ -324,6 +320,10 @@ class Recorder:
 
 # -- writers ---------------------------------------------------------------------------
 class _Writer:
+    # whether send() takes a batch's state records as the RecordBuffer (else the
+    # recorder turns them into STATE_ROW tuples first)
+    reads_buffers = False
+
     def send(self, batch: tuple) -> None:
         raise NotImplementedError
 
@@ -347,6 +347,8 @@ class _InlineWriter(_Writer):
     def __init__(self, store: Store):
         self.store = store
         self._acked = 0
+        # the stock write_batch reads the buffer in place; a subclass's gets tuples
+        self.reads_buffers = type(store).write_batch is MemoryStore.write_batch
 
     def send(self, batch: tuple) -> None:
         seq, instances, states, logs, ops = batch

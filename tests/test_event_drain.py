@@ -101,7 +101,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
         w.inflight[handle] = inst
         insts.append(inst)
     rec = engine.recorder
-    rec._states.clear()
+    rec._records.take()  # (emptied)
     rec._touched.clear()
     # times 100 us apart from the due time: waits and run times land on bucket bounds
     records = [(TAGS[kind], handle | attempt << 32, 1_000 + i * 100_000, _payload(kind, handle))
@@ -135,7 +135,7 @@ def _run(setup: list[tuple[int, bool]], events: list[tuple[str, int, int]], fast
     d = engine.dispatcher
     kills, engine.pool = engine.pool.kills, None  # (an unstarted manager's, for its exit)
     return {
-        "states": [(index[s[0]], *s[1:]) for s in rec._states],
+        "states": [(index[s[0]], *s[1:]) for s in rec._records.tuples()],
         "touched": [ids[id(i)] for i in rec._touched],
         "outcomes": {index[u]: o for u, o in rec._outcomes.items()},
         "logs": [(index[r[0]], *r[1:]) for r in rec._logs],

@@ -81,8 +81,9 @@ EVENTS = st.sampled_from(["start", "reschedule", "touch", "delayed", "priority",
     st.lists(st.lists(EVENTS, max_size=3), min_size=1, max_size=5),
     st.randoms(use_true_random=False),
     st.integers(1, 6),
+    st.booleans(),
 )
-def test_rows_read_back_as_the_reference_list(events_per_instance, rnd, batch_size):
+def test_rows_read_back_as_the_reference_list(events_per_instance, rnd, batch_size, buffered):
     # each instance's records in order; the instances interleaved at random; cut into
     # batches of any size (the recorder splits a flush, so a snapshot and its records can
     # land in different batches, records even before their snapshot's batch)
@@ -96,7 +97,12 @@ def test_rows_read_back_as_the_reference_list(events_per_instance, rnd, batch_si
         part = merged[i : i + batch_size]
         instances = [r for k, r in part if k == "i"]
         states = [r for k, r in part if k == "s"]
-        _core.memory_write(rows, finished, outcomes, instances, states, [], logs,
+        given = states
+        if buffered:  # the recorder's form, read in place (STATE_ROW tuples otherwise)
+            given = _core.RecordBuffer()
+            for r in states:
+                given.append(*r)
+        _core.memory_write(rows, finished, outcomes, instances, given, [], logs,
                            FINAL_STATES, None, 1 << 20, False, -1)  # fmt: skip
         _reference_write(ref, instances, states)
         assert {u: _core.memory_row_list(r) for u, r in rows.items()} == ref

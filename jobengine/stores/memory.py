@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from itertools import islice
 
-from .._core import QueuedRow, memory_row_list, memory_write
+from .._core import QueuedRow, RecordBuffer, memory_row_list, memory_write
 from ..payloads import MAX_RESULT_BYTES, outcome_columns
 from ..query import Query
 from ..records import (
@@ -104,7 +104,7 @@ class MemoryStore(Store):
             done = memory_write(
                 self._rows, self._finished, self._outcomes,
                 instances if type(instances) is list else list(instances),
-                states if type(states) is list else list(states),
+                states if type(states) in (list, RecordBuffer) else list(states),
                 logs if type(logs) is list else list(logs),
                 self._logs, FINAL_STATES, self._outcome_now, MAX_RESULT_BYTES,
                 bool(self._queue),
