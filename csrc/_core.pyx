@@ -1551,7 +1551,8 @@ def snapshots(list touched, dict outcomes):
     cdef set seen = set()
     cdef list out = []
     cdef Py_ssize_t i
-    cdef object uuid
+    cdef object uuid, created
+    cdef long long state
     cdef InstanceFields f
     for i in range(len(touched) - 1, -1, -1):
         f = <InstanceFields?>touched[i]  # (only Instances: a Run's records touch its parent)
@@ -1559,9 +1560,13 @@ def snapshots(list touched, dict outcomes):
         if uuid in seen:
             continue
         seen.add(uuid)
-        out.append((uuid, f.job.kind, f.state._value_, f.priority, f.attempts,
-                    _ns(f._created_ns), _ns(f._scheduled_ns), f.processed_ns, f.completed_ns,
-                    outcomes.pop(uuid, None)))
+        # (the times are kept unboxed: one int for both when due as made, the common
+        # case; the state's value read as the int a State is, no attribute lookup)
+        created = _ns(f._created_ns)
+        state = f.state
+        out.append((uuid, f.job.kind, state, f.priority, f.attempts, created,
+                    created if f._scheduled_ns == f._created_ns else _ns(f._scheduled_ns),
+                    f.processed_ns, f.completed_ns, outcomes.pop(uuid, None)))
     out.reverse()
     return out
 
