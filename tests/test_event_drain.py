@@ -204,6 +204,21 @@ def test_the_compiled_drain_does_what_the_reference_path_does(scenario):
     assert _run(setup, events, True, flaky) == _run(setup, events, False, flaky)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0, 2]), min_size=17, max_size=40), st.randoms(), st.booleans())
+def test_long_runs_of_mixed_kinds_count_as_the_reference_path_does(kinds, rnd, flaky):
+    # The drain counts metrics and the dispatcher's average in C and adds them up when
+    # the kind changes, before a handover and at the end: enough jobs here for the
+    # dispatcher's every-16th recompute, and kinds changing at random places.
+    setup = [(k, False) for k in kinds]
+    events = []
+    for h in range(len(setup)):
+        events += [("started", h, 1), ("ok", h, 1)]
+    if rnd.random() < 0.5:  # a handover in the middle (an error record)
+        events.insert(rnd.randrange(len(events)), ("err", len(setup), 1))
+    assert _run(setup, events, True, flaky) == _run(setup, events, False, flaky)
+
+
 def test_a_plain_job_s_two_events_are_handled_without_the_reference_path():
     # the common case must really take the compiled path (else it is only a detour)
     m = Manager(1)
