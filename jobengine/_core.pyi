@@ -155,7 +155,7 @@ class InstanceFields:
     priority: int
     state: Any
     payload: bytes  # (or the exception, when its arguments could not be pickled)
-    created_ns: int
+    created_ns: int  # (unboxed, as scheduled_ns: an int or None)
     scheduled_ns: int | None
     handle: int
     attempts: int
@@ -217,19 +217,18 @@ def settle_results(
     """Instance.set_result(result) for each unit, in order (the no-waiter case inline);
     one that raises is logged on `log`, the others still settle."""
 
-def release_units(units: list, by_handle: list, free: list, owner: Any) -> tuple[int, list]:
+def release_units(units: list, by_handle: list, free: list) -> tuple[int, list]:
     """Engine._release for each unit (lock held by the caller): free its handle, set
-    unit.handle = -1, turn an Instance's strong entry in owner._known into one that
-    does not keep it (lend).  Returns (freed units that counted toward wait(), the
-    transient jobs of the freed units, one per unit)."""
+    unit.handle = -1.  Returns (freed units that counted toward wait(), the transient
+    jobs of the freed units, one per unit)."""
 
-def prune_known(known: dict, done_states: object) -> None:
-    """Engine._prune_known's walk: drop dead weak references; a strong entry with no
-    handle whose Future's _state is in done_states is lent (lend)."""
+def prune_known(known: dict) -> None:
+    """Engine._prune_known's walk: drop the weak references that died."""
 
 class Borrowed:
-    """A lookup-table entry for an Instance the engine no longer holds: its address,
-    cleared and removed from the table by the Instance's finalizer before it goes."""
+    """A lookup-table entry made when the engine admits an Instance: its address, not a
+    reference, cleared and removed from the table by the Instance's finalizer before
+    it goes."""
 
 def lend(known: dict, inst: InstanceFields) -> None:
     """Make known's entry for inst one that does not keep it alive: a Borrowed one if
@@ -258,17 +257,50 @@ def deal_tasks(
     common task written here, the rest through send(w, inst).  Returns (requeue,
     failed, touched)."""
 
-def memory_row_list(row: list | tuple) -> list:
-    """A MemoryStore row as its list: a compact queued row ((kind, priority,
-    created_ns): SCHEDULED, its CREATED and SCHEDULED records at created_ns) unpacked
-    into a new list, any other row itself."""
+class QueuedRow:
+    """A MemoryStore row of an instance that is only queued (SCHEDULED when made, its
+    CREATED and SCHEDULED records at created_ns): 48 bytes, untracked.  Made by
+    memory_write, read through memory_row_list."""
+
+    kind: str
+    priority: int
+    created_ns: int
+
+class RecordBuffer:
+    """State records (STATE_ROW's fields) in one C array, 64 bytes each: the recorder's
+    records not yet written.  Appends from any thread are whole (the GIL)."""
+
+    def append(
+        self,
+        uuid: str,
+        kind: str,
+        state: int,
+        time: int,
+        attempt: int,
+        worker: int | None,
+        run: int,
+        cause: str | None,
+    ) -> None:
+        """Add one record (state, attempt, run: ints; TypeError / OverflowError else,
+        the buffer unchanged)."""
+    def created(self, uuid: str, kind: str, time: int, run: int) -> None:
+        """Add a new instance's CREATED and SCHEDULED records at `time`."""
+    def take(self, max_n: int = -1) -> RecordBuffer:
+        """A new buffer with the first max_n records (all: -1), which leave this one."""
+    def tuples(self) -> list[tuple]:
+        """The records as STATE_ROW tuples, oldest first."""
+    def __len__(self) -> int: ...
+
+def memory_row_list(row: list | QueuedRow) -> list:
+    """A MemoryStore row as its list: a compact queued row (QueuedRow) unpacked into a
+    new list, any other row itself."""
 
 def memory_write(
     rows: dict,
     finished: dict,
     outcomes: dict,
     instances: list,
-    states: list,
+    states: RecordBuffer | list,
     logs: list,
     all_logs: dict,
     final_states: frozenset,
