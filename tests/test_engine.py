@@ -296,28 +296,37 @@ def test_the_lookup_table_forgets_instances_nobody_holds():
         assert [f.result() for f in kept] == list(range(50))
 
 
-def test_the_lookup_table_keeps_no_instance_alive_from_admission_on():
-    # Its entry is made when the engine admits an instance and never changes: while the
-    # engine holds it (queued, running) its references keep it; after, only callers'.
-    from jobengine import _core
+def test_the_lookup_table_walk_lets_go_of_done_instances_the_engine_still_holds():
+    from concurrent.futures._base import FINISHED
 
-    with Manager(1) as m:
-        running = m.submit(jobs.sleep_then, 0.5, "r")
-        queued = m.submit(jobs.add, 1, 2)  # waits for the only worker
-        queued_uuid = queued.uuid_str
-        known = m._engine._known
-        entries = {u: known[u] for u in (running.uuid_str, queued_uuid)}
-        assert all(type(e) is _core.Borrowed for e in entries.values())
-        ref = weakref.ref(queued)
-        del queued  # the engine still holds it: found, and it still runs
-        assert m._engine.lookup(queued_uuid) is ref()
-        assert running.result(timeout=30) == "r"
-        m.wait()
-        assert known[running.uuid_str] is entries[running.uuid_str]  # unchanged by release
-        gc.collect()
-        assert ref() is None and queued_uuid not in known  # nobody held it: gone
-        assert m.lookup_instances(Query(uuid=queued_uuid))[0].state == State.COMPLETED
-        assert m._engine.lookup(running.uuid_str) is running
+    from jobengine import Job, _core
+    from jobengine.engine import _DONE_STATES
+    from jobengine.instance import Instance
+
+    class Engine:  # the table's owner, as the finalizer of a lent Instance reads it
+        _known: dict = {}
+
+    def unit(uid, handle, done):
+        inst = Instance(Engine, Job("walk", jobs.add), uid, (), {}, 0, 0)
+        inst.handle = handle
+        if done:
+            inst._state = FINISHED
+        return inst
+
+    done, running, queued = unit(1, -1, True), unit(2, 3, False), unit(3, -1, False)
+    lent = unit(4, -1, True)
+    known = Engine._known  # keyed by uuid, as the engine's (the finalizer leaves by it)
+    known.update({u.uuid_str: u for u in (done, running, queued)})
+    _core.lend(known, lent)
+    _core.prune_known(known, _DONE_STATES)
+    assert type(known[done.uuid_str]) is _core.Borrowed
+    assert _core.known_get(known, done.uuid_str) is done
+    assert known[running.uuid_str] is running and known[queued.uuid_str] is queued
+    assert _core.known_get(known, lent.uuid_str) is lent
+    assert _core.known_get(known, "none") is None
+    uuid = done.uuid_str
+    del done
+    assert uuid not in known
 
 
 # -- priority and dispatch ---------------------------------------------------------------
