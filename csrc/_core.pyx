@@ -1179,7 +1179,7 @@ cdef int64_t _ns_field(object value) except? -1:
     # int64 and is not the None marker
     if value is None:
         return _NO_NS
-    cdef int64_t v = PyNumber_Index(value)
+    cdef int64_t v = _index64(value)
     if v == _NO_NS:
         raise OverflowError(f"a time in ns must be above {_NO_NS}")
     return v
@@ -1271,8 +1271,9 @@ cdef class RecordBuffer:
     def take(self, Py_ssize_t max_n=-1):
         """A new buffer holding the first `max_n` records (all: -1), which leave this
         one."""
-        # Made before anything moves: a collection its allocation triggers may run a
-        # finalizer that appends here, and that record must not be lost.
+        # Made before anything moves (a MemoryError then leaves every record here);
+        # from there on no Python code runs, so no other thread's append lands half in
+        # the records taken, half in those left.
         cdef RecordBuffer out = RecordBuffer.__new__(RecordBuffer)
         cdef _StateRec *part
         if max_n < 0 or max_n >= self.n:
@@ -1446,16 +1447,15 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
     completed, then 4 items per state record], or for an instance that is only queued
     (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
-    the compact QueuedRow that memory_row_list unpacks; finished: uuid
-    -> completed_ns, oldest first; outcomes[uuid] = the outcome tuple as recorded
-    ("r", raw) / ("e", ...), kept raw and turned into store columns when read, except
-    a result over max_raw bytes, which big_outcome(outcome) turns into its columns now
-    (it is not kept).  `states`: a RecordBuffer, read in place, or a list of
-    STATE_ROW tuples.  Returns the uuids that reached a final state when
-    want_finished, else None.  Retention:
-    with keep >= 0, the oldest finished instances beyond `keep` are forgotten, each
-    with its row, logs and outcome (MemoryStore._drop, per job once the store is full).
-    The uuids returned may include some of those."""
+    the compact QueuedRow that memory_row_list unpacks; finished: uuid -> completed_ns,
+    oldest first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e",
+    ...), kept raw and turned into store columns when read, except a result over
+    max_raw bytes, which big_outcome(outcome) turns into its columns now (it is not
+    kept).  `states`: a RecordBuffer, read in place, or a list of STATE_ROW tuples.
+    Returns the uuids that reached a final state when want_finished, else None.
+    Retention: with keep >= 0, the oldest finished instances beyond `keep` are
+    forgotten, each with its row, logs and outcome (MemoryStore._drop, per job once the
+    store is full).  The uuids returned may include some of those."""
     cdef tuple r
     cdef object uuid, row, o, compact
     cdef list done = [] if want_finished else None

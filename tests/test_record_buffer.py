@@ -3,6 +3,7 @@ until the store writes them: the memory store reads them in place, every other s
 gets STATE_ROW tuples.  Held here to a plain list of tuples, to its reference counts,
 to appends from many threads while another takes, and to what each kind of store sees."""
 
+import pickle
 import sys
 import threading
 
@@ -85,8 +86,6 @@ def test_a_record_that_cannot_be_kept_is_refused_whole():
         buf.append("u", "k", 3)
     assert buf.tuples() == [("u", "k", 3, 5, 1, None, 1, None)]
     with pytest.raises(TypeError):
-        import pickle
-
         pickle.dumps(buf)
 
 
