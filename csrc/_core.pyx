@@ -1460,23 +1460,29 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     cdef object uuid, row, o, compact
     cdef list done = [] if want_finished else None
     cdef Py_ssize_t j
+    cdef bint was_final
     for r in instances:
         uuid = r[0]
         row = _memory_row(rows, uuid, r[1])
+        # The store keeps uuid in `finished` exactly while its row's state is final
+        # (MemoryStore.put_instances and _drop keep it so too): the row, looked up
+        # anyway, says whether `finished` holds it, without two lookups a job there.
+        was_final = (<list>row)[1] in final_states
         for j in range(8):  # row[0:8] = r[1:9], without the slice's tuple
             (<list>row)[j] = r[j + 1]
         if r[2] in final_states:
             if want_finished:
                 done.append(uuid)
-            finished.pop(uuid, None)  # (again, for a recurrence: now the newest)
+            if was_final:  # a recurrence ending again: now the newest
+                finished.pop(uuid, None)
             finished[uuid] = r[8] or 0
             o = r[9]
             if o is not None:
                 if o[0] == "r" and len(o[1]) > max_raw:
                     o = big_outcome(o)
                 outcomes[uuid] = o
-        elif uuid in finished:  # a recurrence running again
-            del finished[uuid]
+        elif was_final:  # a recurrence running again
+            finished.pop(uuid, None)
     cdef RecordBuffer buf
     cdef _StateRec *rec
     cdef PyObject *last = NULL  # the uuid of the record before, whose row is `row`
@@ -2112,7 +2118,12 @@ cdef class EventDrain:
                     run_ns = b - f.processed_ns
                     self._observe_run(run_ns)
                     f.completed_ns = b
-                    self.outcomes[uuid] = ("r", rec[3])
+                    outcome = ("r", rec[3])
+                    # (a str and bytes: never in a cycle.  The store keeps it until the
+                    # instance is forgotten: tracked, it was a second survivor a job
+                    # besides the caller's Future, twice the young collections)
+                    PyObject_GC_UnTrack(<void *>outcome)
+                    self.outcomes[uuid] = outcome
                     f.state = self.completed
                     self._completed(kind, run_ns)
                     self.records.push(uuid, kind, self.completed_v, b, attempts, f.worker,

@@ -230,3 +230,55 @@ def test_a_queued_instance_costs_the_store_under_a_hundred_bytes():
         assert len(insts) == n
     finally:
         m.stop()
+
+
+def _retained(store: MemoryStore) -> list[str]:
+    return sorted(r.uuid for r in store.lookup_instances(Query()))
+
+
+def test_retention_follows_the_latest_end_of_each_instance():
+    # memory_write learns whether `finished` holds an instance from its row's state
+    # before the write: an instance that ends, runs again (a recurrence) and ends
+    # again must be the newest to have ended, and one running again is never dropped
+    completed, running = int(State.COMPLETED), int(State.PROCESSING)
+    store = MemoryStore(max_instances=2)
+
+    def write(uuid, state, t):
+        row = (uuid, KIND, state, 0, 1, T0, T0, T0 + t, T0 + t if state in FINAL_STATES else None,
+               None)  # fmt: skip
+        store.write_batch([row], [], [])
+
+    write("a", completed, 1)
+    write("b", completed, 2)
+    write("a", running, 3)  # a runs again: it has not ended, nothing to retain it by
+    write("c", completed, 4)
+    assert _retained(store) == ["a", "b", "c"]
+    write("a", completed, 5)  # a ends again, after c: b is now the oldest to have ended
+    assert _retained(store) == ["a", "c"]
+    write("d", completed, 6)
+    assert _retained(store) == ["a", "d"]
+    # ended again with no run between in the store's eyes (one flush saw the run
+    # start and end: the snapshot holds only its final state): now the newest too
+    write("a", completed, 7)
+    write("e", completed, 8)
+    assert _retained(store) == ["a", "e"]
+
+
+def test_put_instances_rows_are_retained_like_written_ones():
+    # the per-record path keeps `finished` as write_batch does, so retention reaches
+    # its rows and a later write_batch of the same instance finds the store as it left it
+    from jobengine.records import InstanceRecord
+
+    def rec(uuid, state, t):
+        done = T0 + t if state in FINAL_STATES else None
+        return InstanceRecord(uuid, KIND, state, 0, 1, T0, T0, T0 + t, done)
+
+    store = MemoryStore(max_instances=None)
+    store.put_instances([rec("a", State.COMPLETED, 1), rec("b", State.TERMINATED, 2)])
+    store.put_instances([rec("a", State.PROCESSING, 3)])  # a runs again
+    store.write_batch([("c", KIND, int(State.COMPLETED), 0, 1, T0, T0, T0, T0 + 4, None)], [], [])
+    store.set_retention(max_instances=1)
+    assert store.apply_retention(T0) == 1  # b, the oldest to have ended; a is running
+    assert _retained(store) == ["a", "c"]
+    store.write_batch([("a", KIND, int(State.COMPLETED), 0, 1, T0, T0, T0, T0 + 5, None)], [], [])
+    assert _retained(store) == ["a"]

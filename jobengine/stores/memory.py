@@ -146,10 +146,16 @@ class MemoryStore(Store):
 
     def put_instances(self, batch: Sequence[InstanceRecord]) -> None:
         with self._lock:
+            finished = self._finished
             for r in batch:
                 row = self._row(r.uuid, r.kind)
                 row[0:8] = (r.kind, r.state._value_, r.priority, r.attempts, r.created_ns,
                             r.scheduled_ns, r.processed_ns, r.completed_ns)  # fmt: skip
+                # `finished` holds a uuid exactly while its row's state is final, as
+                # write_batch keeps it (retention walks it; memory_write relies on it)
+                finished.pop(r.uuid, None)
+                if r.state._value_ in FINAL_STATES:
+                    finished[r.uuid] = r.completed_ns or 0
                 if r.result_payload is not None or r.error is not None or r.note is not None:
                     self._outcomes[r.uuid] = (r.result_payload, r.error, r.note)
 
