@@ -1322,6 +1322,152 @@ cdef inline void _release_rec(_StateRec *r) noexcept:
     Py_XDECREF(r.cause)
 
 
+# --- submit()'s short path ------------------------------------------------------------
+
+from cpython.object cimport PyTypeObject
+
+cdef tuple _NO_ARGS = ()
+
+
+@cython.final
+cdef class ShortPath:
+    """Manager.submit(), schedule_registered_job() and schedule_job()'s common case,
+    compiled: one call where the Python path made ~15 (issue 14: the submitting
+    thread's cost a job).  It is Manager._admit_plain followed by Engine.admit and
+    Recorder.created, step for step, for a job of its own (not transient) with no
+    schedule options and no state-change handler, arguments that fit its executor's
+    signature without a full bind (and, for the go-job calls, with no annotation to
+    convert them by), its executor already pickled, on a running engine with no shared
+    queue, no follow-up uuid given to this thread, and the recorder below its flush
+    mark.  Those Python methods stay the reference and take every other case: submit()
+    and schedule() return the new Instance, or None having recorded nothing (then an
+    argument that could not be pickled is pickled again by the general path, which
+    reports it).  Made by Manager.start() for its engine, dropped with it."""
+
+    cdef object engine, mglobals, implicit, jobs, blobs, recorder, touched
+    cdef object known, inbox, given, time_ns, instance_type, task_bytes, no_arguments
+    cdef object scheduled
+    cdef RecordBuffer records
+    cdef Doorbell doorbell
+    cdef Py_ssize_t flush_every
+
+    def __init__(self, manager, engine, registry, dict manager_globals, instance_type,
+                 task_bytes, no_arguments, scheduled_state, Py_ssize_t flush_every):
+        if not (isinstance(instance_type, type) and issubclass(instance_type, InstanceFields)):
+            raise TypeError("ShortPath makes InstanceFields instances")
+        # (not the manager itself: a Manager dropped without stop() is collected, and
+        # stops its engine, as soon as nothing refers to it; a cycle would wait for the
+        # collector)
+        self.engine = engine
+        self.mglobals = manager_globals
+        self.implicit = registry._implicit
+        self.jobs = registry._jobs
+        self.blobs = registry._blobs
+        self.recorder = engine.recorder
+        self.records = engine.recorder._records
+        self.touched = engine.recorder._touched
+        self.known = engine._known
+        self.inbox = engine.inbox
+        self.given = manager._given_uid
+        self.time_ns = manager._clock.time_ns
+        self.doorbell = engine.pool.doorbell
+        self.instance_type = instance_type
+        self.task_bytes = task_bytes
+        self.no_arguments = no_arguments
+        self.scheduled = scheduled_state
+        self.flush_every = flush_every
+
+    def submit(self, fn, tuple args, dict kwargs):
+        """submit(fn, *args, **kwargs) (the Executor rule: arguments as given)."""
+        try:
+            job = self.implicit.get(fn)
+        except TypeError:  # unhashable: never shared between calls
+            return None
+        if job is None:
+            return None
+        return self._admit(job, args, kwargs, False)
+
+    def schedule(self, job, tuple args, kwargs):
+        """schedule_job(job, args=args, kwargs=kwargs) (the go-job rule: only a
+        registered job, and only when nothing would be converted)."""
+        if kwargs is not None and type(kwargs) is not dict:
+            return None
+        return self._admit(job, args, kwargs, True)
+
+    cdef object _admit(self, job, tuple args, dict kwargs, bint registered):
+        engine = self.engine
+        if (engine.state != "running" or engine.broken is not None
+                or self.mglobals["_exiting"]):
+            return None
+        # manager.py: _plain(job), and no handler to call for the two records
+        if (job.transient or job.crontab is not None or job.schedule_at is not None
+                or job.schedule_after is not None or job.jitter is not None
+                or job.state_change_handler is not None):
+            return None
+        # Job.bind's common case: no full bind, nothing to convert
+        if job._signature is not None:
+            arity = job._arity
+            if arity is None or kwargs or not (arity[0] <= len(args) <= arity[1]):
+                return None
+            if registered and job._conversions is not None:
+                return None
+        if registered and self.jobs.get(job.kind) is not job:  # registry.adopt's case
+            return None
+        if self.blobs.get(job) is None:  # registry.executor_blob makes it, once
+            return None
+        if self.given.value is not None:  # a follow-up job's uuid (Manager._next_uid)
+            return None
+        recorder = self.recorder
+        unflushed = recorder._unflushed + 2
+        if unflushed > self.flush_every:  # Recorder.created flushes, and may wait
+            return None
+        uid = uuid7_text()
+        if not args and not kwargs and not job.injections:
+            payload = self.no_arguments
+        else:
+            try:
+                payload = self.task_bytes(job, args, kwargs, uid)
+            except Exception:
+                return None
+        created = self.time_ns()
+        cdef int64_t created_ns = _ns_field(created)
+        cdef type cls = self.instance_type
+        inst = (<PyTypeObject *>cls).tp_new(cls, <PyObject *>_NO_ARGS, NULL)
+        cdef InstanceFields f = <InstanceFields>inst
+        # InstanceFields.__init__, then _admit_plain's and Recorder.created's fields
+        f._state = _FUTURE_PENDING
+        f._owner = engine
+        f.job = job
+        f._uuid_str = uid
+        f.args = args
+        f._kwargs = kwargs or None
+        f.priority = job.priority
+        f.handle = -1
+        f.attempts = 0
+        f.started_mono = 0
+        f._created_ns = created_ns
+        f._scheduled_ns = created_ns
+        f.payload = payload
+        f.state = self.scheduled
+        # Engine.admit: records first (once the engine has one, it may run at once)
+        self.records.created(uid, job.kind, created, 1)
+        self.touched.append(inst)
+        recorder._unflushed = unflushed
+        known = self.known
+        known[uid] = inst  # Engine.remember(inst, held=True)
+        if len(known) > engine._known_limit:
+            engine._prune_known()
+        self.inbox.append(inst)
+        if not engine._active and engine._deal_here():
+            return inst
+        # Engine._ring_for_inbox
+        __atomic_fetch_or(&self.doorbell.words[1], 1, __ATOMIC_SEQ_CST)
+        je_unpark(&self.doorbell.words[0])
+        if engine.state == "stopped":
+            engine.cancel_queued(inst)
+        return inst
+
+
 # --- the memory store's batch write ---------------------------------------------------
 
 # history codes (state | attempt << 8 | run << 24) of a first run's first attempts, made

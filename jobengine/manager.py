@@ -22,6 +22,7 @@ from concurrent.futures import Executor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from ._core import ShortPath
 from .cleaners import DEFAULT_CRONTAB, schedule_cleaner
 from .clock import SYSTEM, Clock
 from .engine import Engine
@@ -33,7 +34,7 @@ from .errors import (
 )
 from .ids import uuid7_str
 from .instance import Instance
-from .job import Job, check_priority, check_schedule_at, check_seconds, task_bytes
+from .job import NO_ARGUMENTS, Job, check_priority, check_schedule_at, check_seconds, task_bytes
 from .metrics import exposition
 from .payloads import PayloadError, dumps_value, secret_from
 from .pool.follow_up import FollowUps
@@ -41,9 +42,11 @@ from .pool.inherit import dumps_for_workers
 from .pool.pool import WorkerEvent, WorkerInfo
 from .query import Query
 from .queue import SharedQueue
+from .recorder import FLUSH_EVERY
 from .records import InstanceRecord, LogLevel, LogRecord, StateRecord, datetime_to_ns
 from .registry import JobRegistry, importable
 from .signals import SignalStop, start_thread
+from .state import State
 from .stores.base import Store
 from .stores.memory import MemoryStore
 
@@ -365,6 +368,7 @@ class Manager(Executor):
         """The engine (and shared queue) this manager runs: made at construction, and
         again by a start() after a stop()."""
         self._engine = engine = Engine(**self._engine_options)
+        self._short: ShortPath | None = None  # made by start(), for this engine
         self.node = engine.node
         # On a durable store one-off instances live in its shared queue (queue.py).
         lease_s = self._engine_options["lease"]
@@ -421,8 +425,14 @@ class Manager(Executor):
     def schedule_registered_job(self, kind: str, **options: Any) -> Instance:
         """Schedule an instance of the registered job `kind`; options as schedule_job."""
         job = self._registry.lookup(kind)
-        if not options and _plain(job) and self._short_path_open():
-            return self._admit_plain(job, (), {}, raising=True)  # schedule_job's own
+        if not options:  # schedule_job's own short paths
+            short = self._short
+            if short is not None:
+                inst = short.schedule(job, (), None)
+                if inst is not None:
+                    return inst
+            if _plain(job) and self._short_path_open():
+                return self._admit_plain(job, (), {}, raising=True)
         return self.schedule_job(job, **options)
 
     def schedule_job(
@@ -455,10 +465,14 @@ class Manager(Executor):
             and type(args) is tuple
             and (kwargs is None or type(kwargs) is dict)
             and isinstance(job, Job)
-            and _plain(job)
-            and self._short_path_open()
         ):
-            return self._admit_plain(job, args, kwargs or {}, raising=True)
+            short = self._short
+            if short is not None:
+                inst = short.schedule(job, args, kwargs)
+                if inst is not None:
+                    return inst
+            if _plain(job) and self._short_path_open():
+                return self._admit_plain(job, args, kwargs or {}, raising=True)
         self._check_accepting()
         if overrides:
             if not isinstance(job, Job):
@@ -795,6 +809,18 @@ class Manager(Executor):
             self._engine.start()
             if self._queue is not None:
                 self._queue.start()
+            else:  # (with a shared queue, one-off instances take the queue's path)
+                self._short = ShortPath(
+                    self,
+                    self._engine,
+                    self._registry,
+                    globals(),
+                    Instance,
+                    task_bytes,
+                    NO_ARGUMENTS,
+                    State.SCHEDULED,
+                    FLUSH_EVERY,
+                )
         if self._signals is not None:
             self._signals.install()
         return self
@@ -890,6 +916,11 @@ class Manager(Executor):
         Future).  Starts the manager if it was never started, as ProcessPoolExecutor
         starts its processes.  As there, an argument that cannot be pickled fails the
         Future (SerializationError, a pickle.PicklingError), not the call."""
+        short = self._short  # the common case, compiled (_core.ShortPath)
+        if short is not None:
+            inst = short.submit(fn, args, kwargs)
+            if inst is not None:
+                return inst
         if self._short_path_open():
             job = self._registry.implicit(fn)  # (counts a transient job's instance)
             if _plain(job):

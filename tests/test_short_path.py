@@ -1,6 +1,7 @@
 """submit() and schedule_job() of a job without schedule options, due now, take a short
-path (Manager._admit_plain); what it records and returns is what the general path
-records and returns for the same call."""
+path: the compiled one (_core.ShortPath) in its common case, else Manager._admit_plain;
+what either records and returns is what the general path records and returns for the
+same call."""
 
 import functools
 
@@ -8,22 +9,46 @@ import jobs
 import pytest
 from conftest import wait_for
 
-from jobengine import Job, Manager, Query, SerializationError, State
+import jobengine.manager as manager_module
+from jobengine import Job, Manager, Query, SerializationError, State, _core
 from jobengine.records import StateRecord
 
 HAPPY = [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
 
 
+class _SpiedShortPath:
+    """A _core.ShortPath that notes each call it served: (kind, raising, "compiled")."""
+
+    def __init__(self, real, taken):
+        self.real, self.taken = real, taken
+
+    def submit(self, fn, args, kwargs):
+        inst = self.real.submit(fn, args, kwargs)
+        if inst is not None:
+            self.taken.append((inst.job.kind, False, "compiled"))
+        return inst
+
+    def schedule(self, job, args, kwargs):
+        inst = self.real.schedule(job, args, kwargs)
+        if inst is not None:
+            self.taken.append((job.kind, True, "compiled"))
+        return inst
+
+
 @pytest.fixture
 def spied(monkeypatch):
+    """The calls either short path served, in order: (kind, raising, which)."""
     taken = []
     original = Manager._admit_plain
 
     def spy(self, job, args, kwargs, *, raising):
-        taken.append((job.kind, raising))
+        taken.append((job.kind, raising, "python"))
         return original(self, job, args, kwargs, raising=raising)
 
     monkeypatch.setattr(Manager, "_admit_plain", spy)
+    monkeypatch.setattr(
+        manager_module, "ShortPath", lambda *a: _SpiedShortPath(_core.ShortPath(*a), taken)
+    )
     return taken
 
 
@@ -53,7 +78,7 @@ def test_which_calls_take_the_short_path(spied, tmp_path):
         assert early.result(timeout=30) == 2
         m.submit(jobs.add, 1, 2).result(timeout=30)
         m.schedule_registered_job("add", args=(3, 4)).result(timeout=30)
-        assert [raising for _, raising in spied] == [False, True]  # submit, then go-job
+        assert [raising for _, raising, _ in spied] == [False, True]  # submit, then go-job
         assert spied[1][0] == "add"
         spied.clear()
         m.submit(functools.partial(jobs.add, 1), 2).result(timeout=30)  # transient job
@@ -91,7 +116,7 @@ def test_arguments_that_cannot_travel_follow_each_api_s_rule(spied):
         assert all(i.kind != "echo" for i in m.lookup_instances())  # go-job: nothing
         f = m.submit(jobs.echo, threading.Lock())  # Executor: the Future fails
         assert isinstance(f.exception(timeout=30), SerializationError)
-        assert [k for k, _ in spied] == [job.kind, f.job.kind]
+        assert [k for k, _, _ in spied] == [job.kind, f.job.kind]
         assert f.state != State.COMPLETED
         wait_for(lambda: m.lookup_instance_history(f)[-1].state == f.state)
 
@@ -115,3 +140,140 @@ def test_a_call_without_arguments_is_pickled_once_not_per_instance():
         assert m.submit(jobs.noop).result(timeout=30) is None
         assert m.schedule_registered_job("stamp").result(timeout=30) == 1
         assert m.submit(jobs.add, 2, b=3).result(timeout=30) == 5
+
+
+def test_the_compiled_path_serves_repeated_calls_as_the_python_path_would(spied):
+    with Manager(1) as m:
+        m.submit(jobs.add, 1, 2).result(timeout=30)  # first: the job is made (python)
+        m.register_job(Job("adder", jobs.add, priority=4))
+        spied.clear()
+        compiled = [
+            m.submit(jobs.add, 5, 6),
+            m.submit(jobs.add, 7, 8),
+            m.schedule_registered_job("adder", args=(5, 6)),
+            m.schedule_job(m.lookup_job("adder"), args=(5, 6), kwargs={}),
+        ]
+        assert spied == [
+            ("add", False, "compiled"),
+            ("add", False, "compiled"),
+            ("adder", True, "compiled"),
+            ("adder", True, "compiled"),
+        ]
+        # keyword arguments need Signature.bind: the Python path
+        assert m.submit(jobs.add, 5, b=6).result(timeout=30) == 11
+        assert spied[-1] == ("add", False, "python")
+        spied.clear()
+        # the Python short path for the same calls, for comparison
+        m._short = None
+        python = [
+            m.submit(jobs.add, 5, 6),
+            m.submit(jobs.add, 7, 8),
+            m.schedule_registered_job("adder", args=(5, 6)),
+            m.schedule_job(m.lookup_job("adder"), args=(5, 6), kwargs={}),
+        ]
+        assert [w for _, _, w in spied] == ["python"] * 4
+        for a, b in zip(compiled, python, strict=True):
+            assert type(a) is type(b)
+            assert _shape(m, a) == _shape(m, b)
+            assert a.handle == b.handle == -1 and a.worker is not None
+            assert m.lookup_instances(Query(uuid=a.uuid_str)) == [a]  # the same object
+        assert [c.priority for c in compiled] == [0, 0, 4, 4]
+
+
+def test_the_compiled_path_leaves_other_cases_to_the_python_path(spied):
+    from jobengine.recorder import FLUSH_EVERY
+
+    calls = []
+    watched = Job("watched", jobs.noop, state_change_handler=lambda i, s: calls.append(s))
+    with Manager(1) as m:
+        m.register_job(watched)
+        m.register_job(Job("typed", jobs.typed_add))
+        m.submit(jobs.noop).result(timeout=30)
+        spied.clear()
+        # a state-change handler: its CREATED and SCHEDULED calls are queued by Recorder
+        m.schedule_registered_job("watched").result(timeout=30)
+        wait_for(lambda: len(calls) == 4)
+        assert calls[:2] == [State.CREATED, State.SCHEDULED]
+        # go-job converts arguments by the executor's annotations
+        assert m.schedule_registered_job("typed", args=("2", "3")).result(timeout=30) == 5
+        # the recorder at its flush mark: Recorder.created flushes (and may wait)
+        m._engine.recorder._unflushed = FLUSH_EVERY
+        assert m.submit(jobs.noop).result(timeout=30) is None
+        assert [w for _, _, w in spied] == ["python"] * 3
+        spied.clear()
+        assert m.submit(jobs.noop).result(timeout=30) is None  # flushed: compiled again
+        assert [w for _, _, w in spied] == ["compiled"]
+
+
+class _Unhashable:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other):
+        return self is other
+
+    def __call__(self, x):
+        return x + 1
+
+
+def test_an_unhashable_callable_and_an_argument_that_cannot_travel_take_the_general_path(
+    spied,
+):
+    import threading
+
+    with Manager(1) as m:
+        fn = _Unhashable()
+        assert [m.submit(fn, i).result(timeout=30) for i in range(3)] == [1, 2, 3]
+        m.submit(jobs.echo, 1).result(timeout=30)
+        spied.clear()
+        f = m.submit(jobs.echo, threading.Lock())  # pickled by the compiled path, refused
+        assert isinstance(f.exception(timeout=30), SerializationError)
+        assert [w for _, _, w in spied] == ["python"]  # which pickled it again, and failed it
+        assert m.submit(jobs.echo, 7).result(timeout=30) == 7
+        assert [w for _, _, w in spied] == ["python", "compiled"]
+
+
+def test_a_restarted_manager_gets_a_compiled_path_for_its_new_engine(spied):
+    m = Manager(1)
+    m.start()
+    m.submit(jobs.add, 1, 1).result(timeout=30)
+    first = m._short
+    m.stop()
+    assert m._short is first  # (kept, and declines: its engine has stopped)
+    with pytest.raises(RuntimeError):
+        m.submit(jobs.add, 1, 1)
+    m.start()
+    try:
+        assert m._short is not first
+        spied.clear()
+        assert m.submit(jobs.add, 2, 2).result(timeout=30) == 4
+        assert [w for _, _, w in spied] == ["compiled"]
+    finally:
+        m.stop()
+
+
+def test_a_queued_instance_from_the_compiled_path_is_in_the_store_as_scheduled(spied):
+    # its instance row is written with its first two records, before anything runs it
+    with Manager(1) as m:
+        m.submit(jobs.add, 0, 0).result(timeout=30)
+        hold = m.submit(jobs.sleep_then, 0.5)
+        spied.clear()
+        queued = m.submit(jobs.add, 1, 2)
+        assert [w for _, _, w in spied] == ["compiled"]
+        assert m.lookup_instance_history(queued)  # (flushed)
+        record = m.store.get_instance(queued.uuid_str)
+        assert record.state == State.SCHEDULED and not queued.done()
+        assert record.created_ns == record.scheduled_ns == queued.created_ns
+        assert (record.kind, record.priority, record.attempts) == ("add", 0, 0)
+        assert queued.result(timeout=30) == 3 and hold.result(timeout=30) is None
+
+
+def test_schedule_job_registers_again_a_job_that_was_unregistered(spied):
+    # registry.adopt: the go-job rule holds on the compiled path too
+    with Manager(1) as m:
+        job = m.register_job(Job("again", jobs.add))
+        assert m.schedule_job(job, args=(1, 2)).result(timeout=30) == 3  # its executor pickled
+        m.unregister_job("again")
+        spied.clear()
+        assert m.schedule_job(job, args=(2, 2)).result(timeout=30) == 4
+        assert m.lookup_job("again") is job
+        assert [w for _, _, w in spied] == ["python"]
