@@ -1346,7 +1346,8 @@ cdef class ShortPath:
 
     cdef object engine, mglobals, implicit, jobs, blobs, recorder, touched
     cdef object known, inbox, given, time_ns, instance_type, task_bytes, no_arguments
-    cdef object scheduled
+    cdef object scheduled, kind_ids, log
+    cdef uint32_t t_task
     cdef RecordBuffer records
     cdef Doorbell doorbell
     cdef Py_ssize_t flush_every
@@ -1363,6 +1364,10 @@ cdef class ShortPath:
         self.implicit = registry._implicit
         self.jobs = registry._jobs
         self.blobs = registry._blobs
+        self.kind_ids = registry.kind_ids()  # (the live mapping)
+        from jobengine.engine import log
+        from jobengine.pool.channel import T_TASK
+        self.log, self.t_task = log, T_TASK
         self.recorder = engine.recorder
         self.records = engine.recorder._records
         self.touched = engine.recorder._touched
@@ -1458,7 +1463,7 @@ cdef class ShortPath:
         if len(known) > engine._known_limit:
             engine._prune_known()
         self.inbox.append(inst)
-        if not engine._active and engine._deal_here():
+        if not engine._active and self._deal_idle(engine, f):
             return inst
         # Engine._ring_for_inbox
         __atomic_fetch_or(&self.doorbell.words[1], 1, __ATOMIC_SEQ_CST)
@@ -1466,6 +1471,66 @@ cdef class ShortPath:
         if engine.state == "stopped":
             engine.cancel_queued(inst)
         return inst
+
+    cdef bint _deal_idle(self, engine, InstanceFields inst) except -1:
+        # Engine._deal_here for the instance just admitted to an idle engine (nothing
+        # counted active, nothing in the core, only it in the inbox), with
+        # Engine._dispatch, _take_inbox and Dispatcher.deal for that one instance: no
+        # heap push and pop, no sorting.  Any other case, or recycled workers (their
+        # tasks are counted by Dispatcher._send), goes to engine._deal_here, the
+        # reference.  True: dealt, the engine thread has nothing to do for it.
+        inbox = self.inbox
+        core = engine.core
+        lock = engine.lock
+        dispatcher = engine.dispatcher
+        if (len(inbox) != 1 or inbox[0] is not inst or len(core) or engine._preload
+                or engine._finished or dispatcher.max_jobs is not None):
+            return engine._deal_here()
+        if engine.state != "running" or lock.locked():
+            return False
+        turn = engine._turn
+        if not turn.acquire(False):
+            return False
+        try:
+            # the least loaded worker with a free credit (Dispatcher.deal's first slot)
+            credits = dispatcher.credits
+            best = None
+            for w in engine.pool.workers.values():
+                if not w.retiring and len(w.inflight) < credits and (
+                        best is None or len(w.inflight) < len(best.inflight)):
+                    best = w
+            if best is None:  # (all busy with uncounted runs): the engine thread deals
+                return engine._deal_here()
+            with lock:  # _take_inbox
+                if len(inbox) != 1 or inbox[0] is not inst or inst.state is not self.scheduled:
+                    return False  # (canceled meanwhile, or another joined it: the turn's)
+                inbox.popleft()
+                free_handles = engine._free_handles
+                by_handle = engine._by_handle
+                if free_handles:
+                    h = free_handles.pop()
+                    by_handle[h] = inst
+                else:
+                    h = len(by_handle)
+                    by_handle.append(inst)
+                inst.handle = h
+                engine._active += 1
+            requeue, failed, touched = deal_tasks(
+                [best], [credits - len(best.inflight)], [inst], self.kind_ids,
+                dispatcher._send, self.t_task)
+            for w in touched:
+                w.channel.tasks.publish()
+            if requeue:  # (its ring was full): in the core, for the engine thread
+                with lock:
+                    core.add(h, 0, inst.priority)
+            for u, e in failed:
+                engine._fail_unit(u, e, "it could not be handed to a worker")
+            return not (inbox or len(core) or engine._preload or engine._finished)
+        except Exception:  # left for the engine thread, whose turn meets it again
+            self.log.exception("jobengine: dealing a new instance from the admitting thread")
+            return False
+        finally:
+            turn.release()
 
 
 # --- the memory store's batch write ---------------------------------------------------

@@ -277,3 +277,34 @@ def test_schedule_job_registers_again_a_job_that_was_unregistered(spied):
         assert m.schedule_job(job, args=(2, 2)).result(timeout=30) == 4
         assert m.lookup_job("again") is job
         assert [w for _, _, w in spied] == ["python"]
+
+
+def test_a_job_submitted_to_an_idle_engine_is_dealt_by_the_compiled_path(monkeypatch, spied):
+    # the idle case of Engine._deal_here, compiled with it (_core.ShortPath): the Python
+    # method is left for the other cases, e.g. recycled workers (Dispatcher._send
+    # counts their tasks)
+    from jobengine.engine import Engine
+
+    calls = []
+    original = Engine._deal_here
+
+    def deal_here(self):
+        calls.append(self)
+        return original(self)
+
+    monkeypatch.setattr(Engine, "_deal_here", deal_here)
+    for recycled in (False, True):
+        calls.clear()
+        with Manager(2, max_jobs_per_worker=3 if recycled else None) as m:
+            m.submit(jobs.add, 0, 0).result(timeout=30)
+            spied.clear()
+            n_calls = len(calls)
+            engine = m._engine
+            for i in range(8):
+                assert m.wait(timeout=30)  # idle again, and its turn over
+                wait_for(lambda e=engine: not (e._finished or e.inbox or len(e.core)))
+                f = m.submit(jobs.add, i, 1)
+                assert f.result(timeout=30) == i + 1
+                assert [r.state for r in m.lookup_instance_history(f)] == HAPPY
+            assert [w for _, _, w in spied] == ["compiled"] * 8
+            assert len(calls) - n_calls == (8 if recycled else 0)
