@@ -1324,6 +1324,17 @@ cdef inline void _release_rec(_StateRec *r) noexcept:
 
 # --- submit()'s short path ------------------------------------------------------------
 
+cdef object _least_loaded(dict workers, object credits):
+    # Dispatcher.deal's first slot: the least loaded worker with a free credit, the
+    # first of equals in the pool's order (its sort is stable), or None
+    best = None
+    for w in workers.values():
+        if not w.retiring and len(w.inflight) < credits and (
+                best is None or len(w.inflight) < len(best.inflight)):
+            best = w
+    return best
+
+
 from cpython.object cimport PyTypeObject
 
 cdef tuple _NO_ARGS = ()
@@ -1492,13 +1503,8 @@ cdef class ShortPath:
         if not turn.acquire(False):
             return False
         try:
-            # the least loaded worker with a free credit (Dispatcher.deal's first slot)
             credits = dispatcher.credits
-            best = None
-            for w in engine.pool.workers.values():
-                if not w.retiring and len(w.inflight) < credits and (
-                        best is None or len(w.inflight) < len(best.inflight)):
-                    best = w
+            best = _least_loaded(engine.pool.workers, credits)
             if best is None:  # (all busy with uncounted runs): the engine thread deals
                 return engine._deal_here()
             with lock:  # _take_inbox
