@@ -292,6 +292,31 @@ class RecordBuffer:
         """The records as STATE_ROW tuples, oldest first."""
     def __len__(self) -> int: ...
 
+class ShortPath:
+    """Manager.submit(), schedule_registered_job() and schedule_job()'s common case in
+    one compiled call (Manager._admit_plain + Engine.admit + Recorder.created), and the
+    idle engine's deal of it (Engine._deal_here); made by Manager.start() for its
+    engine.  Returns the new Instance, or None having recorded nothing: the caller
+    takes the Python path, the reference for every case."""
+
+    def __init__(
+        self,
+        manager: Any,
+        engine: Any,
+        registry: Any,
+        manager_globals: dict,
+        instance_type: type,
+        task_bytes: Callable[..., bytes],
+        no_arguments: bytes,
+        scheduled_state: Any,
+        flush_every: int,
+    ) -> None: ...
+    def submit(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any | None:
+        """submit(fn, *args, **kwargs): the Executor rule (arguments as given)."""
+    def schedule(self, job: Any, args: tuple, kwargs: dict | None) -> Any | None:
+        """schedule_job(job, args=..., kwargs=...) of a registered job: the go-job rule
+        (only when no annotation would convert an argument)."""
+
 def memory_row_list(row: list | QueuedRow) -> list:
     """A MemoryStore row as its list: a compact queued row (QueuedRow) unpacked into a
     new list, any other row itself."""
