@@ -1434,8 +1434,7 @@ cdef class ShortPath:
         if self.given.value is not None:  # a follow-up job's uuid (Manager._next_uid)
             return None
         recorder = self.recorder
-        unflushed = recorder._unflushed + 2
-        if unflushed > self.flush_every:  # Recorder.created flushes, and may wait
+        if recorder._unflushed + 2 > self.flush_every:  # Recorder.created flushes, may wait
             return None
         uid = uuid7_text()
         if not args and not kwargs and not job.injections:
@@ -1468,7 +1467,7 @@ cdef class ShortPath:
         # Engine.admit: records first (once the engine has one, it may run at once)
         self.records.created(uid, job.kind, created, 1)
         self.touched.append(inst)
-        recorder._unflushed = unflushed
+        recorder._unflushed += 2  # (read again: pickling may have let another thread in)
         known = self.known
         known[uid] = inst  # Engine.remember(inst, held=True)
         if len(known) > engine._known_limit:

@@ -4,6 +4,7 @@ what either records and returns is what the general path records and returns for
 same call."""
 
 import functools
+import time
 
 import jobs
 import pytest
@@ -308,3 +309,42 @@ def test_a_job_submitted_to_an_idle_engine_is_dealt_by_the_compiled_path(monkeyp
                 assert [r.state for r in m.lookup_instance_history(f)] == HAPPY
             assert [w for _, _, w in spied] == ["compiled"] * 8
             assert len(calls) - n_calls == (8 if recycled else 0)
+
+
+def test_threads_racing_through_the_compiled_path_lose_nothing(spied):
+    # four threads submit at once, now to an idle engine, now to a busy one: the idle
+    # deal (the turn lock) and the general path's engine thread take turns
+    import random
+    import threading
+
+    with Manager(2) as m:
+        m.submit(jobs.add, 0, 0).result(timeout=30)
+        spied.clear()
+        out: list = []
+        errors: list = []
+
+        def submitter(seed):
+            rnd = random.Random(seed)
+            try:
+                for i in range(300):
+                    f = m.submit(jobs.add, seed, i)
+                    out.append((f, seed + i))
+                    if rnd.random() < 0.05:
+                        f.result(timeout=30)
+                        time.sleep(rnd.random() * 0.003)  # let the engine go idle
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=submitter, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert [f.result(timeout=60) for f, _ in out] == [want for _, want in out]
+        assert m.wait(timeout=30)
+        assert len(spied) == 1200 and {w for _, _, w in spied} == {"compiled"}
+        assert len({f.uuid_str for f, _ in out}) == 1200
+        for f, _ in out[::37]:
+            assert [r.state for r in m.lookup_instance_history(f)] == HAPPY
+        assert m._engine._active == 0
