@@ -9,6 +9,8 @@ import time
 import jobs
 import pytest
 from conftest import wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jobengine.manager as manager_module
 from jobengine import Job, Manager, Query, SerializationError, State, _core
@@ -348,3 +350,104 @@ def test_threads_racing_through_the_compiled_path_lose_nothing(spied):
         for f, _ in out[::37]:
             assert [r.state for r in m.lookup_instance_history(f)] == HAPPY
         assert m._engine._active == 0
+
+
+def _outcome_shape(m: Manager, inst) -> dict:
+    """_shape for an instance that may have failed: its error's type and text instead."""
+    try:
+        result, error = inst.result(timeout=30), None
+    except Exception as e:
+        result, error = None, (type(e).__name__, str(e))
+    history: list[StateRecord] = m.lookup_instance_history(inst)
+    return {
+        "result": result,
+        "error": error,
+        "states": [r.state for r in history],
+        "attempts": [r.attempt for r in history],
+        "created_is_scheduled": inst.scheduled_ns == inst.created_ns,
+        "priority": inst.priority,
+        "kind": inst.kind,
+        "args": inst.args,
+        "kwargs": inst.kwargs,
+        "final": inst.state,
+    }
+
+
+_VALUES = st.one_of(
+    st.integers(-5, 5), st.text(max_size=3), st.lists(st.integers(0, 3), max_size=2)
+)
+_DIGITS = st.text("0123", min_size=1, max_size=2)
+_CALLS = st.one_of(
+    st.tuples(st.just("submit add"), _VALUES, _VALUES),
+    st.tuples(st.just("submit add b="), st.integers(), st.integers()),
+    st.tuples(st.just("submit echo"), _VALUES, st.none()),
+    st.tuples(st.just("submit noop"), st.none(), st.none()),
+    st.tuples(st.just("submit fail"), st.text(max_size=5), st.none()),
+    st.tuples(st.just("submit typed_add"), _DIGITS, st.integers(0, 9)),
+    st.tuples(st.just("registered adder"), st.integers(), st.integers()),
+    st.tuples(st.just("registered typed"), _DIGITS, st.integers(0, 9)),
+    st.tuples(st.just("registered watched"), st.none(), st.none()),
+    st.tuples(st.just("schedule_job adder b="), st.integers(), st.integers()),
+    st.tuples(st.just("schedule_job adder"), st.integers(), st.integers()),
+)
+
+
+def _call(m: Manager, what: str, x, y):
+    if what == "submit add":
+        return m.submit(jobs.add, x, y)
+    if what == "submit add b=":
+        return m.submit(jobs.add, x, b=y)
+    if what == "submit echo":
+        return m.submit(jobs.echo, x)
+    if what == "submit noop":
+        return m.submit(jobs.noop)
+    if what == "submit fail":
+        return m.submit(jobs.fail, x)
+    if what == "submit typed_add":  # the Executor rule: no conversion
+        return m.submit(jobs.typed_add, x, y)
+    if what == "registered adder":
+        return m.schedule_registered_job("adder", args=(x, y))
+    if what == "registered typed":  # the go-job rule: converted by its annotations
+        return m.schedule_registered_job("typed", args=(x, str(y)))
+    if what == "registered watched":
+        return m.schedule_registered_job("watched")
+    if what == "schedule_job adder b=":
+        return m.schedule_job(m.lookup_job("adder"), args=(x,), kwargs={"b": y})
+    return m.schedule_job(m.lookup_job("adder"), args=(x, y))
+
+
+@pytest.fixture(scope="module")
+def compiled_and_python():
+    """Two managers alike but for the compiled short path: the second has none."""
+    managers = []
+    for compiled in (True, False):
+        m = Manager(2)
+        m.register_job(Job("adder", jobs.add, priority=3))
+        m.register_job(Job("typed", jobs.typed_add))
+        m.register_job(Job("watched", jobs.noop, state_change_handler=lambda i, s: None))
+        m.start()
+        if not compiled:
+            m._short = None
+        managers.append(m)
+    yield managers
+    for m in managers:
+        m.stop()
+
+
+@settings(max_examples=30, deadline=None)
+@given(calls=st.lists(_CALLS, min_size=1, max_size=6), wait_between=st.booleans())
+def test_the_compiled_path_and_the_python_path_are_alike_for_any_calls(
+    compiled_and_python, calls, wait_between
+):
+    # whatever mix of calls a caller makes, on an idle or a busy engine, each manager
+    # gives the same results, errors, records and histories
+    shapes = []
+    for m in compiled_and_python:
+        made = []
+        for what, x, y in calls:
+            made.append(_call(m, what, x, y))
+            if wait_between:
+                made[-1].exception(timeout=30)  # (the next call meets an idle engine)
+        shapes.append([_outcome_shape(m, inst) for inst in made])
+    assert shapes[0] == shapes[1]
+    assert compiled_and_python[1]._short is None
