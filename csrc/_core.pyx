@@ -1353,7 +1353,9 @@ cdef class ShortPath:
     mark.  Those Python methods stay the reference and take every other case: submit()
     and schedule() return the new Instance, or None having recorded nothing (then an
     argument that could not be pickled is pickled again by the general path, which
-    reports it).  Made by Manager.start() for its engine, dropped with it."""
+    reports it).  On an idle engine it also deals the instance itself (_deal_idle).
+    Made by Manager.start() for its engine, dropped with it; it keeps the registry's,
+    the engine's and the recorder's containers it reads, which are never rebound."""
 
     cdef object engine, mglobals, implicit, jobs, blobs, recorder, touched
     cdef object known, inbox, given, time_ns, instance_type, task_bytes, no_arguments

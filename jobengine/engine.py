@@ -190,6 +190,7 @@ class Engine:
         self.init_blob = init_blob
         self.init_fds = list(init_fds or ())
         # New instances queue here (deque appends are atomic): scheduling takes no lock.
+        # (This deque and _known are read by _core.ShortPath too: never rebind them.)
         self.inbox: deque[Instance | tuple[Instance, int]] = deque()  # see _inbox_entry
         self.lock = threading.Lock()
         self._idle = threading.Condition(self.lock)

@@ -71,7 +71,9 @@ class Recorder:
         self._doorbell = doorbell  # rung by writers when a batch is written
         self._doorbell_fd = doorbell_fd
         self._flush_lock = threading.Lock()  # keeps batches in order across flushers
-        self._records = RecordBuffer()  # state records (STATE_ROW's fields)
+        # state records (STATE_ROW's fields).  This buffer and _touched are read by
+        # _core.ShortPath too: never rebind them.
+        self._records = RecordBuffer()
         self._logs: deque[tuple] = deque()
         self._touched: deque[Instance] = deque()
         self._outcomes: dict[str, tuple] = {}  # uuid -> outcome of its final state

@@ -36,6 +36,8 @@ class JobRegistry:
 
     def __init__(self, real_time_timeouts: bool = True):
         self._lock = threading.Lock()
+        # (_core.ShortPath reads _jobs, _ids, _blobs and _implicit directly: change
+        # them in place, never rebind them)
         self._jobs: dict[str, Job] = {}
         self._ids: dict[Job, int] = {}
         self._seq = itertools.count(1)
