@@ -217,6 +217,10 @@ class Engine:
         # new -> running [-> draining] -> stopping -> stopped.  draining: shutdown(wait=
         # False) or an abandoned manager: no new work; what is queued runs, then stop.
         self.state = "new"
+        # The process whose engine this is: an os.fork() child gets a copy that is
+        # stopped at once (forked_away), and says so when asked to schedule.
+        self.pid = os.getpid()
+        self.forked = False
         # The initializer failed in a worker: the engine serves nothing more.
         self.broken: BaseException | None = None
         self._forget: deque[int] = deque()  # kind ids of dropped jobs, for the workers
@@ -283,6 +287,14 @@ class Engine:
         self.state = "running"
         self._thread = threading.Thread(target=self._loop, name="jobengine-engine", daemon=True)
         start_thread(self._thread)
+
+    def forked_away(self) -> None:
+        """In an os.fork() child: this is a copy of the parent's engine, whose thread,
+        workers and supervisor stayed with the parent.  The copy takes nothing more
+        and stop() leaves it at once (nothing taken: a parent thread may have held a
+        lock at the fork).  start() again gives the child a manager of its own."""
+        self.forked = True
+        self.state = "stopped"
 
     def stop_unstarted(self) -> None:
         """stop() before start(): what was scheduled meanwhile is canceled (nothing would

@@ -113,7 +113,11 @@ _register_exit_hook()
 def _forget_engines_in_child() -> None:
     """os.fork() child: the managers of the parent are not this process's (their
     threads did not come along, their workers are the parent's).  Its exit must not
-    drain or wait for the copies, nor a stop a signal began in the parent."""
+    drain or wait for the copies, nor a stop a signal began in the parent; a copy
+    schedules nothing (it would reach the parent's workers, and its Future would
+    never settle here): scheduling on it raises, and stop() returns at once."""
+    for engine in list(_live_engines):
+        engine.forked_away()
     _live_engines.clear()
     _signal_stops.clear()
 
@@ -527,6 +531,12 @@ class Manager(Executor):
             raise type(engine.broken)(*engine.broken.args)
         if _exiting:
             raise error("cannot schedule new futures after interpreter shutdown")
+        if engine.forked:
+            raise error(
+                f"this manager runs in process {engine.pid}; this process ({os.getpid()}) "
+                "is a fork of it and cannot schedule on its copy: make a Manager here, "
+                "or start() this one again for workers of this process's own"
+            )
         if not engine.accepting:
             raise error(
                 f"cannot schedule new futures after shutdown (the manager is {engine.state})"

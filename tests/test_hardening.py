@@ -438,6 +438,49 @@ def test_a_forked_child_exits_without_touching_the_parents_manager():
     assert lines[1] == "done COMPLETED", err
 
 
+def test_a_forked_child_cannot_schedule_on_its_copy_of_the_parents_manager():
+    # what it scheduled would reach the parent's workers and never settle in the child:
+    # it raises, saying why; stop() returns at once; start() gives the child its own
+    proc = _script("""
+        import os, sys, time
+        import jobs
+        from jobengine import Manager
+        m = Manager(1).start()
+        assert m.submit(jobs.add, 1, 1).result(timeout=30) == 2  # (the compiled path's)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            out = []
+            try:
+                m.submit(jobs.add, 2, 2)
+                out.append("scheduled")
+            except RuntimeError as e:
+                out.append("refused:" + str("is a fork of it" in str(e)))
+            try:
+                m.schedule_registered_job("add")
+                out.append("scheduled")
+            except RuntimeError as e:
+                out.append("refused:" + type(e).__name__)
+            t = time.monotonic()
+            m.stop()
+            out.append(f"stopped:{time.monotonic() - t < 1}")
+            m.start()
+            out.append(f"own:{m.submit(jobs.add, 3, 3).result(timeout=30)}")
+            m.stop()
+            os.write(w, " ".join(out).encode())
+            os._exit(0)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        print(os.read(r, 4096).decode())
+        print(m.submit(jobs.add, 4, 4).result(timeout=30))  # the parent's, as it was
+        m.stop()
+    """)
+    out, err = proc.communicate(timeout=90)
+    lines = out.split("\n")
+    assert lines[0] == "refused:True refused:ManagerStateError stopped:True own:6", (out, err)
+    assert lines[1] == "8", (out, err)
+
+
 def test_a_day_of_far_future_work_is_accepted():
     at = datetime.now(UTC) + timedelta(days=365 * 99)
     mgr = Manager(1)
