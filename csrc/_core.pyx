@@ -1512,15 +1512,7 @@ cdef class ShortPath:
                 if len(inbox) != 1 or inbox[0] is not inst or inst.state is not self.scheduled:
                     return False  # (canceled meanwhile, or another joined it: the turn's)
                 inbox.popleft()
-                free_handles = engine._free_handles
-                by_handle = engine._by_handle
-                if free_handles:
-                    h = free_handles.pop()
-                    by_handle[h] = inst
-                else:
-                    h = len(by_handle)
-                    by_handle.append(inst)
-                inst.handle = h
+                h = engine.new_handle(inst)
                 engine._active += 1
             requeue, failed, touched = deal_tasks(
                 [best], [credits - len(best.inflight)], [inst], self.kind_ids,
