@@ -1004,11 +1004,13 @@ from cpython.weakref cimport PyWeakref_NewRef, PyWeakref_CheckRef, PyWeakref_GET
 
 
 @cython.final
+@cython.freelist(64)
 @cython.auto_pickle(False)
 cdef class Borrowed:
     """An entry of the engine's lookup table (engine.py: Engine._known, uuid -> the
-    Instance) for an Instance the engine no longer holds: the object's address, not a
-    reference, so the table keeps nobody's Instance alive.  A weak reference did the
+    Instance) for an Instance the engine made: the object's address, not a
+    reference, so the table keeps nobody's Instance alive (while the engine runs it,
+    the inbox, the handle table or the finished list hold it).  A weak reference did the
     same at the cost of one more object per finished job for the garbage collector to
     count and walk (~8% of a submit loop that holds its Futures).  The Instance's
     finalizer (InstanceFields.__del__) finds the entry in its owner's table
@@ -1471,7 +1473,7 @@ cdef class ShortPath:
         self.touched.append(inst)
         recorder._unflushed += 2  # (read again: pickling may have let another thread in)
         known = self.known
-        known[uid] = inst  # Engine.remember(inst, held=True)
+        known[uid] = _borrow(inst)  # Engine.remember(inst): its owner is the engine
         if len(known) > engine._known_limit:
             engine._prune_known()
         self.inbox.append(inst)
@@ -1972,19 +1974,17 @@ cdef enum:
     _FLAG_LARGE = 0x100
 
 
-def release_units(list units, list by_handle, list free, object owner):
+def release_units(list units, list by_handle, list free):
     """Engine._release for each unit, compiled (the engine thread runs it for every
     finished job): free its handle (by_handle[h] = None, h onto `free`) if it still
-    holds one, set unit.handle = -1, and turn the engine's own (strong) entry in its
-    lookup table (owner._known, owner the engine) for an Instance into a borrowed
-    one (Borrowed; a Run shares its recurrence's uuid and never has an entry of its
-    own).  Returns (how many of the freed units counted toward wait(), the jobs of
-    freed units whose job is transient, one per unit).  The lock is the caller's."""
+    holds one, and set unit.handle = -1.  Returns (how many of the freed units counted
+    toward wait(), the jobs of freed units whose job is transient, one per unit).  The
+    lock is the caller's.  (The lookup table is not touched: its entry never kept the
+    unit alive; see Engine._known.)"""
     cdef Py_ssize_t h, n = len(by_handle)
     cdef long long counted = 0
     cdef list transient = []
     cdef InstanceFields f
-    cdef dict known = owner._known
     for unit in units:
         f = <InstanceFields>unit if isinstance(unit, InstanceFields) else None
         h = f.handle if f is not None else unit.handle  # (None: a Run of a recurrence)
@@ -1997,47 +1997,32 @@ def release_units(list units, list by_handle, list free, object owner):
             if job.transient:
                 transient.append(job)
         if f is None:
-            unit.handle = -1  # (a Run: no entry in `known`)
-            continue
-        f.handle = -1
-        uuid = f._uuid_str
-        if known.get(uuid) is unit:
-            # (its finalizer leaves this table when its owner is the engine)
-            known[uuid] = _borrow(unit) if f._owner is owner else _entry_for(known, unit, f._owner)
+            unit.handle = -1
+        else:
+            f.handle = -1
     return counted, transient
 
 
-def prune_known(dict known, object done_states):
+def prune_known(dict known):
     """Engine._prune_known's walk, compiled (it walks every uuid the engine knows each
     time the table doubles: ~0.3 us an entry in Python, a few percent of a submit
-    loop that holds its Futures).  Turns a strong entry (an Instance the engine held)
-    that has no handle and is done (its Future's _state in done_states) into one that
-    does not keep it (lend): a backstop for one that ended without Engine._release;
-    drops the weak references that died (a Borrowed entry leaves the table with its
-    Instance: see Borrowed).  The walk runs no Python code and makes no object the
-    collector counts, so no other thread can change `known` under it; the changes are
-    made after it, each only if the entry is still the one seen."""
+    loop that holds its Futures): drops the weak references that died (a Borrowed
+    entry leaves the table with its Instance: see Borrowed).  The walk runs no Python
+    code and makes no object the collector counts, so no other thread can change
+    `known` under it; the changes are made after it, each only if the entry is still
+    the one seen."""
     cdef Py_ssize_t pos = 0
     cdef PyObject *k
     cdef PyObject *v
-    cdef list dead_keys = [], dead_refs = [], done_keys = [], done_units = []
+    cdef list dead_keys = [], dead_refs = []
     cdef Py_ssize_t i
     while PyDict_Next(known, &pos, &k, &v):
-        if type(<object>v) is Borrowed:
-            continue
-        if PyWeakref_CheckRef(<object>v):
-            if PyWeakref_GET_OBJECT(<object>v) == <PyObject *>None:
-                dead_keys.append(<object>k)
-                dead_refs.append(<object>v)
-        elif (<object>v).handle < 0 and (<object>v)._state in done_states:
-            done_keys.append(<object>k)
-            done_units.append(<object>v)
+        if PyWeakref_CheckRef(<object>v) and PyWeakref_GET_OBJECT(<object>v) == <PyObject *>None:
+            dead_keys.append(<object>k)
+            dead_refs.append(<object>v)
     for i in range(len(dead_keys)):
         if known.get(dead_keys[i]) is dead_refs[i]:
             del known[dead_keys[i]]
-    for i in range(len(done_keys)):
-        if known.get(done_keys[i]) is done_units[i]:
-            lend(known, done_units[i])
 
 
 def settle_results(pending, finished, log, list units, list results):

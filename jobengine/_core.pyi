@@ -217,18 +217,16 @@ def settle_results(
     """Instance.set_result(result) for each unit, in order (the no-waiter case inline);
     one that raises is logged on `log`, the others still settle."""
 
-def release_units(units: list, by_handle: list, free: list, owner: Any) -> tuple[int, list]:
+def release_units(units: list, by_handle: list, free: list) -> tuple[int, list]:
     """Engine._release for each unit (lock held by the caller): free its handle, set
-    unit.handle = -1, turn an Instance's strong entry in owner._known into one that
-    does not keep it (lend).  Returns (freed units that counted toward wait(), the
-    transient jobs of the freed units, one per unit)."""
+    unit.handle = -1.  Returns (freed units that counted toward wait(), the transient
+    jobs of the freed units, one per unit)."""
 
-def prune_known(known: dict, done_states: object) -> None:
-    """Engine._prune_known's walk: drop dead weak references; a strong entry with no
-    handle whose Future's _state is in done_states is lent (lend)."""
+def prune_known(known: dict) -> None:
+    """Engine._prune_known's walk: drop the weak references that died."""
 
 class Borrowed:
-    """A lookup-table entry for an Instance the engine no longer holds: its address,
+    """A lookup-table entry for an Instance of the table's own engine: its address,
     cleared and removed from the table by the Instance's finalizer before it goes."""
 
 def lend(known: dict, inst: InstanceFields) -> None:

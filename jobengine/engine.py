@@ -50,7 +50,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from concurrent.futures._base import FINISHED, PENDING
 from typing import Any
 
 from . import _core, signals
@@ -104,9 +104,6 @@ _PROCESSING = State.PROCESSING
 _SCHEDULED = State.SCHEDULED
 _TERMINATED = State.TERMINATED
 _TIMED_OUT = State.TIMED_OUT
-
-# A Future's _state once it is done (Future.done()), for _core.prune_known
-_DONE_STATES = frozenset((FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED))
 
 log = logging.getLogger("jobengine")
 # How the compiled drain settles a run of completed instances: one deferred call each
@@ -199,15 +196,15 @@ class Engine:
         self._free_handles: list[int] = []
         self._active = 0  # counted instances in the core or in a worker
         # Every instance the engine holds or a user still holds, live or finished, by
-        # uuid: lookups return these objects rather than bare records.  uuid -> the
-        # Instance itself while the engine holds it (admitted by the manager, until
-        # _release, also on cancel / withdraw), else a _core.Borrowed: its address,
-        # which the Instance's finalizer takes out of the table before it goes (no
-        # weak reference per finished job for the collector to count and walk).  An
-        # instance a shared queue owns (queue.py: its cancel goes through the store)
-        # gets a weak reference instead: its finalizer would not find this table.  The
-        # walk as the table doubles (_prune_known) drops those that died and lets go
-        # of done instances the engine still holds.
+        # uuid: lookups return these objects rather than bare records.  uuid -> a
+        # _core.Borrowed: the Instance's address, which its finalizer takes out of the
+        # table before it goes (no weak reference per job for the collector to count
+        # and walk).  The entry never keeps it alive: while the engine runs it, the
+        # inbox, the handle table or the finished list do, so finishing a job never
+        # touches this table (it is large: ~9% of the engine thread's time when it
+        # did).  An instance a shared queue owns (queue.py: its cancel goes through
+        # the store) gets a weak reference instead: its finalizer would not find this
+        # table.  The walk as the table doubles (_prune_known) drops those that died.
         self._known: dict[str, Instance | _core.Borrowed] = {}
         self._known_limit = 4096
         self._finished: list[Instance | Run] = []  # settled this turn; freed in one batch
@@ -397,7 +394,7 @@ class Engine:
         if new:
             # Records first: once the engine has one, it may run at once.
             self.recorder.created(inst, inst.created_ns)
-            self.remember(inst, held=True)
+            self.remember(inst)
         self.inbox.append((inst, due) if due else inst)  # (_inbox_entry, inlined)
         if not (new and due == 0 and self._deal_here()) and not self._ring_for_inbox():
             self.cancel_queued(inst)
@@ -410,9 +407,10 @@ class Engine:
             # Records first: once the engine has one, it may run at once.
             created = self.recorder.created
             known = self._known
+            lend = _core.lend
             for inst, _due in batch:
                 created(inst, inst.created_ns)
-                known[inst.uuid_str] = inst  # remember(inst, held=True), inlined
+                lend(known, inst)  # remember(inst), inlined
             if len(known) > self._known_limit:
                 self._prune_known()
         self.inbox.extend([_inbox_entry(inst, due) for inst, due in batch])
@@ -463,23 +461,19 @@ class Engine:
             pool.doorbell.ring()
         return self.state != "stopped"
 
-    def remember(self, inst: Instance, *, held: bool = False) -> None:
-        """Let lookups find `inst` by uuid while anyone holds it.  held: it is on its
-        way into this engine, which keeps the entry strong until it lets go of it."""
+    def remember(self, inst: Instance) -> None:
+        """Let lookups find `inst` by uuid while anyone holds it (the entry does not
+        keep it alive: see _known)."""
         known = self._known
-        if held:
-            known[inst.uuid_str] = inst
-        else:
-            _core.lend(known, inst)
+        _core.lend(known, inst)
         if len(known) > self._known_limit:
             self._prune_known()
 
     def _prune_known(self) -> None:
-        """Drop the weak references that died and let go of a done instance that
-        ended without _release (a backstop; a borrowed entry leaves the table with its
-        Instance): compiled, each time the table has doubled since the last walk."""
+        """Drop the weak references that died (a borrowed entry leaves the table with
+        its Instance): compiled, each time the table has doubled since the last walk."""
         known = self._known
-        _core.prune_known(known, _DONE_STATES)
+        _core.prune_known(known)
         self._known_limit = max(4096, 2 * len(known))
 
     def lookup(self, uuid: str) -> Instance | None:
@@ -551,9 +545,8 @@ class Engine:
 
     def _release_all(self, units: list[Instance | Run]) -> None:
         """_release for each of `units` (lock held): the handles freed in one compiled
-        call (_core.release_units), which also turns the engine's strong entry for
-        each instance in the lookup table into a borrowed one."""
-        counted, transient = _core.release_units(units, self._by_handle, self._free_handles, self)
+        call (_core.release_units)."""
+        counted, transient = _core.release_units(units, self._by_handle, self._free_handles)
         self._active -= counted
         for job in transient:
             self.job_settled(job)

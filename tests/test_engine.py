@@ -296,37 +296,36 @@ def test_the_lookup_table_forgets_instances_nobody_holds():
         assert [f.result() for f in kept] == list(range(50))
 
 
-def test_the_lookup_table_walk_lets_go_of_done_instances_the_engine_still_holds():
-    from concurrent.futures._base import FINISHED
+def test_the_lookup_table_never_keeps_an_instance_the_engine_runs_for_a_caller_who_left():
+    # Every entry is borrowed from admission on (submit's compiled path, the Python
+    # path of keyword arguments, submit_many, schedule_job): the engine's own lists
+    # keep a queued or running instance alive, so one whose caller dropped it still
+    # runs, is found by uuid until it ends, and leaves the table with its object.
+    from jobengine import _core
 
-    from jobengine import Job, _core
-    from jobengine.engine import _DONE_STATES
-    from jobengine.instance import Instance
-
-    class Engine:  # the table's owner, as the finalizer of a lent Instance reads it
-        _known: dict = {}
-
-    def unit(uid, handle, done):
-        inst = Instance(Engine, Job("walk", jobs.add), uid, (), {}, 0, 0)
-        inst.handle = handle
-        if done:
-            inst._state = FINISHED
-        return inst
-
-    done, running, queued = unit(1, -1, True), unit(2, 3, False), unit(3, -1, False)
-    lent = unit(4, -1, True)
-    known = Engine._known  # keyed by uuid, as the engine's (the finalizer leaves by it)
-    known.update({u.uuid_str: u for u in (done, running, queued)})
-    _core.lend(known, lent)
-    _core.prune_known(known, _DONE_STATES)
-    assert type(known[done.uuid_str]) is _core.Borrowed
-    assert _core.known_get(known, done.uuid_str) is done
-    assert known[running.uuid_str] is running and known[queued.uuid_str] is queued
-    assert _core.known_get(known, lent.uuid_str) is lent
-    assert _core.known_get(known, "none") is None
-    uuid = done.uuid_str
-    del done
-    assert uuid not in known
+    with Manager(1) as m:
+        gate = m.submit(jobs.sleep_then, 0.4)
+        while gate.state is not State.PROCESSING:
+            time.sleep(0.002)
+        made = [m.submit(jobs.add, 1, 2), m.submit(jobs.add, a=1, b=2)]
+        made += m.submit_many(jobs.add, [1, 3], [2, 4])
+        made.append(m.schedule_job(Job("walk", jobs.add), args=(5, 6)))
+        uuids = [inst.uuid_str for inst in made]
+        refs = [weakref.ref(inst) for inst in made]
+        known = m._engine._known
+        assert all(type(known[u]) is _core.Borrowed for u in uuids)
+        del made
+        gc.collect()
+        # queued: held by the engine, found as its Instance (a record if it were gone)
+        found = {str(x.uuid): x for x in m.lookup_instances() if str(x.uuid) in uuids}
+        assert len(found) == 5
+        assert all(isinstance(x, Instance) and x.state is State.SCHEDULED for x in found.values())
+        del found
+        m.wait()
+        gc.collect()
+        assert all(r() is None for r in refs)  # done and dropped: gone, and so is its entry
+        assert not any(u in known for u in uuids)
+        assert [r.state for r in map(m.store.get_instance, uuids)] == [State.COMPLETED] * 5
 
 
 # -- priority and dispatch ---------------------------------------------------------------

@@ -10,7 +10,6 @@ import pickle
 import sys
 import weakref
 from concurrent.futures import Future
-from concurrent.futures._base import FINISHED
 
 import pytest
 from hypothesis import settings
@@ -21,12 +20,12 @@ from jobengine import Job, Manager, Query, State
 from jobengine._core import (
     InstanceFields,
     known_get,
+    lend,
     prune_known,
     release_units,
     settle_results,
     snapshots,
 )
-from jobengine.engine import _DONE_STATES
 from jobengine.instance import Instance, Run
 
 GETSETS = [
@@ -181,11 +180,11 @@ def test_a_lent_entry_leaves_the_table_with_its_instance():
     uuid = inst.uuid_str
     lend(owner._known, inst)
     assert type(owner._known[uuid]) is Borrowed and known_get(owner._known, uuid) is inst
-    held = Instance(owner, Job("fields", noop), 10, (), {}, 0, 0)
-    owner._known[held.uuid_str] = held  # a strong entry stays until the engine lends it
+    other = Instance(owner, Job("fields", noop), 10, (), {}, 0, 0)
+    lend(owner._known, other)
     del inst
     assert uuid not in owner._known and known_get(owner._known, uuid) is None
-    assert known_get(owner._known, held.uuid_str) is held
+    assert known_get(owner._known, other.uuid_str) is other
 
 
 def test_an_entry_replaced_under_its_uuid_is_not_removed_by_the_old_instance():
@@ -231,7 +230,7 @@ def test_an_instance_owned_elsewhere_gets_a_weak_reference():
         uuid = inst.uuid_str
         del inst
         assert known_get(table, uuid) is None
-        prune_known(table, _DONE_STATES)  # the walk drops the dead reference
+        prune_known(table)  # the walk drops the dead reference
         assert uuid not in table
 
 
@@ -304,10 +303,11 @@ def test_lookups_race_instances_being_dropped_and_collected():
 
 # -- the lookup table against a model ------------------------------------------------------
 class LookupTableMachine(RuleBasedStateMachine):
-    """The engine's lookup table (strong entries while the engine holds an instance,
-    lent ones after release_units or prune_known's backstop) against the model it must
-    follow: an entry finds its Instance exactly while that Instance is alive, and no
-    entry outlives it, whoever drops it last, in a cycle or not."""
+    """The engine's lookup table (an entry lent as the engine admits an instance, the
+    handle table holding it while it runs, release_units freeing the handle and
+    leaving the table alone) against the model it must follow: an entry finds its
+    Instance exactly while that Instance is alive, and no entry outlives it, whoever
+    drops it last, in a cycle or not."""
 
     def __init__(self):
         super().__init__()
@@ -318,8 +318,6 @@ class LookupTableMachine(RuleBasedStateMachine):
         self.free: list = []
         self.user: dict = {}  # the references a caller holds
         self.refs: dict = {}  # uuid -> weakref: the oracle of what is alive
-        self.lent: set = set()  # the entries that no longer keep their instance
-        self.let_go: set = set()  # ended without release: lent at the next prune
         self.n = 0
 
     def _alive(self, where):
@@ -334,7 +332,7 @@ class LookupTableMachine(RuleBasedStateMachine):
             self.by_handle.append(None)
         self.by_handle[h] = inst
         inst.handle = h
-        self.table[inst.uuid_str] = inst  # (Engine.admit: held)
+        lend(self.table, inst)  # (Engine.admit: remember)
         self.user[inst.uuid_str] = inst
         self.refs[inst.uuid_str] = weakref.ref(inst)
 
@@ -343,20 +341,10 @@ class LookupTableMachine(RuleBasedStateMachine):
         held = [i for i in self.by_handle if i is not None]
         if held:
             inst = data.draw(st.sampled_from(held))
-            release_units([inst], self.by_handle, self.free, self.owner)
-            assert inst.handle == -1
-            self.lent.add(inst.uuid_str)
-
-    @rule(data=st.data())
-    def let_go_without_release(self, data):
-        # an instance that ended without Engine._release: prune_known's backstop
-        held = [i for i in self.by_handle if i is not None]
-        if held:
-            inst = data.draw(st.sampled_from(held))
-            self.by_handle[inst.handle] = None
-            inst.handle = -1
-            inst._state = FINISHED
-            self.let_go.add(inst.uuid_str)
+            before = dict(self.table)
+            release_units([inst], self.by_handle, self.free)
+            assert inst.handle == -1 and self.by_handle.count(inst) == 0
+            assert self.table == before  # (finishing a job never touches the table)
 
     @rule(data=st.data(), cycle=st.booleans())
     def drop(self, data, cycle):
@@ -370,14 +358,14 @@ class LookupTableMachine(RuleBasedStateMachine):
     @rule()
     def collect(self):
         gc.collect()
-        # what only a lent entry refers to is gone (the table keeps nobody alive)
-        assert self._alive(self.lent - set(self.user)) == []
+        # what neither a caller nor the handle table holds is gone (the table keeps
+        # nobody alive)
+        engine_held = {i.uuid_str for i in self.by_handle if i is not None}
+        assert self._alive(set(self.refs) - set(self.user) - engine_held) == []
 
     @rule()
     def prune(self):
-        prune_known(self.table, _DONE_STATES)
-        self.lent |= self.let_go
-        self.let_go = set()
+        prune_known(self.table)
 
     def teardown(self):
         gc.unfreeze()
