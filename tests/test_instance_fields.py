@@ -214,6 +214,53 @@ def test_an_instance_in_a_cycle_leaves_the_table_when_collected():
     assert ref() is None and owner._known == {}
 
 
+def _cycle_through(member):
+    # an Instance that refers to itself through `member` only
+    box: list = []
+    fn = (lambda: box) if member == "job" else noop  # "job": its callable closes over box
+    inst = Instance(None, Job("cycle", fn), 21, (), {}, 0, 0)
+    box.append(inst)
+    if member == "result":
+        inst.set_result(box)
+    elif member == "exception":
+        inst.set_exception(ValueError(box))
+    elif member == "args":
+        inst.args = (box,)
+    elif member == "kwargs":
+        inst._kwargs = {"x": box}
+    elif member == "payload":  # (an exception rides here a moment when pickling fails)
+        inst.payload = ValueError(box)
+    elif member == "owner":
+        owner = Owner()
+        owner._known = box
+        inst._owner = owner
+    return inst
+
+
+@pytest.mark.parametrize(
+    "member", ["result", "exception", "args", "kwargs", "payload", "owner", "job"]
+)
+def test_the_collector_frees_a_cycle_through_any_member_that_can_hold_one(member):
+    inst = _cycle_through(member)
+    ref = weakref.ref(inst)
+    del inst
+    gc.collect()
+    assert ref() is None
+
+
+def test_the_collector_walks_only_the_members_that_can_hold_a_cycle():
+    # the uuid, the Future's state name, state, priority, handle, attempts, worker and
+    # timestamps hold strings, ints or a State: not visited (see _instance_traverse)
+    owner, job = Owner(), Job("walk", noop)
+    inst = Instance(owner, job, 22, ("a",), {"k": 1}, 3, 5)
+    inst.processed_ns, inst.completed_ns, inst.worker = 10**18, 10**18 + 1, 1
+    inst.set_result(["r"])
+    referents = gc.get_referents(inst)
+    assert type(inst) in referents and owner in referents and job in referents
+    assert inst.args in referents and inst._kwargs in referents and inst._result in referents
+    assert inst.uuid_str not in referents and inst.processed_ns not in referents
+
+
 def test_an_instance_owned_elsewhere_gets_a_weak_reference():
     # An instance handed to a shared queue (its owner then) is not in its owner's
     # table: its finalizer would not leave this one, so the entry is a weak reference.
