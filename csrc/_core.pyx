@@ -1603,6 +1603,10 @@ cdef class QueuedRow:
 
     cdef readonly object kind, priority
     cdef readonly int64_t created_ns
+    # How many of its two records (CREATED, then SCHEDULED) memory_write has yet to
+    # see: it makes the row from the instance's snapshot, before the records that
+    # come after it in the same call, and never returns with this above 0.
+    cdef int pending
 
     def __repr__(self):
         return f"QueuedRow({self.kind!r}, {self.priority!r}, {self.created_ns})"
@@ -1618,6 +1622,52 @@ cdef list _unpack_fresh(QueuedRow fresh):
     return row
 
 
+cdef list _unpack_seen(QueuedRow fresh):
+    # the list row of a compact one made from its snapshot in this call, with only the
+    # records seen so far (memory_write: a record it did not expect, or the call's end)
+    cdef list row = _unpack_fresh(fresh)
+    del row[16 - 4 * fresh.pending:]
+    fresh.pending = 0
+    return row
+
+
+cdef inline object _queued_row_of(tuple r):
+    # a new instance's snapshot (uuid, kind, state, priority, attempts, created,
+    # scheduled, processed, completed, outcome) that is only queued: SCHEDULED as made,
+    # never tried, due at its creation, a time that is an int64: its compact row,
+    # waiting for its two records (the recorder writes them with the snapshot), else
+    # None
+    created = r[5]
+    if not (r[2] == _V_SCHEDULED and r[4] == 0 and type(created) is int
+            and (r[6] is created or r[6] == created) and r[7] is None and r[8] is None
+            and r[9] is None):
+        return None
+    cdef int overflow = 0
+    cdef long long ns = PyLong_AsLongLongAndOverflow(created, &overflow)
+    if overflow:
+        return None
+    cdef QueuedRow q = QueuedRow.__new__(QueuedRow)
+    q.kind = r[1]
+    q.priority = r[3]
+    q.created_ns = ns
+    q.pending = 2
+    return q
+
+
+cdef inline bint _seen_record(QueuedRow q, long long s, long long a, long long run,
+                              object time, object worker, object cause) except -1:
+    # whether this record is the next of the two the compact row stands for
+    if run != 1 or a != 0 or worker is not None or cause is not None or type(time) is not int:
+        return False
+    if s != (_V_CREATED if q.pending == 2 else _V_SCHEDULED):
+        return False
+    cdef int overflow = 0
+    if PyLong_AsLongLongAndOverflow(time, &overflow) != q.created_ns or overflow:
+        return False
+    q.pending -= 1
+    return True
+
+
 def memory_row_list(object row):
     """A MemoryStore row as its list (stores/memory.py): a compact queued row (a
     QueuedRow, see memory_write) unpacked into a new list, any other row itself."""
@@ -1625,18 +1675,25 @@ def memory_row_list(object row):
 
 
 cdef inline object _memory_row(dict rows, object uuid, object kind):
-    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape).  Not
-    # tracked by the garbage collector: a row holds only strings, numbers and None, so
+    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape)
+    return _list_row(rows, uuid, kind, rows.get(uuid))
+
+
+cdef inline list _list_row(dict rows, object uuid, object kind, object row):
+    # _memory_row, given what rows holds for uuid (`row`, or None).  A list row is not
+    # tracked by the garbage collector: it holds only strings, numbers and None, so
     # it can never be part of a reference cycle, and the store keeps thousands of them
     # for a long time (each one tracked was one more object every full collection
     # walks, and one more survivor bringing the next young collection closer).
-    row = rows.get(uuid)
     if row is None:
         row = [kind, None, 0, 0, 0, None, None, None]
         PyObject_GC_UnTrack(<void *>row)
         rows[uuid] = row
     elif type(row) is QueuedRow:  # a compact queued row, written again
-        row = rows[uuid] = _unpack_fresh(<QueuedRow>row)
+        if (<QueuedRow>row).pending:  # (made in this call: only the records seen yet)
+            row = rows[uuid] = _unpack_seen(<QueuedRow>row)
+        else:
+            row = rows[uuid] = _unpack_fresh(<QueuedRow>row)
     return row
 
 
@@ -1686,6 +1743,51 @@ cdef inline object _add_record(list row, long long s, long long a, long long run
     return None
 
 
+cdef int _write_states(dict rows, object states) except -1:
+    # memory_write's state records: each onto its instance's row (a compact row made
+    # from the snapshot in this call takes its own two records by counting them)
+    cdef RecordBuffer buf
+    cdef _StateRec *rec
+    cdef PyObject *last = NULL  # the uuid of the record before, whose row is `row`
+    cdef Py_ssize_t j
+    cdef tuple r
+    cdef object uuid, row = None, compact
+    if type(states) is RecordBuffer:
+        buf = <RecordBuffer>states
+        for j in range(buf.n):
+            rec = &buf.a[j]
+            uuid = <object>rec.uuid
+            if rec.uuid != last:  # (a new instance's two records share one uuid object)
+                row = rows.get(uuid)
+            if type(row) is QueuedRow and (<QueuedRow>row).pending and _seen_record(
+                    <QueuedRow>row, rec.state, rec.attempt, rec.run, <object>rec.time,
+                    <object>rec.worker, <object>rec.cause):
+                last = rec.uuid
+                continue
+            if type(row) is not list:
+                row = _list_row(rows, uuid, <object>rec.kind, row)
+            compact = _add_record(<list>row, rec.state, rec.attempt, rec.run,
+                                  <object>rec.time, <object>rec.worker, <object>rec.cause)
+            if compact is not None:
+                rows[uuid] = compact
+                last = NULL  # (`row` is no longer the one the store keeps)
+            else:
+                last = rec.uuid
+    else:
+        for r in states:
+            uuid = r[0]
+            row = rows.get(uuid)
+            if type(row) is QueuedRow and (<QueuedRow>row).pending and _seen_record(
+                    <QueuedRow>row, r[2], r[4], r[6], r[3], r[5], r[7]):
+                continue
+            if type(row) is not list:
+                row = _list_row(rows, uuid, r[1], row)
+            compact = _add_record(<list>row, r[2], r[4], r[6], r[3], r[5], r[7])
+            if compact is not None:
+                rows[uuid] = compact
+    return 0
+
+
 def memory_write(dict rows, dict finished, dict outcomes, list instances, object states,
                  list logs, dict all_logs, frozenset final_states, object big_outcome,
                  Py_ssize_t max_raw, bint want_finished, Py_ssize_t keep):
@@ -1694,7 +1796,9 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
     completed, then 4 items per state record], or for an instance that is only queued
     (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
-    the compact QueuedRow that memory_row_list unpacks; finished: uuid -> completed_ns,
+    the compact QueuedRow that memory_row_list unpacks (made from the snapshot of a new
+    instance that is only queued, its two records counted in after it; from the list
+    when its records complete the pattern otherwise); finished: uuid -> completed_ns,
     oldest first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e",
     ...), kept raw and turned into store columns when read, except a result over
     max_raw bytes, which big_outcome(outcome) turns into its columns now (it is not
@@ -1708,52 +1812,46 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     cdef list done = [] if want_finished else None
     cdef Py_ssize_t j
     cdef bint was_final
-    for r in instances:
-        uuid = r[0]
-        row = _memory_row(rows, uuid, r[1])
-        # The store keeps uuid in `finished` exactly while its row's state is final
-        # (MemoryStore.put_instances and _drop keep it so too): the row, looked up
-        # anyway, says whether `finished` holds it, without two lookups a job there.
-        was_final = (<list>row)[1] in final_states
-        for j in range(8):  # row[0:8] = r[1:9], without the slice's tuple
-            (<list>row)[j] = r[j + 1]
-        if r[2] in final_states:
-            if want_finished:
-                done.append(uuid)
-            if was_final:  # a recurrence ending again: now the newest
-                finished.pop(uuid, None)
-            finished[uuid] = r[8] or 0
-            o = r[9]
-            if o is not None:
-                if o[0] == "r" and len(o[1]) > max_raw:
-                    o = big_outcome(o)
-                outcomes[uuid] = o
-        elif was_final:  # a recurrence running again
-            finished.pop(uuid, None)
-    cdef RecordBuffer buf
-    cdef _StateRec *rec
-    cdef PyObject *last = NULL  # the uuid of the record before, whose row is `row`
-    if type(states) is RecordBuffer:
-        buf = <RecordBuffer>states
-        for j in range(buf.n):
-            rec = &buf.a[j]
-            uuid = <object>rec.uuid
-            if rec.uuid != last:  # (a new instance's two records share one uuid object)
-                row = _memory_row(rows, uuid, <object>rec.kind)
-            compact = _add_record(<list>row, rec.state, rec.attempt, rec.run,
-                                  <object>rec.time, <object>rec.worker, <object>rec.cause)
-            if compact is not None:
-                rows[uuid] = compact
-                last = NULL  # (`row` is no longer the one the store keeps)
-            else:
-                last = rec.uuid
-    else:
-        for r in states:
+    # A new instance that is only queued gets its compact row from its snapshot at
+    # once, not a list that its two records then turn into one (the common case: an
+    # instance made and queued); `fresh` keeps those rows and their uuids until the
+    # records have been seen (see _seen_record; _unpack_seen if they are not).
+    cdef list fresh = []
+    try:
+        for r in instances:
             uuid = r[0]
+            if uuid not in rows:
+                row = _queued_row_of(r)
+                if row is not None:
+                    rows[uuid] = row
+                    fresh.append(row)
+                    fresh.append(uuid)
+                    continue
             row = _memory_row(rows, uuid, r[1])
-            compact = _add_record(<list>row, r[2], r[4], r[6], r[3], r[5], r[7])
-            if compact is not None:
-                rows[uuid] = compact
+            # The store keeps uuid in `finished` exactly while its row's state is final
+            # (MemoryStore.put_instances and _drop keep it so too): the row, looked up
+            # anyway, says whether `finished` holds it, without two lookups a job there.
+            was_final = (<list>row)[1] in final_states
+            for j in range(8):  # row[0:8] = r[1:9], without the slice's tuple
+                (<list>row)[j] = r[j + 1]
+            if r[2] in final_states:
+                if want_finished:
+                    done.append(uuid)
+                if was_final:  # a recurrence ending again: now the newest
+                    finished.pop(uuid, None)
+                finished[uuid] = r[8] or 0
+                o = r[9]
+                if o is not None:
+                    if o[0] == "r" and len(o[1]) > max_raw:
+                        o = big_outcome(o)
+                    outcomes[uuid] = o
+            elif was_final:  # a recurrence running again
+                finished.pop(uuid, None)
+        _write_states(rows, states)
+    finally:
+        for j in range(0, len(fresh), 2):
+            if (<QueuedRow>fresh[j]).pending and rows.get(fresh[j + 1]) is fresh[j]:
+                rows[fresh[j + 1]] = _unpack_seen(<QueuedRow>fresh[j])
     for r in logs:
         uuid = r[0]
         row = all_logs.get(uuid)

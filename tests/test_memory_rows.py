@@ -46,8 +46,11 @@ def _story(uuid, created, events):
     `events` (a kind of change a real instance goes through, or a deviation from the
     queued pattern that must keep the list)."""
     s, c = State.SCHEDULED._value_, State.CREATED._value_
+    # "late": its SCHEDULED record a moment after its CREATED one (not the pattern:
+    # a compact row made from the snapshot must give back the CREATED record it took)
+    late = 1 if "late" in events else 0
     out = [("i", _head(uuid, s, created)), ("s", _rec(uuid, c, created)),
-           ("s", _rec(uuid, s, created))]  # fmt: skip
+           ("s", _rec(uuid, s, created + late))]  # fmt: skip
     t = created
     for ev in events:
         t += 1000
@@ -73,7 +76,9 @@ def _story(uuid, created, events):
     return out
 
 
-EVENTS = st.sampled_from(["start", "reschedule", "touch", "delayed", "priority", "cause", "done"])
+EVENTS = st.sampled_from(
+    ["start", "reschedule", "touch", "delayed", "priority", "cause", "done", "late"]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -141,6 +146,24 @@ def test_a_queued_instance_is_compact_until_it_changes():
     assert type(rows["b"]) is list
     # the values the compiled code assumes
     assert (State.CREATED._value_, State.SCHEDULED._value_) == (1, 2)
+
+
+def test_a_write_that_fails_half_way_leaves_no_row_claiming_records_it_lacks():
+    # memory_write makes a new queued instance's compact row from its snapshot and
+    # counts its two records in as they come: a record that cannot be read (here the
+    # second) stops the write, and the row keeps only what was written
+    rows, finished, outcomes, logs = {}, {}, {}, {}
+    snapshot, created, _scheduled = [r for _k, r in _story("a", T0, [])]
+    bad = ("a", KIND, "SCHEDULED", T0, 0, None, 1, None)  # a state that is not a number
+    try:
+        _core.memory_write(rows, finished, outcomes, [snapshot], [created, bad], [], logs,
+                           FINAL_STATES, None, 1 << 20, False, -1)  # fmt: skip
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("the bad record was accepted")
+    assert type(rows["a"]) is list
+    assert rows["a"] == [KIND, 2, 0, 0, T0, T0, None, None, 1 | 1 << 24, T0, None, None]
 
 
 def _history(m, uuid):
