@@ -1902,6 +1902,7 @@ def snapshots(list touched, dict outcomes):
     cdef list out = []
     cdef Py_ssize_t i
     cdef object uuid, created
+    cdef tuple row
     cdef long long state
     cdef InstanceFields f
     for i in range(len(touched) - 1, -1, -1):
@@ -1914,9 +1915,15 @@ def snapshots(list touched, dict outcomes):
         # case; the state's value read as the int a State is, no attribute lookup)
         created = _ns(f._created_ns)
         state = f.state
-        out.append((uuid, f.job.kind, state, f.priority, f.attempts, created,
-                    created if f._scheduled_ns == f._created_ns else _ns(f._scheduled_ns),
-                    f.processed_ns, f.completed_ns, outcomes.pop(uuid, None)))
+        row = (uuid, f.job.kind, state, f.priority, f.attempts, created,
+               created if f._scheduled_ns == f._created_ns else _ns(f._scheduled_ns),
+               f.processed_ns, f.completed_ns, outcomes.pop(uuid, None))
+        # Not tracked by the collector: it holds strings, ints, None and an outcome
+        # tuple of strings and bytes, so it is never part of a cycle, and a batch of
+        # them alive while the store writes was most of what each young collection
+        # walked (two a job, against one Instance a job)
+        PyObject_GC_UnTrack(<void *>row)
+        out.append(row)
     out.reverse()
     return out
 

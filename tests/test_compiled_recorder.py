@@ -3,6 +3,7 @@
 made each batch's instance rows, and the one that grouped its state records into
 history rows."""
 
+import gc
 import threading
 from collections import deque
 
@@ -57,6 +58,8 @@ def test_snapshots_are_the_reference_rows(touches, with_outcome):
     want = _reference_snapshots(expected_touched, expected_outcomes)
     assert got == want
     assert outcomes == expected_outcomes  # the same outcomes popped, the rest kept
+    # rows of strings, ints and outcome tuples: nothing for the collector to walk
+    assert not any(gc.is_tracked(row) for row in got)
 
 
 def test_take_all_empties_the_deque_in_order():
