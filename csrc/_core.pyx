@@ -1820,14 +1820,15 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     try:
         for r in instances:
             uuid = r[0]
-            if uuid not in rows:
+            row = rows.get(uuid)
+            if row is None:
                 row = _queued_row_of(r)
                 if row is not None:
                     rows[uuid] = row
                     fresh.append(row)
                     fresh.append(uuid)
                     continue
-            row = _memory_row(rows, uuid, r[1])
+            row = _list_row(rows, uuid, r[1], row)
             # The store keeps uuid in `finished` exactly while its row's state is final
             # (MemoryStore.put_instances and _drop keep it so too): the row, looked up
             # anyway, says whether `finished` holds it, without two lookups a job there.
