@@ -1674,13 +1674,10 @@ def memory_row_list(object row):
     return _unpack_fresh(row) if type(row) is QueuedRow else row
 
 
-cdef inline object _memory_row(dict rows, object uuid, object kind):
-    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape)
-    return _list_row(rows, uuid, kind, rows.get(uuid))
-
-
 cdef inline list _list_row(dict rows, object uuid, object kind, object row):
-    # _memory_row, given what rows holds for uuid (`row`, or None).  A list row is not
+    # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape),
+    # given what rows holds for uuid (`row`, or None): made, or unpacked from its
+    # compact form, and kept in rows in place of that.  A list row is not
     # tracked by the garbage collector: it holds only strings, numbers and None, so
     # it can never be part of a reference cycle, and the store keeps thousands of them
     # for a long time (each one tracked was one more object every full collection
