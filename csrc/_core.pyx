@@ -1034,18 +1034,16 @@ def lend(dict known, InstanceFields inst):
     if `known` is the table its finalizer leaves (inst._owner._known: its owner is
     the engine), else a weak reference (an instance handed to a shared queue, which
     owns its cancel)."""
-    known[inst._uuid_str] = _entry_for(known, inst, inst._owner)
-
-
-cdef inline object _entry_for(dict known, object inst, object owner):
+    owner = inst._owner
     if owner is not None and getattr(owner, "_known", None) is known:
-        return _borrow(inst)
-    return PyWeakref_NewRef(inst, None)
+        known[inst._uuid_str] = _borrow(inst)
+    else:
+        known[inst._uuid_str] = PyWeakref_NewRef(inst, None)
 
 
 def known_get(dict known, object uuid):
-    """The Instance the lookup table has for `uuid` (held by the engine, or lent and
-    still alive), else None.  One C call: nothing can free a lent Instance between
+    """The Instance the lookup table has for `uuid` (lent: Borrowed, or a weak
+    reference, and still alive), else None.  One C call: nothing can free a lent Instance between
     reading its entry and taking a reference to it."""
     cdef PyObject *v = PyDict_GetItem(known, uuid)
     if v is NULL:
@@ -1622,6 +1620,16 @@ cdef list _unpack_fresh(QueuedRow fresh):
     return row
 
 
+cdef inline QueuedRow _queued_row(kind, priority, long long created_ns, int pending):
+    # a compact row; pending: of its two records, how many memory_write has yet to see
+    cdef QueuedRow q = QueuedRow.__new__(QueuedRow)
+    q.kind = kind
+    q.priority = priority
+    q.created_ns = created_ns
+    q.pending = pending
+    return q
+
+
 cdef list _unpack_seen(QueuedRow fresh):
     # the list row of a compact one made from its snapshot in this call, with only the
     # records seen so far (memory_write: a record it did not expect, or the call's end)
@@ -1646,12 +1654,7 @@ cdef inline object _queued_row_of(tuple r):
     cdef long long ns = PyLong_AsLongLongAndOverflow(created, &overflow)
     if overflow:
         return None
-    cdef QueuedRow q = QueuedRow.__new__(QueuedRow)
-    q.kind = r[1]
-    q.priority = r[3]
-    q.created_ns = ns
-    q.pending = 2
-    return q
+    return _queued_row(r[1], r[3], ns, 2)
 
 
 cdef inline bint _seen_record(QueuedRow q, long long s, long long a, long long run,
@@ -1699,7 +1702,6 @@ cdef inline object _compact(list row):
     # SCHEDULED at its creation, never tried, no outcome; records: CREATED and
     # SCHEDULED at that instant, attempt 0, run 1, no worker, no cause; a time that is
     # an int64), else None
-    cdef QueuedRow compact
     if len(row) != 16:
         return None
     created = row[4]
@@ -1713,11 +1715,7 @@ cdef inline object _compact(list row):
             and row[7] is None and row[8] == _CODE_CREATED and row[9] == created
             and row[10] is None and row[11] is None and row[12] == _CODE_SCHEDULED
             and row[13] == created and row[14] is None and row[15] is None):
-        compact = QueuedRow.__new__(QueuedRow)
-        compact.kind = row[0]
-        compact.priority = row[2]
-        compact.created_ns = ns
-        return compact
+        return _queued_row(row[0], row[2], ns, 0)
     return None
 
 
@@ -1805,7 +1803,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     forgotten, each with its row, logs and outcome (MemoryStore._drop, per job once the
     store is full).  The uuids returned may include some of those."""
     cdef tuple r
-    cdef object uuid, row, o, compact
+    cdef object uuid, row, o
     cdef list done = [] if want_finished else None
     cdef Py_ssize_t j
     cdef bint was_final

@@ -234,8 +234,7 @@ def lend(known: dict, inst: InstanceFields) -> None:
     known is its own engine's table (inst._owner._known), else a weak reference."""
 
 def known_get(known: dict, uuid: str) -> Any:
-    """The Instance the lookup table has for uuid (held, or lent and alive), else
-    None."""
+    """The Instance the lookup table has for uuid (lent and alive), else None."""
 
 def take_all(q: object) -> list:
     """What the deque q holds now, oldest first, popped one by one; what another thread
