@@ -10,6 +10,8 @@ corrupting it.
 cimport cython
 from libc.stdint cimport uint64_t, uint32_t, int64_t, int32_t, INT64_MIN
 from libc.stdlib cimport malloc, realloc, free, qsort
+from posix.time cimport nanosleep, timespec
+from libc.errno cimport errno, EINTR
 from cpython.array cimport array, clone
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_DelItem
@@ -863,6 +865,12 @@ cdef class Ring:
         """Largest payload one record may carry."""
         return je_ring_max_payload(&self.r)
 
+    @property
+    def consumer_parked(self):
+        """Whether the consumer sleeps on this ring's park word: seen from the manager's
+        end of a task ring, a worker with nothing to do."""
+        return __atomic_load_n(self.r.park, __ATOMIC_ACQUIRE) != 0
+
     def free(self):
         """Bytes the producer could write now (a bound: each record adds a header)."""
         return je_ring_free(&self.r)
@@ -1375,6 +1383,35 @@ cdef object _least_loaded(dict workers, object credits):
 cdef tuple _NO_ARGS = ()
 
 
+cdef bint _a_consumer_parked(list rings):
+    cdef Ring ring
+    for ring in rings:
+        if __atomic_load_n(ring.r.park, __ATOMIC_ACQUIRE):
+            return True
+    return False
+
+
+def any_consumer_parked(list rings):
+    """Whether the consumer of any of `rings` sleeps (Ring.consumer_parked): given the
+    pool's task rings, whether a worker waits for work (Engine.make_way)."""
+    return _a_consumer_parked(rings)
+
+
+def pause_without_gil(double seconds):
+    """Sleep `seconds` with the GIL released and without running signal handlers (they
+    run when the caller's Python code next runs): a thread that must not raise
+    KeyboardInterrupt half-way through a call lets another thread have the GIL."""
+    cdef timespec ts
+    if seconds <= 0:
+        return
+    ts.tv_sec = <long>seconds
+    ts.tv_nsec = <long>((seconds - ts.tv_sec) * 1e9)
+    with nogil:
+        # a signal cuts nanosleep short (EINTR) and leaves what remains in ts
+        while nanosleep(&ts, &ts) != 0 and errno == EINTR:
+            pass
+
+
 @cython.final
 cdef class ShortPath:
     """Manager.submit(), schedule_registered_job() and schedule_job()'s common case,
@@ -1394,7 +1431,7 @@ cdef class ShortPath:
 
     cdef object engine, mglobals, implicit, jobs, blobs, recorder, touched
     cdef object known, inbox, given, time_ns, instance_type, task_bytes, no_arguments
-    cdef object scheduled, kind_ids, log
+    cdef object scheduled, kind_ids, log, dispatcher, pool
     cdef uint32_t t_task
     cdef RecordBuffer records
     cdef Doorbell doorbell
@@ -1424,6 +1461,8 @@ cdef class ShortPath:
         self.given = manager._given_uid
         self.time_ns = manager._clock.time_ns
         self.doorbell = engine.pool.doorbell
+        self.dispatcher = engine.dispatcher
+        self.pool = engine.pool
         self.instance_type = instance_type
         self.task_bytes = task_bytes
         self.no_arguments = no_arguments
@@ -1515,6 +1554,8 @@ cdef class ShortPath:
         # Engine._ring_for_inbox
         __atomic_fetch_or(&self.doorbell.words[1], 1, __ATOMIC_SEQ_CST)
         je_unpark(&self.doorbell.words[0])
+        if self.dispatcher.nap_ns and _a_consumer_parked(self.pool.task_rings):
+            engine.make_way()
         if engine.state == "stopped":
             engine.cancel_queued(inst)
         return inst

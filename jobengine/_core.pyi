@@ -119,6 +119,10 @@ class Ring:
     def capacity(self) -> int: ...
     @property
     def max_payload(self) -> int: ...
+    @property
+    def consumer_parked(self) -> bool:
+        """Whether the consumer sleeps on this ring's park word (a worker with nothing
+        to do, seen from its task ring)."""
     def free(self) -> int: ...
     def write(self, tag: int, a: int, b: int, payload: bytes | None = None) -> bool:
         """Append without publishing; False when full; RecordTooLarge when too big."""
@@ -254,6 +258,13 @@ def deal_tasks(
     """Dispatcher.deal's loop: instances round-robin to slots with free credits; the
     common task written here, the rest through send(w, inst).  Returns (requeue,
     failed, touched)."""
+
+def any_consumer_parked(rings: list[Ring]) -> bool:
+    """Whether the consumer of any of `rings` sleeps (Engine.make_way)."""
+
+def pause_without_gil(seconds: float) -> None:
+    """Sleep with the GIL released and without running signal handlers (they run when
+    the caller's Python code next runs)."""
 
 class QueuedRow:
     """A MemoryStore row of an instance that is only queued (SCHEDULED when made, its

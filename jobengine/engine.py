@@ -91,7 +91,7 @@ from .recorder import Recorder
 from .records import LogLevel
 from .recurrences import StoredRecurrences, new_node_name
 from .registry import JobRegistry
-from .scheduler import Dispatcher
+from .scheduler import NAP_MAX_NS, Dispatcher
 from .signals import start_thread, user_code
 from .state import State
 from .stores.base import Store
@@ -113,6 +113,11 @@ SETTLE_RESULTS = functools.partial(_core.settle_results, PENDING, FINISHED, log)
 SPIN_S = 20e-6  # engine spin before parking, only while tiny jobs are in flight
 SPIN_JOBS_NS = 50_000  # "tiny": attempts shorter than this on average
 IDLE_PARK_S = 0.5
+# make_way: how long a scheduling thread lets the engine thread have the GIL, at most,
+# in steps of MAKE_WAY_STEP_S: up to the end of a nap (the engine may be in one) and
+# the turn after it.
+MAKE_WAY_STEP_S = 50e-6
+MAKE_WAY_MAX_S = NAP_MAX_NS / 1e9 + 1e-3
 # A worker that dies before it publishes anything is replaced after a delay that
 # doubles per such death, up to this; a worker that works resets it.
 MAX_RESPAWN_DELAY_S = 5.0
@@ -232,6 +237,7 @@ class Engine:
         self._respawn_delay = 0.0  # see MAX_RESPAWN_DELAY_S
         self._respawn_at = 0.0  # time.monotonic() before which no worker is spawned
         self._turns_begun = 0  # engine loop turns begun / completed (for sync())
+        self._way_made = -1  # the turn count make_way last waited from (once a turn)
         self._turns = 0
         self._turned = threading.Condition()
         # Held by the engine thread through each turn, free while it naps or parks: a
@@ -448,6 +454,32 @@ class Engine:
         finally:
             turn.release()
 
+    def make_way(self) -> None:
+        """Let the engine thread have the GIL now, from a thread that has just admitted
+        work while a worker waits for some (its task ring empty, it sleeps): wait,
+        without the GIL, until the engine thread begins a turn (which deals), at most
+        MAKE_WAY_MAX_S, and no more than once a turn.
+
+        Why: a thread that schedules in a loop holds the GIL, and CPython hands it to
+        the waiting engine thread only after a switch interval (5 ms by default), the
+        engine's nap first if it is in one.  For CPU-bound jobs (the dispatcher's nap
+        regime; jobengine never calls this otherwise) the workers ran dry for half of
+        such a loop: the workers' whole queue (credits) is a few ms of work.  Making way
+        when one runs dry costs the scheduling thread the engine's turn, which it would
+        have waited for at its next switch anyway.  Skipped on the engine thread, while
+        anyone holds the engine's lock (its turn needs it), and when the engine is not
+        running.  Never raises a signal handler's exception (pause_without_gil): the
+        caller has admitted its instance and must return it."""
+        begun = self._turns_begun
+        if (begun == self._way_made or self.state != "running"
+                or self._thread is threading.current_thread() or self.lock.locked()):  # fmt: skip
+            return
+        self._way_made = begun
+        waited = 0.0
+        while self._turns_begun == begun and waited < MAKE_WAY_MAX_S:
+            _core.pause_without_gil(MAKE_WAY_STEP_S)
+            waited += MAKE_WAY_STEP_S
+
     def _inbox_instances(self) -> list[Instance]:
         """The instances in the inbox now, oldest first."""
         return [e[0] if type(e) is tuple else e for e in list(self.inbox)]
@@ -459,6 +491,8 @@ class Engine:
         pool = self.pool
         if pool is not None:
             pool.doorbell.ring()
+            if self.dispatcher.nap_ns and _core.any_consumer_parked(pool.task_rings):
+                self.make_way()
         return self.state != "stopped"
 
     def remember(self, inst: Instance) -> None:
@@ -916,7 +950,11 @@ class Engine:
         nap = self.dispatcher.nap_ns
         if not nap or self.state != "running" or self.clock.virtual:
             return 0.0
-        return nap / 1e9 if self.core.ready_len or self.inbox else 0.0
+        if not (self.core.ready_len or self.inbox):
+            return 0.0
+        # Never while a worker waits for work: an instance that came too late for this
+        # turn's deal (or whose worker's credit came back too late) would wait the nap.
+        return 0.0 if _core.any_consumer_parked(self.pool.task_rings) else nap / 1e9
 
     def _spin(self) -> float:
         # Spinning pays only when the next event is due within the spin window (tiny

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobengine import Job, Manager, SerializationError, scheduler
+from jobengine import engine as engine_module
 from jobengine._core import RING_HEADER, Ring, deal_tasks
 from jobengine.clock import VirtualClock
 from jobengine.pool.channel import FLAG_LARGE, T_TASK
@@ -390,3 +391,104 @@ def test_the_common_task_takes_the_compiled_write():
         Dispatcher._send = original
     assert sends == []  # both written by deal_tasks itself
     assert [r[1] for r in out["rings"][0]] == [0 | 1 << 32, 1 | 2 << 32]
+
+
+# -- making way for the engine while a worker waits for work (Engine.make_way) ------------
+def _a_worker_parked(engine) -> bool:
+    return any(w.channel.tasks.consumer_parked for w in engine.pool.workers.values())
+
+
+def test_submit_makes_way_for_the_engine_while_a_worker_waits_in_the_nap_regime(
+    tmp_path, monkeypatch
+):
+    gate = tmp_path / "gate"
+    with Manager(2) as m:
+        engine = m._engine
+        wait_for(all_workers_up(m))
+        busy = m.submit(jobs.hold_until, str(gate), "busy")  # the engine is not idle
+        wait_for(lambda: busy.running())
+        wait_for(lambda: _a_worker_parked(engine))  # the other worker sleeps
+        calls = []
+        real = engine.make_way
+
+        def spy():
+            calls.append(threading.current_thread().name)
+            real()
+
+        monkeypatch.setattr(engine, "make_way", spy)
+        me = threading.current_thread().name
+        with engine._turn:  # the engine thread cannot take what is admitted now
+            engine.dispatcher.nap_ns = 0  # not CPU-bound jobs: no way is made
+            plain = [m.submit(jobs.add, 1, 1)]
+            assert calls == []
+            engine.dispatcher.nap_ns = 1_000_000
+            started = time.monotonic()
+            plain.append(m.submit(jobs.add, 2, 2))  # the compiled path
+            waited = time.monotonic() - started
+            assert calls == [me]
+            # no turn could begin (this thread holds it): make_way gave up after its
+            # bound, and waits no more this turn
+            assert waited >= engine_module.MAKE_WAY_MAX_S * 0.9
+            assert engine._way_made == engine._turns_begun
+            keyword = m.submit(jobs.add, 3, b=3)  # the Python path (a keyword argument)
+            assert calls == [me, me]
+            # while work waits and a worker sleeps, the engine does not nap
+            assert engine.inbox and _a_worker_parked(engine)
+            assert engine._nap() == 0.0
+        gate.write_text("go")
+        assert busy.result(timeout=30) == "busy"
+        assert [f.result(timeout=30) for f in plain] == [2, 4]
+        assert keyword.result(timeout=30) == 6
+
+
+def test_make_way_returns_once_the_engine_thread_begins_a_turn(monkeypatch):
+    monkeypatch.setattr(engine_module, "MAKE_WAY_MAX_S", 30.0)
+    with Manager(1) as m:
+        engine = m._engine
+        m.submit(jobs.noop).result(timeout=30)
+        for _ in range(3):
+            before = engine._turns_begun
+            engine.pool.doorbell.ring()  # as a submit does: the engine thread wakes
+            started = time.monotonic()
+            engine.make_way()
+            assert engine._turns_begun > before
+            assert time.monotonic() - started < 15  # not its 30 s bound
+
+
+def test_make_way_never_waits_on_the_engine_thread_under_its_lock_or_once_stopped(
+    monkeypatch,
+):
+    # Each case, were it to wait, would wait the whole (30 s) bound: no turn can begin.
+    monkeypatch.setattr(engine_module, "MAKE_WAY_MAX_S", 30.0)
+    with Manager(1) as m:
+        engine = m._engine
+        m.submit(jobs.noop).result(timeout=30)
+        with engine._turn, engine.lock:
+            assert _timed(engine.make_way) < 10
+        # on the engine thread, in its turn: a callback that schedules
+        took = []
+        f = m.submit(jobs.slow_value, 0.5, 1)  # the callback is added while it runs
+        f.add_done_callback(
+            lambda _f: took.append((threading.current_thread().name, _timed(engine.make_way)))
+        )
+        f.result(timeout=30)
+        wait_for(lambda: took, timeout=60)
+        assert took[0][0] == "jobengine-engine" and took[0][1] < 10
+    assert _timed(engine.make_way) < 10  # stopped
+
+
+def _timed(fn) -> float:
+    started = time.monotonic()
+    fn()
+    return time.monotonic() - started
+
+
+def test_the_watched_task_rings_are_those_of_workers_that_take_work():
+    with Manager(2) as m:
+        pool = m._engine.pool
+        wait_for(all_workers_up(m))
+        assert pool.task_rings == [w.channel.tasks for w in pool.workers.values()]
+        m.resize_workers(1)
+        wait_for(lambda: len(pool.workers) == 1 or any(w.retiring for w in pool.workers.values()))
+        live = [w.channel.tasks for w in pool.workers.values() if not w.retiring]
+        assert pool.task_rings == live and len(live) == 1

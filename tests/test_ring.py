@@ -3,11 +3,18 @@
 import mmap
 import os
 import signal
+import threading
 import time
 
 import pytest
 
-from jobengine._core import Doorbell, RecordTooLarge, Ring
+from jobengine._core import (
+    Doorbell,
+    RecordTooLarge,
+    Ring,
+    any_consumer_parked,
+    pause_without_gil,
+)
 
 
 def _pair(size=1 << 16):
@@ -181,3 +188,84 @@ def test_push_many_refuses_oversized_and_non_bytes_and_writes_nothing():
     with pytest.raises(TypeError, match="bytes"):
         p.push_many([(1, 0, 0, "text")])
     assert c.read_many() == []
+
+
+# -- seeing a sleeping consumer (Engine.make_way) --------------------------------------
+def test_consumer_parked_shows_a_consumer_asleep_on_its_ring_until_woken():
+    mem = mmap.mmap(-1, 1 << 16)
+    producer = Ring(mem, format=True)  # no doorbell: the ring's own park word
+    consumer = Ring(mem)
+    assert not producer.consumer_parked and not any_consumer_parked([producer])
+
+    def consume():
+        c = Ring(mem)
+        c.wait(timeout=10.0)  # parks: nothing is published yet
+        os._exit(0 if c.read_many() == [(5, 1, 2, b"x")] else 1)
+
+    pid = _child(consume)
+    deadline = time.monotonic() + 10
+    while not producer.consumer_parked and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert producer.consumer_parked
+    assert any_consumer_parked([Ring(mmap.mmap(-1, 1 << 16), format=True), producer])
+    assert producer.push(5, 1, 2, b"x")  # publishing wakes it
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not producer.consumer_parked
+    assert consumer.read_many() == [(5, 1, 2, b"x")]  # (the record is still there)
+
+
+def test_any_consumer_parked_takes_a_list_of_rings():
+    assert not any_consumer_parked([])
+    with pytest.raises(TypeError):
+        any_consumer_parked([object()])
+
+
+def test_pause_without_gil_lets_other_threads_run():
+    done = threading.Event()
+    counts = []
+
+    def count():
+        n = 0
+        while not done.is_set():
+            n += 1
+        counts.append(n)
+
+    t = threading.Thread(target=count)
+    t.start()
+    time.sleep(0.05)  # the counter runs
+    before = time.thread_time()
+    started = time.monotonic()
+    pause_without_gil(0.2)
+    took = time.monotonic() - started
+    used = time.thread_time() - before
+    done.set()
+    t.join()
+    assert took >= 0.19
+    assert used < 0.1  # it slept: it did not spin holding the GIL
+    assert counts[0] > 0
+
+
+def test_pause_without_gil_is_not_cut_short_by_a_signal_and_defers_its_handler():
+    class Boom(Exception):
+        pass
+
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(time.monotonic())
+        raise Boom
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        with pytest.raises(Boom):
+            pause_without_gil(0.2)
+            for _ in range(1000):  # the handler runs here, once Python code runs again
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    # the signal came after 20 ms; the pause ran its whole 200 ms before the handler
+    assert seen and seen[0] - started >= 0.19

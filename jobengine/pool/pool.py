@@ -106,6 +106,8 @@ class Pool:
         self.workers: dict[int, WorkerSlot] = {}
         self.target = 0
         self.rings: list = []  # event rings of live workers, for Doorbell.wait
+        # task rings of the workers that take new work (Engine.make_way watches them)
+        self.task_rings: list = []
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self.fork_thread_counts: list[int] = []  # supervisor threads at each fork
@@ -157,6 +159,7 @@ class Pool:
             w.channel.close()
         self.workers.clear()
         self.rings = []
+        self.task_rings = []
         self._proc = None
 
     # -- workers ---------------------------------------------------------------------
@@ -181,6 +184,7 @@ class Pool:
         if w.retiring:
             return
         w.retiring = True
+        self._refresh_rings()
         ring = w.channel.tasks
         while not ring.push(T_STOP, 0, 0):
             time.sleep(50e-6)
@@ -196,6 +200,7 @@ class Pool:
 
     def _refresh_rings(self) -> None:
         self.rings = [w.channel.events for w in self.workers.values()]
+        self.task_rings = [w.channel.tasks for w in self.workers.values() if not w.retiring]
 
     def remove(self, w: WorkerSlot) -> None:
         self.workers.pop(w.index, None)
