@@ -2603,3 +2603,70 @@ def uuid7_text():
     cdef uint64_t hi, lo
     _uuid7_words(&hi, &lo)
     return _uuid_chars(hi, lo)
+
+
+# --- the worker's attempt ------------------------------------------------------------------
+
+from pickle import dumps as _pickle_dumps, loads as _pickle_loads
+
+
+cdef inline int64_t _wall_ns() noexcept:
+    cdef je_timespec ts
+    je_clock_gettime(JE_CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+def worker_attempt(worker, Ring events, uint64_t packed, fn, inject, kind, payload):
+    """Worker._attempt (pool/worker.py) compiled for the common case: the worker's cost
+    a job (issue 14).  It publishes STARTED, unpickles (args, kwargs), calls the
+    executor with worker.current set (its interrupt handler reads it), pickles the
+    result and writes OK unpublished (Worker.run publishes it), step for step as
+    _attempt does.  Every other case goes back to the Worker's methods, which stay the
+    reference: a record that does not fit the ring now (Worker.emit waits or spills),
+    arguments that do not unpickle (_arguments_failed), an Instance to hand over or
+    anything but a tuple and a dict (_call), a failed call (_failed), a result plain
+    pickle cannot carry (_send_result, which tries cloudpickle)."""
+    cdef int64_t stamp = _wall_ns()
+    if je_ring_write(&events.r, _E_STARTED, packed, <uint64_t>stamp, NULL, 0) == 0:
+        je_ring_publish(&events.r)
+    else:
+        worker.emit(_E_STARTED, packed, stamp)
+    try:
+        decoded = _pickle_loads(payload)
+    except BaseException as exc:
+        worker._arguments_failed(packed, kind, exc)
+        return
+    if (type(decoded) is not tuple or len(<tuple>decoded) != 2
+            or type((<tuple>decoded)[0]) is not tuple or type((<tuple>decoded)[1]) is not dict):
+        box = [decoded]
+        decoded = None  # (only the box holds the arguments: _call takes them out)
+        worker._call(packed, fn, inject, kind, box)
+        return
+    args = (<tuple>decoded)[0]
+    kwargs = (<tuple>decoded)[1]
+    decoded = None
+    worker.current = packed
+    try:
+        if kwargs:
+            result = fn(*args, **kwargs)
+        else:
+            result = fn(*args)
+    except BaseException as exc:
+        worker.current = 0
+        args = kwargs = None
+        worker._failed(packed, exc)
+        return
+    worker.current = 0
+    args = kwargs = None  # the job's arguments are not kept past the job
+    try:
+        out = _pickle_dumps(result, 5)
+    except BaseException:
+        worker._send_result(packed, kind, result)  # it reports what it cannot carry
+        return
+    result = None
+    stamp = _wall_ns()
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(out)
+    if (<uint64_t>n > je_ring_max_payload(&events.r)
+            or je_ring_write(&events.r, _E_OK, packed, <uint64_t>stamp, PyBytes_AS_STRING(out),
+                             <uint32_t>n) != 0):
+        worker.emit(_E_OK, packed, stamp, out, False)  # it spills a large one to a file

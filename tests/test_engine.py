@@ -296,7 +296,9 @@ def test_the_lookup_table_forgets_instances_nobody_holds():
         assert [f.result() for f in kept] == list(range(50))
 
 
-def test_the_lookup_table_never_keeps_an_instance_the_engine_runs_for_a_caller_who_left():
+def test_the_lookup_table_never_keeps_an_instance_the_engine_runs_for_a_caller_who_left(
+    tmp_path,
+):
     # Every entry is borrowed from admission on (submit's compiled path, the Python
     # path of keyword arguments, submit_many, schedule_job): the engine's own lists
     # keep a queued or running instance alive, so one whose caller dropped it still
@@ -304,7 +306,8 @@ def test_the_lookup_table_never_keeps_an_instance_the_engine_runs_for_a_caller_w
     from jobengine import _core
 
     with Manager(1) as m:
-        gate = m.submit(jobs.sleep_then, 0.4)
+        # the one worker is busy until the test opens the gate: the rest stay queued
+        gate = m.submit(jobs.hold_until, str(tmp_path / "gate"))
         while gate.state is not State.PROCESSING:
             time.sleep(0.002)
         made = [m.submit(jobs.add, 1, 2), m.submit(jobs.add, a=1, b=2)]
@@ -321,6 +324,7 @@ def test_the_lookup_table_never_keeps_an_instance_the_engine_runs_for_a_caller_w
         assert len(found) == 5
         assert all(isinstance(x, Instance) and x.state is State.SCHEDULED for x in found.values())
         del found
+        (tmp_path / "gate").write_text("go")
         m.wait()
         gc.collect()
         assert all(r() is None for r in refs)  # done and dropped: gone, and so is its entry

@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 import psutil
 
+from .._core import worker_attempt
 from ..errors import JobCanceled, JobTimeout, SerializationError, TaskLoadError
 from ..logbridge import install_in_worker
 from ..records import LogLevel, LogMethods
@@ -241,7 +242,10 @@ class Worker:
             start = time.monotonic_ns()
             write_status(self.mm, packed, start, start + int(timeout * 1e9))
         try:
-            self._attempt(packed, fn, inject, kind, module, payload)
+            if type(fn) is _Unloadable:
+                self._attempt(packed, fn, inject, kind, module, payload)
+            else:
+                worker_attempt(self, self.channel.events, packed, fn, inject, kind, payload)
         finally:
             self.jobs += 1
             if timeout is not None:
@@ -259,16 +263,37 @@ class Worker:
         module: str | None,
         payload: bytes,
     ) -> None:
+        """One attempt, the reference path (_core.worker_attempt runs the common case
+        compiled and comes back to _arguments_failed, _call, _failed and _send_result
+        for the rest): STARTED, the arguments, the call, the outcome."""
         self.emit(E_STARTED, packed, time.time_ns())
         if type(fn) is _Unloadable:
             self.emit(E_ERR, packed, time.time_ns(), encode_error(fn.error), False)
             return
         try:
-            decoded = pickle.loads(payload)
+            # (in a list _call empties: no frame of ours keeps the arguments alive
+            # while the result is pickled)
+            box = [pickle.loads(payload)]
         except BaseException as exc:  # a class gone from the worker, or a hostile payload
-            err = _load_error("the arguments", kind, exc, None)
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(err), False)
+            self._arguments_failed(packed, kind, exc)
             return
+        self._call(packed, fn, inject, kind, box)
+
+    def _arguments_failed(self, packed: int, kind: str, exc: BaseException) -> None:
+        err = _load_error("the arguments", kind, exc, None)
+        self.emit(E_ERR, packed, time.time_ns(), encode_error(err), False)
+
+    def _call(
+        self,
+        packed: int,
+        fn: Any,
+        inject: tuple[str, int | None] | None,
+        kind: str,
+        box: list,
+    ) -> None:
+        """Call the executor with the unpickled (args, kwargs[, uuid]) that `box`
+        holds (taken out of it); report."""
+        decoded = box.pop()
         try:
             args, kwargs = decoded[0], decoded[1]
             if len(decoded) > 2:  # the executor is handed its Instance (or more)
@@ -296,9 +321,15 @@ class Worker:
             finally:
                 self.current = 0
         except BaseException as exc:  # a failed job, whatever it raised, is a failure
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc), False)
+            self._failed(packed, exc)
             return
         del decoded, args, kwargs  # the job's arguments are not kept past the job
+        self._send_result(packed, kind, result)
+
+    def _failed(self, packed: int, exc: BaseException) -> None:
+        self.emit(E_ERR, packed, time.time_ns(), encode_error(exc), False)
+
+    def _send_result(self, packed: int, kind: str, result: Any) -> None:
         try:
             try:
                 out = pickle.dumps(result, protocol=5)
@@ -310,10 +341,10 @@ class Worker:
             err: BaseException = SerializationError(
                 f"the result of job {kind!r} cannot be pickled: {type(exc).__name__}: {exc}"
             )
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(err), False)
+            self._failed(packed, err)
             return
         except BaseException as exc:  # sys.exit() in a __reduce__: the job's outcome
-            self.emit(E_ERR, packed, time.time_ns(), encode_error(exc), False)
+            self._failed(packed, exc)
             return
         del result
         self.emit(E_OK, packed, time.time_ns(), out, False)
