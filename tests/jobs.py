@@ -90,6 +90,11 @@ def echo(x):
     return x
 
 
+def echo_all(*args):
+    """Its arguments as a list; the Instance a "?" placeholder became, as its uuid."""
+    return [a.uuid if type(a).__name__ == "WorkerInstance" else a for a in args]
+
+
 def touch_then_sleep(path, seconds):
     """A job to kill mid-run: its first attempt creates `path` (the test sees it has
     started) and sleeps; a later attempt finds the mark and returns at once."""

@@ -148,6 +148,44 @@ def test_a_call_without_arguments_is_pickled_once_not_per_instance():
         assert m.submit(jobs.add, 2, b=3).result(timeout=30) == 5
 
 
+_SIMPLE = st.one_of(
+    st.integers(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.floats(allow_nan=False),
+    st.none(),
+    st.booleans(),
+    st.sampled_from(["?", "__main__"]),  # a placeholder; bytes that look by-value
+    st.lists(st.integers(), max_size=3),
+)
+
+
+def test_the_compiled_path_pickles_arguments_as_task_bytes_does(spied):
+    # The compiled path pickles plain positional arguments itself; a "?" placeholder,
+    # or anything whose pickle names __main__, goes to task_bytes: the payload is the
+    # same bytes either way.
+    from jobengine.job import task_bytes
+
+    with Manager(1) as m:
+        m.submit(jobs.echo_all).result(timeout=30)  # the job exists: compiled from now
+        made = []
+
+        @settings(max_examples=150, deadline=None)
+        @given(st.lists(_SIMPLE, max_size=4))
+        def check(args):
+            spied.clear()
+            inst = m.submit(jobs.echo_all, *args)
+            assert spied == [(inst.job.kind, False, "compiled")]
+            assert inst.payload == task_bytes(inst.job, tuple(args), {}, inst.uuid_str)
+            made.append((inst, args))
+
+        check()
+        for inst, args in made[-20:]:
+            # a "?" is the worker's Instance: echo_all gives back its uuid there
+            want = [inst.uuid_str if a == "?" else a for a in args]
+            assert inst.result(timeout=30) == want
+
+
 def test_the_compiled_path_serves_repeated_calls_as_the_python_path_would(spied):
     with Manager(1) as m:
         m.submit(jobs.add, 1, 2).result(timeout=30)  # first: the job is made (python)
