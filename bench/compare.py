@@ -230,10 +230,21 @@ def engine_rows(quick: bool) -> list[Row]:
         for us, goal in ((1000, 0.95), (100, 0.85)):
             loops = int(us * per_us)
             jobs = int((0.6 if quick else 2.0) / (us * 1e-6))
-            serial = statistics.median(ew.serial_burn(jobs, loops) for _ in range(3))
-            ours_t = _median_runs(lambda j=jobs, lp=loops: ew.jobengine_burn(m, j, lp), rounds)
-            ppe_t = _median_runs(lambda j=jobs, lp=loops: ew.ppe_burn(ex, j, lp), rounds)
-            sp_ours, sp_ppe = serial / ours_t, serial / ppe_t
+            # The serial run is the rows' peer too: each round runs it beside both pools
+            # (in alternating order, as above) and each speedup is against the serial
+            # run of its own round, so a slow or fast moment of the host moves both
+            # sides of a ratio (the serial time moved 75-118 us a job within minutes).
+            serial_t, ours_t, ppe_t = [], [], []
+            burns = [
+                (serial_t, lambda j=jobs, lp=loops: ew.serial_burn(j, lp)),
+                (ours_t, lambda j=jobs, lp=loops: ew.jobengine_burn(m, j, lp)),
+                (ppe_t, lambda j=jobs, lp=loops: ew.ppe_burn(ex, j, lp)),
+            ]
+            for r in range(rounds):
+                for out, run in burns if r % 2 == 0 else burns[::-1]:
+                    out.append(run())
+            sp_ours = statistics.median(s / t for s, t in zip(serial_t, ours_t, strict=True))
+            sp_ppe = statistics.median(s / t for s, t in zip(serial_t, ppe_t, strict=True))
             rows.append(
                 Row(
                     f"CPU-bound speedup, {us} us jobs, {workers} cores",
