@@ -463,8 +463,8 @@ class Engine:
         Why: a thread that schedules in a loop holds the GIL, and CPython hands it to
         the waiting engine thread only after a switch interval (5 ms by default), the
         engine's nap first if it is in one.  For CPU-bound jobs (the dispatcher's nap
-        regime; jobengine never calls this otherwise) the workers ran dry for half of
-        such a loop: the workers' whole queue (credits) is a few ms of work.  Making way
+        regime; jobengine never calls this otherwise) the workers slept through 19-65%
+        of such a loop: a worker's whole queue (its credits) is a few ms of work.  Making way
         when one runs dry costs the scheduling thread the engine's turn, which it would
         have waited for at its next switch anyway.  Skipped on the engine thread, while
         anyone holds the engine's lock (its turn needs it), and when the engine is not

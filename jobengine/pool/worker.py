@@ -1,7 +1,8 @@
 """The worker loop: take tasks from the task ring, run them, publish events.
 
-Runs in a process forked by the supervisor.  Per job it does: decode the args (pickle),
-publish STARTED, call the executor, pickle the result, publish OK or ERR.  Executors
+Runs in a process forked by the supervisor.  Per job it does: publish STARTED, decode the
+args (pickle), call the executor, pickle the result, publish OK or ERR (the common case
+in one compiled call, _core.worker_attempt; Worker._attempt is the reference).  Executors
 arrive once per kind (T_DEFINE, cloudpickle) and are kept by kind id, so a task record
 carries only a small id and the arguments.
 
