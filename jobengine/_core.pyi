@@ -262,6 +262,18 @@ def deal_tasks(
 def any_consumer_parked(rings: list[Ring]) -> bool:
     """Whether the consumer of any of `rings` sleeps (Engine.make_way)."""
 
+def worker_attempt(
+    worker: Any,
+    events: Ring,
+    packed: int,
+    fn: Callable[..., Any],
+    inject: Any,
+    kind: str,
+    payload: bytes,
+) -> None:
+    """Worker._attempt compiled for the common case (STARTED, unpickle, call, pickle,
+    OK); every other case goes back to the Worker's methods."""
+
 def pause_without_gil(seconds: float) -> None:
     """Sleep with the GIL released and without running signal handlers (they run when
     the caller's Python code next runs)."""
