@@ -211,19 +211,22 @@ def test_a_full_event_ring_makes_the_attempt_wait_for_the_manager():
     while events.write(99, 0, 0, b"f" * 4000):  # fill it
         pass
     events.publish()
-    drained = []
+    drained = []  # (tag, payload) of every record the manager's end read meanwhile
+    done = threading.Event()
 
     def drain_later():
-        threading.Event().wait(0.2)
-        while not drained or drained[-1]:
-            drained.append(len(manager.events.read_many(100000)))
-            threading.Event().wait(0.01)
+        threading.Event().wait(0.2)  # the attempt finds the ring full, and waits
+        while not done.is_set():
+            drained.extend((t & TAG_MASK, p) for t, _a, _b, p in manager.events.read_many(1000))
+            threading.Event().wait(0.005)
 
     t = threading.Thread(target=drain_later)
     t.start()
     worker_attempt(w, events, PACKED, add, None, "k", pickle.dumps(((1, 2), {})))
+    done.set()
     t.join()
-    got = _events(w, manager)
-    assert [e[0] for e in got] == [E_OK]  # STARTED went when there was room
-    assert pickle.loads(got[0][3]) == 3
-    assert sum(drained) > 0
+    events.publish()  # (the OK is written unpublished: Worker.run publishes it)
+    got = drained + [(t & TAG_MASK, p) for t, _a, _b, p in manager.events.read_many(100000)]
+    assert sum(tag == 99 for tag, _ in got) > 0  # the filler went first
+    assert [tag for tag, _ in got if tag != 99] == [E_STARTED, E_OK]
+    assert pickle.loads(got[-1][1]) == 3
