@@ -1699,6 +1699,148 @@ cdef list _unpack_seen(QueuedRow fresh):
     return row
 
 
+# A finished instance's row, compact.  Of the rows a store keeps for long, most belong to
+# instances that ran once and completed: CREATED and SCHEDULED at the instant they were
+# made, PROCESSING and COMPLETED on one worker in attempt 1.  Such a row is kept as a
+# DoneRow (72 bytes, its times unboxed, untracked) instead of the 24-item list (~250
+# bytes and the ints of its times), and becomes that list when written again or read.
+# Making one costs the engine thread one small object where the list cost an unpacked
+# queued row, eight appends and a resize (bench/prof_memory_write.py).  Its four records
+# (_V_PROCESSING, _V_COMPLETED: State.PROCESSING/COMPLETED's values, tested):
+cdef int _V_PROCESSING = 4, _V_COMPLETED = 8
+cdef object _CODE_PROCESSING = _V_PROCESSING | 1 << 8 | 1 << 24  # (attempt 1, run 1)
+cdef object _CODE_COMPLETED = _V_COMPLETED | 1 << 8 | 1 << 24
+
+
+@cython.no_gc  # it holds a str, an int and a worker id: never part of a reference cycle
+@cython.final
+@cython.auto_pickle(False)
+cdef class DoneRow:
+    """A MemoryStore row (stores/memory.py) of an instance that completed in its first
+    attempt, with just the four records of that story: made by memory_write, read
+    through memory_row_list.  Not a public type."""
+
+    cdef readonly object kind, priority
+    # the worker of its PROCESSING and COMPLETED records (None until memory_write
+    # has seen the first of them)
+    cdef readonly object worker
+    cdef readonly int64_t created_ns, processed_ns, completed_ns
+    # How many of its four records (CREATED, SCHEDULED, PROCESSING, COMPLETED) memory_write
+    # has yet to see: as QueuedRow.pending
+    cdef int pending
+
+    def __repr__(self):
+        return (f"DoneRow({self.kind!r}, {self.priority!r}, {self.created_ns}, "
+                f"{self.processed_ns}, {self.completed_ns}, {self.worker!r})")
+
+
+cdef list _unpack_done(DoneRow d):
+    # the list row a compact finished one stands for, with only the records seen so
+    # far (all of them once pending is 0); the row is complete from then on
+    created, processed, completed, worker = d.created_ns, d.processed_ns, d.completed_ns, d.worker
+    cdef list row = [d.kind, _V_COMPLETED, d.priority, 1, created, created, processed,
+                     completed, _CODE_CREATED, created, None, None, _CODE_SCHEDULED, created,
+                     None, None, _CODE_PROCESSING, processed, worker, None, _CODE_COMPLETED,
+                     completed, worker, None]
+    if d.pending:
+        del row[24 - 4 * d.pending:]
+        d.pending = 0
+    PyObject_GC_UnTrack(<void *>row)
+    return row
+
+
+cdef inline bint _int64_of(object v, int64_t *out):
+    # v, an int that fits in int64, into *out; False for anything else
+    if type(v) is not int:
+        return False
+    cdef int overflow = 0
+    cdef long long n = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow:
+        return False
+    out[0] = n
+    return True
+
+
+cdef inline object _done_row_of(tuple r, int64_t created_ns, int pending):
+    # a snapshot (as _queued_row_of reads it) of an instance that completed in attempt
+    # 1, due when made at created_ns: its compact row, waiting for `pending` of its
+    # four records; else None
+    cdef int64_t c, p, d
+    if not (r[2] == _V_COMPLETED and r[4] == 1 and _int64_of(r[5], &c) and c == created_ns
+            and (r[6] is r[5] or (_int64_of(r[6], &p) and p == c))
+            and _int64_of(r[7], &p) and _int64_of(r[8], &d)):
+        return None
+    cdef DoneRow row = DoneRow.__new__(DoneRow)
+    row.kind = r[1]
+    row.priority = r[3]
+    row.created_ns, row.processed_ns, row.completed_ns = c, p, d
+    row.pending = pending
+    return row
+
+
+cdef inline bint _same_worker(object a, object b):
+    return a is b or (type(a) is int and type(b) is int and a == b)
+
+
+cdef inline bint _seen_done_record(DoneRow d, long long s, long long a, long long run,
+                                   object time, object worker, object cause) except -1:
+    # whether this record is the next of the four the compact row stands for
+    cdef int64_t t
+    cdef int step = 4 - d.pending
+    if run != 1 or cause is not None or not _int64_of(time, &t):
+        return False
+    if step < 2:
+        if not (a == 0 and worker is None and t == d.created_ns
+                and s == (_V_CREATED if step == 0 else _V_SCHEDULED)):
+            return False
+    elif step == 2:
+        if not (a == 1 and s == _V_PROCESSING and t == d.processed_ns):
+            return False
+        d.worker = worker
+    elif not (a == 1 and s == _V_COMPLETED and t == d.completed_ns
+              and _same_worker(worker, d.worker)):
+        return False
+    d.pending -= 1
+    return True
+
+
+cdef object _compact_done(list row):
+    # the compact form of a row that holds exactly a first-attempt completion's story
+    # (header: COMPLETED, attempt 1, due when made; records: CREATED and SCHEDULED at its
+    # creation, PROCESSING and COMPLETED at its processed and completed times on one
+    # worker, attempt 1, run 1, no cause; times that are int64s), else None
+    cdef int64_t c, p, d, t
+    if len(row) != 24:
+        return None
+    if not (row[1] == _V_COMPLETED and row[3] == 1 and _int64_of(row[4], &c)
+            and _int64_of(row[5], &t) and t == c and _int64_of(row[6], &p)
+            and _int64_of(row[7], &d)):
+        return None
+    if not (row[8] == _CODE_CREATED and _int64_of(row[9], &t) and t == c
+            and row[10] is None and row[11] is None
+            and row[12] == _CODE_SCHEDULED and _int64_of(row[13], &t) and t == c
+            and row[14] is None and row[15] is None
+            and row[16] == _CODE_PROCESSING and _int64_of(row[17], &t) and t == p
+            and row[19] is None
+            and row[20] == _CODE_COMPLETED and _int64_of(row[21], &t) and t == d
+            and _same_worker(row[22], row[18]) and row[23] is None):
+        return None
+    cdef DoneRow done = DoneRow.__new__(DoneRow)
+    done.kind = row[0]
+    done.priority = row[2]
+    done.worker = row[18]
+    done.created_ns, done.processed_ns, done.completed_ns = c, p, d
+    return done
+
+
+cdef inline list _unpack_compact(object row):
+    # a compact row's list (QueuedRow or DoneRow), with only the records seen so far
+    if type(row) is QueuedRow:
+        return _unpack_seen(<QueuedRow>row) if (<QueuedRow>row).pending else _unpack_fresh(
+            <QueuedRow>row)
+    return _unpack_done(<DoneRow?>row)
+
+
 cdef inline object _queued_row_of(tuple r):
     # a new instance's snapshot (uuid, kind, state, priority, attempts, created,
     # scheduled, processed, completed, outcome) that is only queued: SCHEDULED as made,
@@ -1732,9 +1874,9 @@ cdef inline bint _seen_record(QueuedRow q, long long s, long long a, long long r
 
 
 def memory_row_list(object row):
-    """A MemoryStore row as its list (stores/memory.py): a compact queued row (a
-    QueuedRow, see memory_write) unpacked into a new list, any other row itself."""
-    return _unpack_fresh(row) if type(row) is QueuedRow else row
+    """A MemoryStore row as its list (stores/memory.py): a compact row (a QueuedRow or
+    a DoneRow, see memory_write) unpacked into a new list, a list row itself."""
+    return row if type(row) is list else _unpack_compact(row)
 
 
 cdef inline list _list_row(dict rows, object uuid, object kind, object row):
@@ -1749,11 +1891,8 @@ cdef inline list _list_row(dict rows, object uuid, object kind, object row):
         row = [kind, None, 0, 0, 0, None, None, None]
         PyObject_GC_UnTrack(<void *>row)
         rows[uuid] = row
-    elif type(row) is QueuedRow:  # a compact queued row, written again
-        if (<QueuedRow>row).pending:  # (made in this call: only the records seen yet)
-            row = rows[uuid] = _unpack_seen(<QueuedRow>row)
-        else:
-            row = rows[uuid] = _unpack_fresh(<QueuedRow>row)
+    elif type(row) is not list:  # a compact row, written again (made in this call: with
+        row = rows[uuid] = _unpack_compact(row)  # only the records seen yet)
     return row
 
 
@@ -1782,7 +1921,8 @@ cdef inline object _compact(list row):
 cdef inline object _add_record(list row, long long s, long long a, long long run,
                                object time, object worker, object cause):
     # one state record onto its instance's row; the row's compact form if it now
-    # tells exactly a queued instance's story, else None
+    # tells exactly a queued instance's story or a first-attempt completion's, else
+    # None
     if run == 1 and 0 <= s < 128 and 0 <= a < 4:  # the common codes: one object each
         code = _state_codes[s * 4 + a]
         if code is None:
@@ -1795,12 +1935,14 @@ cdef inline object _add_record(list row, long long s, long long a, long long run
     row.append(cause)
     if s == _V_SCHEDULED and len(row) == 16:  # perhaps now a queued one's story
         return _compact(row)
+    if s == _V_COMPLETED and len(row) == 24:  # or a finished one's (its records came in
+        return _compact_done(row)  # batches of their own: a job longer than a turn)
     return None
 
 
 cdef int _write_states(dict rows, object states) except -1:
     # memory_write's state records: each onto its instance's row (a compact row made
-    # from the snapshot in this call takes its own two records by counting them)
+    # from a snapshot in this call takes its own records by counting them)
     cdef RecordBuffer buf
     cdef _StateRec *rec
     cdef PyObject *last = NULL  # the uuid of the record before, whose row is `row`
@@ -1816,6 +1958,11 @@ cdef int _write_states(dict rows, object states) except -1:
                 row = rows.get(uuid)
             if type(row) is QueuedRow and (<QueuedRow>row).pending and _seen_record(
                     <QueuedRow>row, rec.state, rec.attempt, rec.run, <object>rec.time,
+                    <object>rec.worker, <object>rec.cause):
+                last = rec.uuid
+                continue
+            if type(row) is DoneRow and (<DoneRow>row).pending and _seen_done_record(
+                    <DoneRow>row, rec.state, rec.attempt, rec.run, <object>rec.time,
                     <object>rec.worker, <object>rec.cause):
                 last = rec.uuid
                 continue
@@ -1835,6 +1982,9 @@ cdef int _write_states(dict rows, object states) except -1:
             if type(row) is QueuedRow and (<QueuedRow>row).pending and _seen_record(
                     <QueuedRow>row, r[2], r[4], r[6], r[3], r[5], r[7]):
                 continue
+            if type(row) is DoneRow and (<DoneRow>row).pending and _seen_done_record(
+                    <DoneRow>row, r[2], r[4], r[6], r[3], r[5], r[7]):
+                continue
             if type(row) is not list:
                 row = _list_row(rows, uuid, r[1], row)
             compact = _add_record(<list>row, r[2], r[4], r[6], r[3], r[5], r[7])
@@ -1849,11 +1999,13 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     """MemoryStore.write_batch's loops, compiled (the engine thread runs them for every
     record of every instance on the default store).  Layout as in stores/memory.py:
     rows[uuid] = [kind, state, priority, attempts, created, scheduled, processed,
-    completed, then 4 items per state record], or for an instance that is only queued
-    (SCHEDULED when made, with just its CREATED and SCHEDULED records at that instant)
-    the compact QueuedRow that memory_row_list unpacks (made from the snapshot of a new
-    instance that is only queued, its two records counted in after it; from the list
-    when its records complete the pattern otherwise); finished: uuid -> completed_ns,
+    completed, then 4 items per state record], or a compact row that memory_row_list
+    unpacks: a QueuedRow for an instance that is only queued (SCHEDULED when made, with
+    just its CREATED and SCHEDULED records at that instant), a DoneRow for one that
+    completed in its first attempt (those two, then PROCESSING and COMPLETED on one
+    worker).  Each is made from the snapshot of a new instance (or, a DoneRow, of a
+    queued one) whose records are then counted in after it, or from the list when its
+    records complete the pattern otherwise; finished: uuid -> completed_ns,
     oldest first; outcomes[uuid] = the outcome tuple as recorded ("r", raw) / ("e",
     ...), kept raw and turned into store columns when read, except a result over
     max_raw bytes, which big_outcome(outcome) turns into its columns now (it is not
@@ -1872,24 +2024,41 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     # instance made and queued); `fresh` keeps those rows and their uuids until the
     # records have been seen (see _seen_record; _unpack_seen if they are not).
     cdef list fresh = []
+    cdef object compact
+    cdef int64_t made
     try:
         for r in instances:
             uuid = r[0]
             row = rows.get(uuid)
+            # A new instance that is only queued, or one that completed in its first
+            # attempt (new, or queued till now), gets its compact row from its snapshot
+            # at once, counting its records in as they come below (the common case on
+            # the engine thread: a job queued in one batch, finished in a later one).
             if row is None:
-                row = _queued_row_of(r)
-                if row is not None:
-                    rows[uuid] = row
-                    fresh.append(row)
-                    fresh.append(uuid)
+                compact = _queued_row_of(r)
+                if compact is None and _int64_of(r[5], &made):
+                    compact = _done_row_of(r, made, 4)
+            elif type(row) is QueuedRow:
+                compact = _done_row_of(r, (<QueuedRow>row).created_ns,
+                                       (<QueuedRow>row).pending + 2)
+            else:
+                compact = None
+            if compact is not None:
+                rows[uuid] = compact
+                fresh.append(compact)
+                fresh.append(uuid)
+                if type(compact) is QueuedRow:
                     continue
-            row = _list_row(rows, uuid, r[1], row)
-            # The store keeps uuid in `finished` exactly while its row's state is final
-            # (MemoryStore.put_instances and _drop keep it so too): the row, looked up
-            # anyway, says whether `finished` holds it, without two lookups a job there.
-            was_final = (<list>row)[1] in final_states
-            for j in range(8):  # row[0:8] = r[1:9], without the slice's tuple
-                (<list>row)[j] = r[j + 1]
+                was_final = False  # (new, or queued)
+            else:
+                row = _list_row(rows, uuid, r[1], row)
+                # The store keeps uuid in `finished` exactly while its row's state is
+                # final (MemoryStore.put_instances and _drop keep it so too): the row,
+                # looked up anyway, says whether `finished` holds it, without two
+                # lookups a job there.
+                was_final = (<list>row)[1] in final_states
+                for j in range(8):  # row[0:8] = r[1:9], without the slice's tuple
+                    (<list>row)[j] = r[j + 1]
             if r[2] in final_states:
                 if want_finished:
                     done.append(uuid)
@@ -1904,10 +2073,13 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
             elif was_final:  # a recurrence running again
                 finished.pop(uuid, None)
         _write_states(rows, states)
-    finally:
+    finally:  # a compact row still waiting for records becomes the list of those seen
         for j in range(0, len(fresh), 2):
-            if (<QueuedRow>fresh[j]).pending and rows.get(fresh[j + 1]) is fresh[j]:
-                rows[fresh[j + 1]] = _unpack_seen(<QueuedRow>fresh[j])
+            compact = fresh[j]
+            if rows.get(fresh[j + 1]) is compact and (
+                    (<QueuedRow>compact).pending if type(compact) is QueuedRow
+                    else (<DoneRow>compact).pending):  # fmt: skip
+                rows[fresh[j + 1]] = _unpack_compact(compact)
     for r in logs:
         uuid = r[0]
         row = all_logs.get(uuid)

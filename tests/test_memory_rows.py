@@ -31,10 +31,15 @@ def _reference_write(rows, instances, states):
         row.extend((r[2] | r[4] << 8 | r[6] << 24, r[3], r[5], r[7]))
 
 
-def _head(uuid, state, created, scheduled=None, attempts=0, processed=None, priority=0):
-    # an instance row as the recorder's snapshots() makes it (outcome None)
+def _head(uuid, state, created, scheduled=None, attempts=0, processed=None, priority=0,
+          completed=None, outcome=None):
+    # an instance row as the recorder's snapshots() makes it
     return (uuid, KIND, state, priority, attempts, created,
-            created if scheduled is None else scheduled, processed, None, None)  # fmt: skip
+            created if scheduled is None else scheduled, processed, completed,
+            outcome)  # fmt: skip
+
+
+RESULT = ("r", b"\x80\x05N.")  # the outcome of a job that returned None
 
 
 def _rec(uuid, state, t, attempt=0, worker=None, run=1, cause=None):
@@ -73,12 +78,26 @@ def _story(uuid, created, events):
             d = State.COMPLETED._value_
             out += [("i", _head(uuid, d, created, processed=t, attempts=1)),
                     ("s", _rec(uuid, d, t, attempt=1, worker=1))]  # fmt: skip
+        elif ev in ("run", "run_seen", "run_moved"):
+            # an attempt that completes, as the engine records it: PROCESSING, then
+            # COMPLETED on the same worker ("run_moved": another worker, not the
+            # pattern), the final snapshot with its times and outcome; "run_seen": the
+            # PROCESSING snapshot too (the recorder flushed between the two events)
+            p, d = State.PROCESSING._value_, State.COMPLETED._value_
+            w2 = 2 if ev == "run_moved" else 1
+            if ev == "run_seen":
+                out.append(("i", _head(uuid, p, created, processed=t, attempts=1)))
+            out += [("s", _rec(uuid, p, t, attempt=1, worker=1)),
+                    ("i", _head(uuid, d, created, processed=t, attempts=1, completed=t + 7,
+                                outcome=RESULT)),
+                    ("s", _rec(uuid, d, t + 7, attempt=1, worker=w2))]  # fmt: skip
     return out
 
 
 EVENTS = st.sampled_from(
-    ["start", "reschedule", "touch", "delayed", "priority", "cause", "done", "late"]
-)
+    ["start", "reschedule", "touch", "delayed", "priority", "cause", "done", "late", "run",
+     "run_seen", "run_moved"]
+)  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
@@ -116,6 +135,12 @@ def test_rows_read_back_as_the_reference_list(events_per_instance, rnd, batch_si
                 assert ref[uuid] == _core.memory_row_list(row)
                 assert len(ref[uuid]) == 16
                 assert ref[uuid][1] == State.SCHEDULED._value_
+            elif type(row) is _core.DoneRow:  # or exactly a first attempt that completed
+                assert len(ref[uuid]) == 24
+                assert ref[uuid][1] == State.COMPLETED._value_
+                assert ref[uuid][18] == ref[uuid][22] == row.worker
+            # the store keeps a uuid in `finished` exactly while its row is final
+            assert (uuid in finished) == (ref[uuid][1] in FINAL_STATES)
 
 
 def test_a_queued_instance_is_compact_until_it_changes():
@@ -305,3 +330,145 @@ def test_put_instances_rows_are_retained_like_written_ones():
     assert _retained(store) == ["a", "c"]
     store.write_batch([("a", KIND, int(State.COMPLETED), 0, 1, T0, T0, T0, T0 + 5, None)], [], [])
     assert _retained(store) == ["a"]
+
+
+def _write_all(rows, finished, outcomes, records):
+    instances = [r for k, r in records if k == "i"]
+    states = [r for k, r in records if k == "s"]
+    _core.memory_write(rows, finished, outcomes, instances, states, [], {}, FINAL_STATES,
+                       None, 1 << 20, False, -1)  # fmt: skip
+
+
+def _full_list(uuid, created, started, completed, worker=1):
+    return [KIND, 8, 0, 1, created, created, started, completed,
+            1 | 1 << 24, created, None, None, 2 | 1 << 24, created, None, None,
+            4 | 1 << 8 | 1 << 24, started, worker, None,
+            8 | 1 << 8 | 1 << 24, completed, worker, None]  # fmt: skip
+
+
+def test_a_first_attempt_that_completed_is_compact():
+    rows, finished, outcomes = {}, {}, {}
+    story = _story("a", T0, ["run"])  # made, then run: started at T0 + 1000, done + 7
+    _write_all(rows, finished, outcomes, story[:3])  # queued: one batch
+    assert type(rows["a"]) is _core.QueuedRow
+    _write_all(rows, finished, outcomes, story[3:])  # its run: the next
+    done = rows["a"]
+    assert type(done) is _core.DoneRow
+    assert (done.kind, done.priority, done.worker) == (KIND, 0, 1)
+    assert (done.created_ns, done.processed_ns, done.completed_ns) == (T0, T0 + 1000, T0 + 1007)
+    assert _core.memory_row_list(done) == _full_list("a", T0, T0 + 1000, T0 + 1007)
+    assert finished == {"a": T0 + 1007} and outcomes == {"a": RESULT}
+    # made and run within one batch (a job shorter than the recorder's flush)
+    _write_all(rows, finished, outcomes, _story("b", T0, ["run"]))
+    assert type(rows["b"]) is _core.DoneRow
+    assert _core.memory_row_list(rows["b"]) == _full_list("b", T0, T0 + 1000, T0 + 1007)
+    # its PROCESSING record in one batch, the rest in the next (a job longer than a
+    # turn): a list, compact again once COMPLETED is written
+    story = _story("c", T0, ["run_seen"])
+    _write_all(rows, finished, outcomes, story[:5])
+    assert type(rows["c"]) is list and len(rows["c"]) == 20
+    _write_all(rows, finished, outcomes, story[5:])
+    assert type(rows["c"]) is _core.DoneRow
+    assert _core.memory_row_list(rows["c"]) == _full_list("c", T0, T0 + 1000, T0 + 1007)
+    # not the pattern: the two records on different workers, a second attempt, a record
+    # with a cause
+    _write_all(rows, finished, outcomes, _story("d", T0, ["run_moved"]))
+    _write_all(rows, finished, outcomes, _story("e", T0, ["reschedule", "run"]))
+    _write_all(rows, finished, outcomes, _story("f", T0, ["cause", "run"]))
+    assert [type(rows[u]) for u in "def"] == [list, list, list]
+    # written again once finished: the list it stands for, then the change
+    _write_all(rows, finished, outcomes, [("s", _rec("a", 8, T0 + 2000, 1, 1, cause="x"))])
+    assert rows["a"] == _full_list("a", T0, T0 + 1000, T0 + 1007) + [
+        8 | 1 << 8 | 1 << 24, T0 + 2000, 1, "x"]  # fmt: skip
+    # the values the compiled code assumes
+    assert (State.PROCESSING._value_, State.COMPLETED._value_) == (4, 8)
+
+
+def test_a_run_written_half_way_leaves_no_row_claiming_records_it_lacks():
+    # the final snapshot makes the compact row, which counts its four records in: a
+    # record that cannot be read (here the third) stops the write, and the row keeps
+    # only the two that were written
+    rows, finished, outcomes = {}, {}, {}
+    story = [r for _k, r in _story("a", T0, ["run"])]
+    snapshot = story[4]
+    bad = ("a", KIND, "PROCESSING", T0 + 1000, 1, 1, 1, None)
+    try:
+        _core.memory_write(rows, finished, outcomes, [snapshot], [story[1], story[2], bad],
+                           [], {}, FINAL_STATES, None, 1 << 20, False, -1)  # fmt: skip
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("the bad record was accepted")
+    assert rows["a"] == _full_list("a", T0, T0 + 1000, T0 + 1007)[:16]
+
+
+def test_finished_instances_read_back_through_the_manager():
+    store = MemoryStore()
+    m = Manager(num_workers=2, store=store)
+    job = m.register_job(Job("compact-done", jobs.add))
+    try:
+        m.start()
+        insts = [m.schedule_job(job, args=(i, 1), priority=i % 3) for i in range(40)]
+        assert [i.result(timeout=30) for i in insts] == [i + 1 for i in range(40)]
+        m.lookup_instance_history("")  # written
+        compact = [i for i in insts if type(store._rows[i.uuid_str]) is _core.DoneRow]
+        assert compact  # (each one whose records the engine had in one story)
+        for inst in compact:
+            hist = _history(m, inst.uuid_str)
+            assert [h[0] for h in hist] == [State.CREATED, State.SCHEDULED,
+                                            State.PROCESSING, State.COMPLETED]  # fmt: skip
+            assert [h[1] for h in hist] == [inst.created_ns, inst.created_ns,
+                                            inst.processed_ns, inst.completed_ns]  # fmt: skip
+            assert hist[2][3] == hist[3][3] is not None  # one worker
+            rec = store.get_instance(inst.uuid_str)
+            assert (rec.state, rec.attempts, rec.priority, rec.completed_ns) == (
+                State.COMPLETED, 1, inst.priority, inst.completed_ns)  # fmt: skip
+            assert rec.result() == inst.result()
+        done = store.lookup_instances(Query(state=State.COMPLETED))
+        assert {r.uuid for r in done} == {i.uuid_str for i in insts}
+        # a window before them removes nothing; one around the first's start removes its
+        # PROCESSING record only
+        first = compact[0]
+        assert store.clear_history(before_ns=first.created_ns) == 0
+        assert len(_history(m, first.uuid_str)) == 4
+        removed = store.clear_history(after_ns=first.processed_ns,
+                                      before_ns=first.processed_ns + 1)  # fmt: skip
+        assert removed >= 1
+        assert State.PROCESSING not in [h[0] for h in _history(m, first.uuid_str)]
+    finally:
+        m.stop()
+
+
+def test_a_finished_instance_costs_the_store_under_two_hundred_bytes():
+    # the compact row (a 72-byte DoneRow) and its entries in the row, finished and
+    # outcome dicts (the 24-item list it replaces, with its times, was ~400 bytes)
+    n = 5_000
+    store = MemoryStore(max_instances=None)
+    m = Manager(num_workers=2, store=store)
+    job = m.register_job(Job("mem-done", jobs.noop))
+    try:
+        m.start()
+        m.schedule_job(job).result(timeout=30)  # the pool up and warm
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            insts = [m.schedule_job(job) for _ in range(n)]
+            for inst in insts:
+                inst.result(timeout=60)
+            m.lookup_instance_history("")  # written
+            compact = sum(type(store._rows[i.uuid_str]) is _core.DoneRow for i in insts)
+            del insts, inst
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        grown = sum(
+            s.size_diff
+            for s in after.compare_to(before, "filename")
+            if s.traceback[0].filename.endswith(("stores/memory.py", "recorder.py"))
+        )
+        assert compact >= n * 0.9, compact
+        assert grown / n <= 200, grown / n
+    finally:
+        m.stop()

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from itertools import islice
 
-from .._core import QueuedRow, RecordBuffer, memory_row_list, memory_write
+from .._core import DoneRow, QueuedRow, RecordBuffer, memory_row_list, memory_write
 from ..payloads import MAX_RESULT_BYTES, outcome_columns
 from ..query import Query
 from ..records import (
@@ -55,8 +55,9 @@ class MemoryStore(Store):
     # HISTORY_STRIDE items per record.  No object per record, one dict entry per
     # instance: about half the memory of record tuples (bench/load.py measures it).
     # An instance that is only queued has a compact row, a _core.QueuedRow (kind,
-    # priority, created_ns; memory_write says when); memory_row_list gives the list it
-    # stands for.
+    # priority, created_ns), and one that completed in its first attempt a
+    # _core.DoneRow (those, its worker, processed_ns and completed_ns); memory_write
+    # says when; memory_row_list gives the list either stands for.
     HEADER = 8  # kind, state, priority, attempts, created, scheduled, processed, completed
     HISTORY_STRIDE = 4  # state | attempt << 8 | run << 24, time_ns, worker, cause
 
@@ -69,7 +70,7 @@ class MemoryStore(Store):
         self.namespace = namespace
         self.set_retention(max_instances, max_age)
         self._lock = threading.RLock()  # (enqueue writes its records under it)
-        self._rows: dict[str, list | QueuedRow] = {}  # uuid -> header + flat history
+        self._rows: dict[str, list | QueuedRow | DoneRow] = {}  # uuid -> header + flat history
         # uuid -> [(kind, level, time_ns, message, attempt), ...]
         self._logs: dict[str, list[tuple]] = {}
         # uuid -> (result payload, error, note), or the outcome as recorded (a tuple
@@ -87,7 +88,7 @@ class MemoryStore(Store):
         row = self._rows.get(uuid)
         if row is None:
             row = self._rows[uuid] = [kind, None, 0, 0, 0, None, None, None]
-        elif type(row) is QueuedRow:  # compact: the list it stands for, to change
+        elif type(row) is not list:  # compact: the list it stands for, to change
             row = self._rows[uuid] = memory_row_list(row)
         return row
 
@@ -421,6 +422,11 @@ class MemoryStore(Store):
                 row = self._rows[uuid]
                 if type(row) is QueuedRow and not _in_window(row.created_ns, before_ns, after_ns):
                     continue  # compact, and both its records (at its created_ns) stay
+                if type(row) is DoneRow and not any(
+                    _in_window(t, before_ns, after_ns)
+                    for t in (row.created_ns, row.processed_ns, row.completed_ns)
+                ):
+                    continue  # compact, and all four of its records stay
                 row = self._row(uuid, None)
                 flat = row[8:]
                 keep = []
