@@ -31,8 +31,17 @@ def _reference_write(rows, instances, states):
         row.extend((r[2] | r[4] << 8 | r[6] << 24, r[3], r[5], r[7]))
 
 
-def _head(uuid, state, created, scheduled=None, attempts=0, processed=None, priority=0,
-          completed=None, outcome=None):
+def _head(
+    uuid,
+    state,
+    created,
+    scheduled=None,
+    attempts=0,
+    processed=None,
+    priority=0,
+    completed=None,
+    outcome=None,
+):
     # an instance row as the recorder's snapshots() makes it
     return (uuid, KIND, state, priority, attempts, created,
             created if scheduled is None else scheduled, processed, completed,
@@ -378,8 +387,8 @@ def test_a_first_attempt_that_completed_is_compact():
     assert [type(rows[u]) for u in "def"] == [list, list, list]
     # written again once finished: the list it stands for, then the change
     _write_all(rows, finished, outcomes, [("s", _rec("a", 8, T0 + 2000, 1, 1, cause="x"))])
-    assert rows["a"] == _full_list("a", T0, T0 + 1000, T0 + 1007) + [
-        8 | 1 << 8 | 1 << 24, T0 + 2000, 1, "x"]  # fmt: skip
+    again = [8 | 1 << 8 | 1 << 24, T0 + 2000, 1, "x"]
+    assert rows["a"] == [*_full_list("a", T0, T0 + 1000, T0 + 1007), *again]
     # the values the compiled code assumes
     assert (State.PROCESSING._value_, State.COMPLETED._value_) == (4, 8)
 
@@ -411,7 +420,8 @@ def test_finished_instances_read_back_through_the_manager():
         insts = [m.schedule_job(job, args=(i, 1), priority=i % 3) for i in range(40)]
         assert [i.result(timeout=30) for i in insts] == [i + 1 for i in range(40)]
         m.lookup_instance_history("")  # written
-        compact = [i for i in insts if type(store._rows[i.uuid_str]) is _core.DoneRow]
+        rows = store._rows  # noqa: SLF001 - the form a row takes, which reads never show
+        compact = [i for i in insts if type(rows[i.uuid_str]) is _core.DoneRow]
         assert compact  # (each one whose records the engine had in one story)
         for inst in compact:
             hist = _history(m, inst.uuid_str)
@@ -457,7 +467,8 @@ def test_a_finished_instance_costs_the_store_under_two_hundred_bytes():
             for inst in insts:
                 inst.result(timeout=60)
             m.lookup_instance_history("")  # written
-            compact = sum(type(store._rows[i.uuid_str]) is _core.DoneRow for i in insts)
+            rows = store._rows  # noqa: SLF001 - the form a row takes
+            compact = sum(type(rows[i.uuid_str]) is _core.DoneRow for i in insts)
             del insts, inst
             gc.collect()
             after = tracemalloc.take_snapshot()
