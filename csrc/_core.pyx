@@ -2036,7 +2036,7 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
             # the engine thread: a job queued in one batch, finished in a later one).
             if row is None:
                 compact = _queued_row_of(r)
-                if compact is None and _int64_of(r[5], &made):
+                if compact is None and r[2] == _V_COMPLETED and _int64_of(r[5], &made):
                     compact = _done_row_of(r, made, 4)
             elif type(row) is QueuedRow:
                 compact = _done_row_of(r, (<QueuedRow>row).created_ns,
