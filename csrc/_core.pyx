@@ -1879,6 +1879,22 @@ def memory_row_list(object row):
     return row if type(row) is list else _unpack_compact(row)
 
 
+def memory_row_header(object row):
+    """A MemoryStore row's first 8 items (kind, state, priority, attempts, created,
+    scheduled, processed, completed) as a new list, whatever its shape: what a query
+    reads, without unpacking a compact row's records."""
+    if type(row) is list:
+        return (<list>row)[:8]
+    cdef int64_t c
+    if type(row) is QueuedRow:
+        c = (<QueuedRow>row).created_ns
+        return [(<QueuedRow>row).kind, _V_SCHEDULED, (<QueuedRow>row).priority, 0, c, c,
+                None, None]
+    cdef DoneRow d = <DoneRow?>row
+    c = d.created_ns
+    return [d.kind, _V_COMPLETED, d.priority, 1, c, c, d.processed_ns, d.completed_ns]
+
+
 cdef inline list _list_row(dict rows, object uuid, object kind, object row):
     # an instance's flat row (stores/memory.py: MemoryStore._row, the same shape),
     # given what rows holds for uuid (`row`, or None): made, or unpacked from its

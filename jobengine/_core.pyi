@@ -350,6 +350,10 @@ class ShortPath:
         """schedule_job(job, args=..., kwargs=...) of a registered job: the go-job rule
         (only when no annotation would convert an argument)."""
 
+def memory_row_header(row: list | QueuedRow | DoneRow) -> list:
+    """A MemoryStore row's first 8 items (kind, state, priority, attempts, created,
+    scheduled, processed, completed) as a new list, whatever its shape."""
+
 def memory_row_list(row: list | QueuedRow | DoneRow) -> list:
     """A MemoryStore row as its list: a compact row (QueuedRow, DoneRow) unpacked into
     a new list, a list row itself."""

@@ -139,6 +139,9 @@ def test_rows_read_back_as_the_reference_list(events_per_instance, rnd, batch_si
                            FINAL_STATES, None, 1 << 20, False, -1)  # fmt: skip
         _reference_write(ref, instances, states)
         assert {u: _core.memory_row_list(r) for u, r in rows.items()} == ref
+        assert {u: _core.memory_row_header(r) for u, r in rows.items()} == {
+            u: r[:8] for u, r in ref.items()
+        }
         for uuid, row in rows.items():
             if type(row) is _core.QueuedRow:  # compact only while exactly a queued one
                 assert ref[uuid] == _core.memory_row_list(row)

@@ -18,7 +18,14 @@ import threading
 from collections.abc import Sequence
 from itertools import islice
 
-from .._core import DoneRow, QueuedRow, RecordBuffer, memory_row_list, memory_write
+from .._core import (
+    DoneRow,
+    QueuedRow,
+    RecordBuffer,
+    memory_row_header,
+    memory_row_list,
+    memory_write,
+)
 from ..payloads import MAX_RESULT_BYTES, outcome_columns
 from ..query import Query
 from ..records import (
@@ -196,18 +203,18 @@ class MemoryStore(Store):
             row = self._rows.get(uuid)
             if row is None:
                 return None
-            row = memory_row_list(row)
-            if row[1] is None:
+            head = memory_row_header(row)
+            if head[1] is None:
                 return None
-            return self._instance(uuid, row)
+            return self._instance(uuid, head)
 
     def lookup_instances(self, query: Query) -> list[InstanceRecord]:
         with self._lock:
             if query.uuid is not None:
                 row = self._rows.get(query.uuid)
-                candidates = [] if row is None else [(query.uuid, memory_row_list(row)[:8])]
+                candidates = [] if row is None else [(query.uuid, memory_row_header(row))]
             else:
-                candidates = [(u, memory_row_list(row)[:8]) for u, row in self._rows.items()]
+                candidates = [(u, memory_row_header(row)) for u, row in self._rows.items()]
             out = []
             limit = query.limit
             for uuid, head in candidates:
@@ -407,7 +414,7 @@ class MemoryStore(Store):
             done = self._done.get(origin, [])
             uuids, self._done[origin] = done[:limit], done[limit:]
             rows = [(u, self._rows.get(u)) for u in uuids]
-            rows = [(u, memory_row_list(row)) for u, row in rows if row is not None]
+            rows = [(u, memory_row_header(row)) for u, row in rows if row is not None]
             return [self._instance(u, row) for u, row in rows if row[1]]
 
     def queue_length(self) -> int:
