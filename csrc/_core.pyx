@@ -2092,9 +2092,8 @@ def memory_write(dict rows, dict finished, dict outcomes, list instances, object
     finally:  # a compact row still waiting for records becomes the list of those seen
         for j in range(0, len(fresh), 2):
             compact = fresh[j]
-            if rows.get(fresh[j + 1]) is compact and (
-                    (<QueuedRow>compact).pending if type(compact) is QueuedRow
-                    else (<DoneRow>compact).pending):  # fmt: skip
+            if ((<QueuedRow>compact).pending if type(compact) is QueuedRow
+                    else (<DoneRow>compact).pending) and rows.get(fresh[j + 1]) is compact:
                 rows[fresh[j + 1]] = _unpack_compact(compact)
     for r in logs:
         uuid = r[0]
