@@ -48,7 +48,9 @@ def dumps_value(value: Any) -> bytes:
     cannot import by name, so it goes by value (cloudpickle).  Raises what pickle
     raises for a value that cannot be pickled."""
     raw = pickle.dumps(value, protocol=5)
-    if b"__main__" in raw:
+    # (find, not `in`: bytes.__contains__ tries its argument as an int first, and the
+    # TypeError it makes and clears costs ~0.3 us, more than the search)
+    if raw.find(b"__main__") != -1:
         raw = cloudpickle.dumps(value, protocol=5)
     return raw
 

@@ -194,6 +194,6 @@ def dumps_by_reference(obj: Any) -> bytes:
         raw = pickle.dumps(obj, protocol=5)
     except Exception:
         return cloudpickle.dumps(obj, protocol=5)
-    if b"__main__" in raw:
+    if raw.find(b"__main__") != -1:
         return cloudpickle.dumps(obj, protocol=5)
     return raw
