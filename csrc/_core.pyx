@@ -1419,6 +1419,130 @@ cdef extern from "<string.h>" nogil:
                  size_t needlelen)
 
 
+# pickle.dumps((args, {}), 5) for the arguments most calls pass, written directly: a
+# flat tuple of None, bools, ints within 32 bits, floats and strs whose UTF-8 is under
+# 256 bytes.  pickle.dumps builds a Pickler, its memo and its buffer for every call,
+# ~4,000 instructions for one int (callgrind), most of a compiled submit's own work;
+# this writes the same bytes, opcode for opcode, in ~200.  What _pickle.c writes for
+# them at protocol 5: PROTO 5 and one FRAME (its length: what follows it), the
+# arguments (MARK first when more than 3), each str memoized on first sight and
+# fetched (BINGET) on the next sight of the same object, TUPLE1/2/3 (or TUPLE) and
+# MEMOIZE, EMPTY_DICT and MEMOIZE, TUPLE2 and MEMOIZE, STOP.  tests/test_short_path.py
+# holds it to pickle.dumps byte for byte.
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.exc cimport PyErr_Clear
+
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) noexcept
+
+
+cdef enum:
+    _PLAIN_MAX_ARGS = 64  # (so every memo index fits BINGET's one byte)
+    _PLAIN_MAX_STR = 255
+    _PLAIN_HEAD = 11  # PROTO 5, FRAME and its 8-byte length
+
+
+cdef object _pickle_plain_args(tuple args):
+    # the bytes, or None for arguments it does not cover (the caller pickles them)
+    cdef Py_ssize_t n = len(args), i, j, size
+    if n == 0 or n > _PLAIN_MAX_ARGS:
+        return None
+    cdef unsigned char buf[_PLAIN_HEAD + 1 + _PLAIN_MAX_ARGS * (_PLAIN_MAX_STR + 3) + 8]
+    cdef PyObject *strs[_PLAIN_MAX_ARGS]
+    cdef Py_ssize_t nstr = 0, pos = _PLAIN_HEAD
+    cdef long long v
+    cdef int overflow
+    cdef double d
+    cdef uint64_t bits
+    cdef const char *utf8
+    cdef object a
+    if n > 3:
+        buf[pos] = 0x28  # MARK
+        pos += 1
+    for i in range(n):
+        a = args[i]
+        if a is None:
+            buf[pos] = 0x4e  # NONE
+            pos += 1
+        elif type(a) is bool:
+            buf[pos] = 0x88 if a is True else 0x89  # NEWTRUE / NEWFALSE
+            pos += 1
+        elif type(a) is int:
+            overflow = 0
+            v = PyLong_AsLongLongAndOverflow(a, &overflow)
+            if overflow or v < -0x80000000LL or v > 0x7fffffffLL:
+                return None
+            if 0 <= v <= 0xff:
+                buf[pos] = 0x4b  # BININT1
+                buf[pos + 1] = <unsigned char>v
+                pos += 2
+            elif 0 <= v <= 0xffff:
+                buf[pos] = 0x4d  # BININT2, little-endian
+                buf[pos + 1] = <unsigned char>(v & 0xff)
+                buf[pos + 2] = <unsigned char>(v >> 8)
+                pos += 3
+            else:
+                buf[pos] = 0x4a  # BININT, 4 bytes little-endian, two's complement
+                bits = <uint64_t>(<uint32_t>(<int32_t>v))
+                for j in range(4):
+                    buf[pos + 1 + j] = <unsigned char>((bits >> (8 * j)) & 0xff)
+                pos += 5
+        elif type(a) is float:
+            d = PyFloat_AS_DOUBLE(a)
+            memcpy(&bits, &d, 8)
+            buf[pos] = 0x47  # BINFLOAT, 8 bytes big-endian
+            for j in range(8):
+                buf[pos + 1 + j] = <unsigned char>((bits >> (56 - 8 * j)) & 0xff)
+            pos += 9
+        elif type(a) is str:
+            for j in range(nstr):
+                if strs[j] == <PyObject *>a:  # the same object again: from the memo
+                    buf[pos] = 0x68  # BINGET
+                    buf[pos + 1] = <unsigned char>j
+                    pos += 2
+                    break
+            else:
+                utf8 = PyUnicode_AsUTF8AndSize(a, &size)
+                if utf8 is NULL:  # (lone surrogates: pickle has its own way)
+                    PyErr_Clear()
+                    return None
+                if size > _PLAIN_MAX_STR:
+                    return None
+                buf[pos] = 0x8c  # SHORT_BINUNICODE, its length, its UTF-8, MEMOIZE
+                buf[pos + 1] = <unsigned char>size
+                memcpy(&buf[pos + 2], utf8, size)
+                pos += 2 + size
+                buf[pos] = 0x94
+                pos += 1
+                strs[nstr] = <PyObject *>a
+                nstr += 1
+        else:
+            return None
+    buf[pos] = (0x85 if n == 1 else 0x86 if n == 2 else 0x87 if n == 3 else 0x74)  # TUPLEn
+    buf[pos + 1] = 0x94  # MEMOIZE
+    buf[pos + 2] = 0x7d  # EMPTY_DICT
+    buf[pos + 3] = 0x94
+    buf[pos + 4] = 0x86  # TUPLE2
+    buf[pos + 5] = 0x94
+    buf[pos + 6] = 0x2e  # STOP
+    pos += 7
+    buf[0] = 0x80  # PROTO 5
+    buf[1] = 5
+    buf[2] = 0x95  # FRAME, 8 bytes little-endian
+    bits = <uint64_t>(pos - _PLAIN_HEAD)
+    for j in range(8):
+        buf[3 + j] = <unsigned char>((bits >> (8 * j)) & 0xff)
+    return PyBytes_FromStringAndSize(<char *>buf, pos)
+
+
+def plain_args_pickle(tuple args):
+    """pickle.dumps((args, {}), 5) written directly for the arguments it covers (a flat
+    tuple of None, bools, ints within 32 bits, floats and short strs), else None: the
+    compiled submit's pickling.  For tests."""
+    return _pickle_plain_args(args)
+
+
 cdef object _plain_task_bytes(tuple args):
     # job.task_bytes for positional arguments without a "?" placeholder and an executor
     # that takes no Instance: pickle.dumps((args, {})) with no Python frame between (a
@@ -1429,10 +1553,12 @@ cdef object _plain_task_bytes(tuple args):
     for a in args:
         if type(a) is str and a == "?":
             return None
-    try:
-        raw = _pickle_dumps((args, {}), 5)
-    except Exception:
-        return None
+    raw = _pickle_plain_args(args)
+    if raw is None:
+        try:
+            raw = _pickle_dumps((args, {}), 5)
+        except Exception:
+            return None
     # (not `b"__main__" in raw`: bytes.__contains__ tries its argument as an int first,
     # and the TypeError it makes and clears cost ~0.3 us a call, as much as the pickle)
     if memmem(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), b"__main__", 8) is not NULL:
@@ -1457,9 +1583,13 @@ cdef class ShortPath:
     Made by Manager.start() for its engine, dropped with it; it keeps the registry's,
     the engine's and the recorder's containers it reads, which are never rebound."""
 
-    cdef object engine, mglobals, implicit, jobs, blobs, recorder, touched
-    cdef object known, inbox, given, time_ns, instance_type, task_bytes, no_arguments
+    cdef object engine, recorder, touched
+    cdef object inbox, given, time_ns, instance_type, task_bytes, no_arguments
     cdef object scheduled, kind_ids, log, dispatcher, pool
+    # (typed: a dict's get and item calls compile to C calls where an untyped one went
+    # through a method lookup each, ~4 a submit; the deques' appends bound once)
+    cdef dict mglobals, implicit, jobs, blobs, known
+    cdef object touched_append, inbox_append
     cdef uint32_t t_task
     cdef RecordBuffer records
     cdef Doorbell doorbell
@@ -1484,8 +1614,10 @@ cdef class ShortPath:
         self.recorder = engine.recorder
         self.records = engine.recorder._records
         self.touched = engine.recorder._touched
+        self.touched_append = self.touched.append
         self.known = engine._known
         self.inbox = engine.inbox
+        self.inbox_append = self.inbox.append
         self.given = manager._given_uid
         self.time_ns = manager._clock.time_ns
         self.doorbell = engine.pool.doorbell
@@ -1572,13 +1704,13 @@ cdef class ShortPath:
         f.state = self.scheduled
         # Engine.admit: records first (once the engine has one, it may run at once)
         self.records.created(uid, job.kind, created, 1)
-        self.touched.append(inst)
+        self.touched_append(inst)
         recorder._unflushed += 2  # (read again: pickling may have let another thread in)
-        known = self.known
+        cdef dict known = self.known
         known[uid] = _borrow(inst)  # Engine.remember(inst): its owner is the engine
         if len(known) > engine._known_limit:
             engine._prune_known()
-        self.inbox.append(inst)
+        self.inbox_append(inst)
         if not engine._active and self._deal_idle(engine, f):
             return inst
         # Engine._ring_for_inbox
@@ -1776,7 +1908,7 @@ cdef inline object _done_row_of(tuple r, int64_t created_ns, int pending):
     # a snapshot (as _queued_row_of reads it) of an instance that completed in attempt
     # 1, due when made at created_ns: its compact row, waiting for `pending` of its
     # four records; else None
-    cdef int64_t c, p, d
+    cdef int64_t c = 0, p = 0, d = 0
     if not (r[2] == _V_COMPLETED and r[4] == 1 and _int64_of(r[5], &c) and c == created_ns
             and (r[6] is r[5] or (_int64_of(r[6], &p) and p == c))
             and _int64_of(r[7], &p) and _int64_of(r[8], &d)):
@@ -1796,7 +1928,7 @@ cdef inline bint _same_worker(object a, object b):
 cdef inline bint _seen_done_record(DoneRow d, long long s, long long a, long long run,
                                    object time, object worker, object cause) except -1:
     # whether this record is the next of the four the compact row stands for
-    cdef int64_t t
+    cdef int64_t t = 0
     cdef int step = 4 - d.pending
     if run != 1 or cause is not None or not _int64_of(time, &t):
         return False
@@ -1820,7 +1952,7 @@ cdef object _compact_done(list row):
     # (header: COMPLETED, attempt 1, due when made; records: CREATED and SCHEDULED at its
     # creation, PROCESSING and COMPLETED at its processed and completed times on one
     # worker, attempt 1, run 1, no cause; times that are int64s), else None
-    cdef int64_t c, p, d, t
+    cdef int64_t c = 0, p = 0, d = 0, t = 0
     if len(row) != 24:
         return None
     if not (row[1] == _V_COMPLETED and row[3] == 1 and _int64_of(row[4], &c)

@@ -4,6 +4,7 @@ what either records and returns is what the general path records and returns for
 same call."""
 
 import functools
+import pickle
 import time
 
 import jobs
@@ -503,3 +504,36 @@ def test_a_manager_dropped_without_stop_is_freed_at_once_after_the_compiled_path
     finally:
         gc.enable()
     wait_for(lambda: not ({c.pid for c in psutil.Process().children()} - before), timeout=15)
+
+
+_SHARED = "shared"  # one object, passed twice or more: pickle's memo fetches it again
+_BOUNDS = [0, 255, 256, 65535, 65536, -1, -(2**31), 2**31 - 1, 2**31, -(2**31) - 1, 2**63]
+_ARG = st.one_of(
+    st.integers(),
+    st.sampled_from(_BOUNDS),
+    st.floats(),  # (nan, infinities and -0.0 too)
+    st.text(max_size=300),  # (past 255 bytes of UTF-8: pickle's way)
+    st.sampled_from([_SHARED, "\ud800", "é", "__main__", "?"]),  # a lone surrogate too
+    st.none(),
+    st.booleans(),
+    st.binary(max_size=4),  # not covered: pickle's way
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_ARG, max_size=70))
+def test_plain_arguments_are_written_as_pickle_writes_them(args):
+    # the compiled submit writes the pickle of (args, {}) itself for the arguments most
+    # calls pass; anything else (None) goes to pickle.dumps
+    got = _core.plain_args_pickle(tuple(args))
+    want = pickle.dumps((tuple(args), {}), protocol=5)
+    if got is not None:
+        assert got == want
+    covered = 0 < len(args) <= 64 and all(
+        a is None
+        or type(a) in (bool, float)
+        or (type(a) is int and -(2**31) <= a < 2**31)
+        or (type(a) is str and a != "\ud800" and len(a.encode()) < 256)
+        for a in args
+    )
+    assert (got is not None) == covered
