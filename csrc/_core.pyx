@@ -1823,6 +1823,18 @@ cdef list _unpack_fresh(QueuedRow fresh):
     return row
 
 
+cdef inline bint _int64_of(object v, int64_t *out):
+    # v, an int that fits in int64, into *out; False for anything else
+    if type(v) is not int:
+        return False
+    cdef int overflow = 0
+    cdef long long n = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow:
+        return False
+    out[0] = n
+    return True
+
+
 cdef inline QueuedRow _queued_row(kind, priority, long long created_ns, int pending):
     # a compact row; pending: of its two records, how many memory_write has yet to see
     cdef QueuedRow q = QueuedRow.__new__(QueuedRow)
@@ -1890,18 +1902,6 @@ cdef list _unpack_done(DoneRow d):
         d.pending = 0
     PyObject_GC_UnTrack(<void *>row)
     return row
-
-
-cdef inline bint _int64_of(object v, int64_t *out):
-    # v, an int that fits in int64, into *out; False for anything else
-    if type(v) is not int:
-        return False
-    cdef int overflow = 0
-    cdef long long n = PyLong_AsLongLongAndOverflow(v, &overflow)
-    if overflow:
-        return False
-    out[0] = n
-    return True
 
 
 cdef inline object _done_row_of(tuple r, int64_t created_ns, int pending):
@@ -1991,13 +1991,10 @@ cdef inline object _queued_row_of(tuple r):
     # waiting for its two records (the recorder writes them with the snapshot), else
     # None
     created = r[5]
-    if not (r[2] == _V_SCHEDULED and r[4] == 0 and type(created) is int
+    cdef int64_t ns = 0
+    if not (r[2] == _V_SCHEDULED and r[4] == 0 and _int64_of(created, &ns)
             and (r[6] is created or r[6] == created) and r[7] is None and r[8] is None
             and r[9] is None):
-        return None
-    cdef int overflow = 0
-    cdef long long ns = PyLong_AsLongLongAndOverflow(created, &overflow)
-    if overflow:
         return None
     return _queued_row(r[1], r[3], ns, 2)
 
@@ -2063,11 +2060,8 @@ cdef inline object _compact(list row):
     if len(row) != 16:
         return None
     created = row[4]
-    if type(created) is not int:
-        return None
-    cdef int overflow = 0
-    cdef long long ns = PyLong_AsLongLongAndOverflow(created, &overflow)
-    if overflow:
+    cdef int64_t ns = 0
+    if not _int64_of(created, &ns):
         return None
     if (row[1] == _V_SCHEDULED and row[3] == 0 and row[5] == created and row[6] is None
             and row[7] is None and row[8] == _CODE_CREATED and row[9] == created

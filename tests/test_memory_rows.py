@@ -262,6 +262,25 @@ def test_clear_history_of_a_compact_row():
         m.stop()
 
 
+def _store_growth(step) -> int:
+    """Bytes that the memory store's code (and the recorder's) holds more after step()
+    than before it, as tracemalloc counts them, garbage collected on both sides."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        step()
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    return sum(
+        s.size_diff
+        for s in after.compare_to(before, "filename")
+        if s.traceback[0].filename.endswith(("stores/memory.py", "recorder.py"))
+    )
+
+
 def test_a_queued_instance_costs_the_store_under_a_hundred_bytes():
     # the compact row: a 48-byte QueuedRow and its dict entry (the list it replaces,
     # with its two records, was ~222 bytes; a tuple and its time's int, 102); measured
@@ -272,20 +291,8 @@ def test_a_queued_instance_costs_the_store_under_a_hundred_bytes():
     job = m.register_job(Job("mem", jobs.noop))
     try:
         insts = [m.schedule_job(job) for _ in range(n)]
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.take_snapshot()
-            m.lookup_instance_history("")  # the store writes them all now
-            gc.collect()
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        grown = sum(
-            s.size_diff
-            for s in after.compare_to(before, "filename")
-            if s.traceback[0].filename.endswith(("stores/memory.py", "recorder.py"))
-        )
+        # (the store writes them all at the lookup)
+        grown = _store_growth(lambda: m.lookup_instance_history(""))
         assert grown / n <= 95, grown / n
         assert len(insts) == n
     finally:
@@ -462,26 +469,18 @@ def test_a_finished_instance_costs_the_store_under_two_hundred_bytes():
     try:
         m.start()
         m.schedule_job(job).result(timeout=30)  # the pool up and warm
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.take_snapshot()
+        kinds = []
+
+        def run_them():
             insts = [m.schedule_job(job) for _ in range(n)]
             for inst in insts:
                 inst.result(timeout=60)
             m.lookup_instance_history("")  # written
             rows = store._rows  # noqa: SLF001 - the form a row takes
-            compact = sum(type(rows[i.uuid_str]) is _core.DoneRow for i in insts)
-            del insts, inst
-            gc.collect()
-            after = tracemalloc.take_snapshot()
-        finally:
-            tracemalloc.stop()
-        grown = sum(
-            s.size_diff
-            for s in after.compare_to(before, "filename")
-            if s.traceback[0].filename.endswith(("stores/memory.py", "recorder.py"))
-        )
+            kinds.extend(type(rows[i.uuid_str]) for i in insts)
+
+        grown = _store_growth(run_them)
+        compact = kinds.count(_core.DoneRow)
         assert compact >= n * 0.9, compact
         assert grown / n <= 200, grown / n
     finally:
