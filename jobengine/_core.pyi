@@ -274,6 +274,11 @@ def worker_attempt(
     """Worker._attempt compiled for the common case (STARTED, unpickle, call, pickle,
     OK); every other case goes back to the Worker's methods."""
 
+def plain_args_pickle(args: tuple) -> bytes | None:
+    """pickle.dumps((args, {}), 5) written directly for the arguments the compiled submit
+    covers (1-64 of None, bools, 32-bit ints, floats, strs under 256 UTF-8 bytes), else
+    None.  For tests."""
+
 def pause_without_gil(seconds: float) -> None:
     """Sleep with the GIL released and without running signal handlers (they run when
     the caller's Python code next runs)."""
