@@ -1421,7 +1421,7 @@ cdef extern from "<string.h>" nogil:
 
 # pickle.dumps((args, {}), 5) for the arguments most calls pass, written directly: a
 # flat tuple of None, bools, ints within 32 bits, floats and strs whose UTF-8 is under
-# 256 bytes.  pickle.dumps builds a Pickler, its memo and its buffer for every call,
+# 256 bytes, 1 KiB of pickle at most.  pickle.dumps builds a Pickler, its memo and its buffer for every call,
 # ~4,000 instructions for one int (callgrind), most of a compiled submit's own work;
 # this writes the same bytes, opcode for opcode, in ~200.  What _pickle.c writes for
 # them at protocol 5: PROTO 5 and one FRAME (its length: what follows it), the
@@ -1441,6 +1441,10 @@ cdef enum:
     _PLAIN_MAX_ARGS = 64  # (so every memo index fits BINGET's one byte)
     _PLAIN_MAX_STR = 255
     _PLAIN_HEAD = 11  # PROTO 5, FRAME and its 8-byte length
+    # The pickle's most bytes: a submit's call runs on the caller's thread, whose stack
+    # may be small (threading.stack_size); larger arguments go to pickle.dumps
+    _PLAIN_BUF = 1024
+    _PLAIN_TAIL = 7  # TUPLEn MEMOIZE EMPTY_DICT MEMOIZE TUPLE2 MEMOIZE STOP
 
 
 cdef object _pickle_plain_args(tuple args):
@@ -1448,7 +1452,7 @@ cdef object _pickle_plain_args(tuple args):
     cdef Py_ssize_t n = len(args), i, j, size
     if n == 0 or n > _PLAIN_MAX_ARGS:
         return None
-    cdef unsigned char buf[_PLAIN_HEAD + 1 + _PLAIN_MAX_ARGS * (_PLAIN_MAX_STR + 3) + 8]
+    cdef unsigned char buf[_PLAIN_BUF]
     cdef PyObject *strs[_PLAIN_MAX_ARGS]
     cdef Py_ssize_t nstr = 0, pos = _PLAIN_HEAD
     cdef long long v
@@ -1461,6 +1465,8 @@ cdef object _pickle_plain_args(tuple args):
         buf[pos] = 0x28  # MARK
         pos += 1
     for i in range(n):
+        if pos + 9 + _PLAIN_TAIL > _PLAIN_BUF:  # (9: the longest but a str's)
+            return None
         a = args[i]
         if a is None:
             buf[pos] = 0x4e  # NONE
@@ -1507,7 +1513,7 @@ cdef object _pickle_plain_args(tuple args):
                 if utf8 is NULL:  # (lone surrogates: pickle has its own way)
                     PyErr_Clear()
                     return None
-                if size > _PLAIN_MAX_STR:
+                if size > _PLAIN_MAX_STR or pos + size + 3 + _PLAIN_TAIL > _PLAIN_BUF:
                     return None
                 buf[pos] = 0x8c  # SHORT_BINUNICODE, its length, its UTF-8, MEMOIZE
                 buf[pos + 1] = <unsigned char>size
@@ -1520,13 +1526,14 @@ cdef object _pickle_plain_args(tuple args):
         else:
             return None
     buf[pos] = (0x85 if n == 1 else 0x86 if n == 2 else 0x87 if n == 3 else 0x74)  # TUPLEn
+    # (room for these seven was checked with each argument)
     buf[pos + 1] = 0x94  # MEMOIZE
     buf[pos + 2] = 0x7d  # EMPTY_DICT
     buf[pos + 3] = 0x94
     buf[pos + 4] = 0x86  # TUPLE2
     buf[pos + 5] = 0x94
     buf[pos + 6] = 0x2e  # STOP
-    pos += 7
+    pos += _PLAIN_TAIL
     buf[0] = 0x80  # PROTO 5
     buf[1] = 5
     buf[2] = 0x95  # FRAME, 8 bytes little-endian
@@ -1538,8 +1545,9 @@ cdef object _pickle_plain_args(tuple args):
 
 def plain_args_pickle(tuple args):
     """pickle.dumps((args, {}), 5) written directly for the arguments it covers (a flat
-    tuple of None, bools, ints within 32 bits, floats and short strs), else None: the
-    compiled submit's pickling.  For tests."""
+    tuple of 1-64 None, bools, ints within 32 bits, floats and strs under 256 bytes of
+    UTF-8, 1 KiB of pickle at most), else None: the compiled submit's pickling.  For
+    tests."""
     return _pickle_plain_args(args)
 
 

@@ -276,8 +276,8 @@ def worker_attempt(
 
 def plain_args_pickle(args: tuple) -> bytes | None:
     """pickle.dumps((args, {}), 5) written directly for the arguments the compiled submit
-    covers (1-64 of None, bools, 32-bit ints, floats, strs under 256 UTF-8 bytes), else
-    None.  For tests."""
+    covers (1-64 of None, bools, 32-bit ints, floats, strs under 256 UTF-8 bytes, 1 KiB
+    of pickle at most), else None.  For tests."""
 
 def pause_without_gil(seconds: float) -> None:
     """Sleep with the GIL released and without running signal handlers (they run when
